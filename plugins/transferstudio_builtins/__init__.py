@@ -1,0 +1,30 @@
+"""TransferStudio's built-in plugins: torchvision backbones, image-folder and CSV data sources,
+and the fine-tune and feature-extract methods.
+
+They are loaded through the ``transferstudio`` entry-point group like any third-party plugin and
+use only :mod:`transferstudio.api`.
+"""
+
+from transferstudio.api import hookimpl
+
+from .backbones import torchvision_backbones
+from .datasets import csv_source, image_folder_source
+from .feature_extract import FEATURE_EXTRACT
+from .fine_tune import FINE_TUNE
+
+TRANSFERSTUDIO_API_VERSION = "1.0"
+
+
+@hookimpl
+def transferstudio_backbones():
+    return torchvision_backbones()
+
+
+@hookimpl
+def transferstudio_datasets():
+    return [image_folder_source(), csv_source()]
+
+
+@hookimpl
+def transferstudio_methods():
+    return [FINE_TUNE, FEATURE_EXTRACT]

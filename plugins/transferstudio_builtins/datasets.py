@@ -1,0 +1,128 @@
+"""Built-in data sources: an image folder (class subfolders) and a ``path,label`` CSV file.
+
+A source only lists files; the host opens every image during its scan, converts odd modes and
+reports unreadable ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from transferstudio.api import IMAGE_SUFFIXES, DatasetSpec, Sample, SourceListing
+
+SPLIT_FOLDERS = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found = {}
+    children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if name in children:
+                found[split] = children[name]
+                break
+    return found if "train" in found else {}
+
+
+def _list_class_folders(root: Path, skipped: list[tuple[str, str]]) -> tuple[list[Sample], list[str]]:
+    samples: list[Sample] = []
+    classes = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            skipped.append((str(entry), "not inside a class folder; put each image in a folder "
+                                        "named after its class"))
+            continue
+        classes.append(entry.name)
+        # followlinks=False: a symlink loop inside a class folder cannot trap the scan.
+        for dirpath, dirnames, filenames in os.walk(entry, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith("."):
+                    continue
+                path = os.path.join(dirpath, filename)
+                if os.path.splitext(filename)[1].lower() in IMAGE_SUFFIXES:
+                    samples.append(Sample(path, entry.name))
+                else:
+                    skipped.append((path, "not an image file (unknown suffix)"))
+    return samples, classes
+
+
+def list_image_folder(path: str) -> SourceListing:
+    """List ``root/<class>/*`` or ``root/{train,val,test}/<class>/*``."""
+    root = Path(path)
+    skipped: list[tuple[str, str]] = []
+    split_dirs = _find_split_dirs(root)
+    if not split_dirs:
+        samples, classes = _list_class_folders(root, skipped)
+        return SourceListing({"all": samples}, skipped, classes)
+    splits = {}
+    classes: list[str] = []
+    for split, folder in split_dirs.items():
+        samples, names = _list_class_folders(folder, skipped)
+        splits[split] = samples
+        if split == "train":
+            classes = names
+    return SourceListing(splits, skipped, classes)
+
+
+def list_csv(path: str) -> SourceListing:
+    """List a CSV of ``path,label`` rows (an optional third ``split`` column; an optional header).
+
+    Relative paths are resolved against the CSV file's folder.
+    """
+    csv_path = Path(path)
+    base = csv_path.parent
+    skipped: list[tuple[str, str]] = []
+    by_split: dict[str, list[Sample]] = {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+        start = 2
+    else:
+        start = 1
+    for line_no, row in enumerate(rows, start=start):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            skipped.append((f"{csv_path}:{line_no}", "row needs 'path,label'"))
+            continue
+        split = row[2].strip().lower() if len(row) > 2 and row[2].strip() else "all"
+        if split not in ("all", "train", "val", "test"):
+            skipped.append((f"{csv_path}:{line_no}", f"unknown split {split!r} "
+                                                      "(use train, val or test)"))
+            continue
+        file_path = Path(row[0].strip())
+        if not file_path.is_absolute():
+            file_path = base / file_path
+        by_split.setdefault(split, []).append(Sample(str(file_path), row[1].strip()))
+    if "all" in by_split and len(by_split) > 1:
+        # Rows without a split join the training set when other rows name their split.
+        by_split.setdefault("train", []).extend(by_split.pop("all"))
+    return SourceListing(by_split or {"all": []}, skipped)
+
+
+def image_folder_source() -> DatasetSpec:
+    return DatasetSpec(
+        name="image-folder",
+        description="a folder with one subfolder per class, or train/val[/test] folders of those",
+        detect=lambda p: Path(p).is_dir(),
+        list_samples=list_image_folder,
+    )
+
+
+def csv_source() -> DatasetSpec:
+    return DatasetSpec(
+        name="csv",
+        description="a CSV file of path,label rows (optional split column), paths relative to it",
+        detect=lambda p: Path(p).is_file() and Path(p).suffix.lower() == ".csv",
+        list_samples=list_csv,
+    )

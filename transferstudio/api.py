@@ -1,0 +1,368 @@
+"""The public plugin API of TransferStudio.
+
+Everything a plugin author (and every built-in plugin) may use lives here: the ``hookimpl``
+marker, the spec dataclasses the hooks return, the :class:`TransferMethod` base class, the
+:class:`MethodContext` the engine hands to a method, the parameter helper :func:`param`, and the
+error types whose messages are shown to users.
+
+A plugin module declares the API version it was written for::
+
+    TRANSFERSTUDIO_API_VERSION = "1.0"
+
+The host accepts a plugin when the major versions match and the plugin's minor version is not
+newer than the host's (:func:`is_compatible`). This module does not import torch, so listing
+plugins stays fast; torch is imported where models are built or trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
+
+from transferstudio.core.freeze import BN_MODES, FreezePlan, parse_unfreeze_schedule
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from torch import nn
+
+__all__ = [
+    "API_VERSION",
+    "BN_MODES",
+    "IMAGENET_MEAN",
+    "IMAGE_SUFFIXES",
+    "IMAGENET_STD",
+    "BackboneSpec",
+    "DataError",
+    "DatasetSpec",
+    "ExperimentError",
+    "ExporterSpec",
+    "FreezePlan",
+    "MethodContext",
+    "MethodSpec",
+    "PluginError",
+    "Preprocessing",
+    "Sample",
+    "SourceListing",
+    "StepOutput",
+    "TransferMethod",
+    "TransferStudioError",
+    "WeightsError",
+    "hookimpl",
+    "is_compatible",
+    "param",
+    "parse_unfreeze_schedule",
+]
+
+API_VERSION = "1.0"
+"""Version of this API. Minor bumps only add; a major bump may remove or change."""
+
+PROJECT_NAME = "transferstudio"
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Decorator marking a function as a TransferStudio hook implementation."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+"""File suffixes data sources treat as images (compare lower-cased)."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_compatible(plugin_version: str, host_version: str = API_VERSION) -> bool:
+    """True when a plugin written for ``plugin_version`` can run on ``host_version``."""
+    try:
+        p_major, p_minor = (int(x) for x in str(plugin_version).split(".")[:2])
+        h_major, h_minor = (int(x) for x in host_version.split(".")[:2])
+    except ValueError:
+        return False
+    return p_major == h_major and p_minor <= h_minor
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class TransferStudioError(Exception):
+    """An error whose message is meant for the user: it says what is wrong and what to do."""
+
+
+class ExperimentError(TransferStudioError):
+    """A bad experiment file or setting. ``key`` is the dotted key at fault, when there is one."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+class DataError(TransferStudioError):
+    """The data cannot be used as given (no images in a class, a single class, ...)."""
+
+
+class WeightsError(TransferStudioError):
+    """Weights could not be loaded (missing file, key mismatch, unsafe pickle)."""
+
+
+class PluginError(TransferStudioError):
+    """A plugin is missing, broken or incompatible."""
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def param(
+    default: Any,
+    *,
+    help: str = "",
+    min: float | None = None,
+    max: float | None = None,
+    choices: Sequence[Any] | None = None,
+) -> Any:
+    """A dataclass field with the metadata that drives validation, the GUI form and ``init``.
+
+    ``min``/``max`` bound numbers (inclusive), ``choices`` lists the allowed values, ``help`` is
+    the tooltip and the comment written into generated experiment files. Mutable defaults
+    (lists, dicts) are copied per instance.
+    """
+    metadata = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for a backbone: resize the short side, centre-crop, normalise."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        return cls(
+            resize=int(data["resize"]),
+            crop=int(data["crop"]),
+            mean=tuple(float(x) for x in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in data["std"]),  # type: ignore[arg-type]
+            interpolation=str(data.get("interpolation", "bilinear")),
+        )
+
+    def resized_for(self, crop: int) -> Preprocessing:
+        """The same preprocessing at another crop size, keeping the resize/crop ratio."""
+        return dataclasses.replace(self, crop=crop, resize=round(crop * self.resize / self.crop))
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A network that turns an image batch into a feature vector per image.
+
+    ``build()`` returns the architecture with its original classifier, uninitialised or
+    randomly initialised, and must not download anything. ``classifier`` is the dotted path of
+    the layer the host replaces by its own head (e.g. ``"fc"``); ``feature_dim`` is that layer's
+    input width. ``cache_files`` name pretrained weights files as they sit in the local torch
+    cache (``$TORCH_HOME/hub/checkpoints``), preferred first, for the ``weights = "cache"`` source.
+    """
+
+    name: str
+    family: str
+    feature_dim: int
+    build: Callable[[], nn.Module]
+    classifier: str
+    preprocessing: Preprocessing = Preprocessing()
+    cache_files: tuple[str, ...] = ()
+    description: str = ""
+    approx_params: int | None = None
+    convert_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """Optional: rename keys of a stored state dict (legacy checkpoints) before loading."""
+
+
+# --------------------------------------------------------------------------- data sources
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file and its class name."""
+
+    path: str
+    label: str
+
+
+@dataclass
+class SourceListing:
+    """What a data source found, before the host opens any image.
+
+    ``splits`` maps split names (``train``, ``val``, ``test``) to samples. A source that has no
+    predefined split returns everything under ``"all"``; the host then splits it stratified by
+    class with the experiment's ratio and seed. ``skipped`` holds ``(path, reason)`` pairs for
+    entries the source rejected itself (a bad CSV row, a file with a non-image suffix).
+    ``classes`` lists every class the source declares (e.g. every class folder, even an empty
+    one), so the host can name a class that has no images; ``None`` derives it from the samples.
+    """
+
+    splits: dict[str, list[Sample]]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    classes: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A data-source format, e.g. an image folder or a CSV file.
+
+    ``detect(path)`` says whether this source recognises ``path`` (used when the experiment says
+    ``source = "auto"``); ``list_samples(path)`` returns a :class:`SourceListing`.
+    """
+
+    name: str
+    description: str
+    detect: Callable[[str], bool]
+    list_samples: Callable[[str], SourceListing]
+
+
+# --------------------------------------------------------------------------- exporters
+
+
+@dataclass(frozen=True)
+class ExporterSpec:
+    """A model file format. ``export(module, example_input, path, metadata)`` writes the file."""
+
+    format: str
+    suffix: str
+    export: Callable[..., None]
+    description: str = ""
+    verify: Callable[..., float] | None = None
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class StepOutput:
+    """What a training step returns: the loss to minimise, and for the running metrics the
+    logits and targets of the batch (``None`` when the step has no classification output).
+    ``logs`` holds extra scalars to plot (e.g. separate loss terms)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class MethodContext(Protocol):
+    """Services the engine offers to a method. The engine builds it; methods only use it."""
+
+    num_classes: int
+    class_names: list[str]
+    device: torch.device
+    epochs: int
+    batch_size: int
+    feature_dim: int
+    """Width of the selected backbone's features."""
+    augmenting: bool
+    """True when training images get random augmentation (so features differ every epoch)."""
+
+    def build_classifier(self) -> nn.Module:
+        """The selected backbone with the configured weights and a new head for
+        ``num_classes``; a module with ``.backbone`` and ``.head`` children, on ``device``."""
+
+    def make_head(self, in_features: int, hidden: int = 0, dropout: float | None = None) -> nn.Module:
+        """A classification head (linear, or MLP when ``hidden`` > 0) for ``num_classes``."""
+
+    def loader(self, split: str) -> Iterable[Any]:
+        """Batches ``(images, targets)`` of a split (``train`` shuffles and augments)."""
+
+    def cached_features(self, backbone: nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of every (un-augmented) image of ``split`` with their targets, computed once
+        and reused across epochs and across runs with the same backbone, weights and files."""
+
+    def epoch_generator(self, epoch: int) -> torch.Generator:
+        """A CPU generator seeded from the run's seed and ``epoch`` (for shuffling)."""
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the experiment's label smoothing."""
+
+    def log(self, message: str) -> None:
+        """A line for the run's log."""
+
+
+class TransferMethod:
+    """Base class of transfer methods: the method is the step, the engine is the loop.
+
+    Override :meth:`setup`, :meth:`modules`, :meth:`training_step`, :meth:`validation_step` and
+    :meth:`predictor`; the rest has sensible defaults. ``modules()`` are the modules saved in
+    checkpoints (by name); parameters with ``requires_grad`` are optimised.
+    """
+
+    def setup(self, ctx: MethodContext) -> None:
+        """Build the method's modules (e.g. ``ctx.build_classifier()``)."""
+        raise NotImplementedError
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The modules this method trains and checkpoints, by name."""
+        raise NotImplementedError
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; each may carry its own ``lr``. Default: one group of every
+        trainable parameter at ``lr``."""
+        params = [p for m in self.modules().values() for p in m.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr}]
+
+    def on_epoch_start(self, epoch: int, ctx: MethodContext) -> bool:
+        """Called before each epoch (0-based). Return True when the set of trainable parameters
+        changed, so the engine rebuilds the optimizer (gradual unfreezing)."""
+        return False
+
+    def train(self) -> None:
+        """Put the modules in training mode (override to keep parts in eval mode)."""
+        for module in self.modules().values():
+            module.train()
+
+    def eval(self) -> None:
+        """Put the modules in evaluation mode."""
+        for module in self.modules().values():
+            module.eval()
+
+    def train_batches(self, ctx: MethodContext, epoch: int) -> Iterable[Any]:
+        """The batches of one training epoch. Default: ``ctx.loader("train")``."""
+        return ctx.loader("train")
+
+    def eval_batches(self, ctx: MethodContext, split: str) -> Iterable[Any]:
+        """The batches of an evaluation split. Default: ``ctx.loader(split)``."""
+        return ctx.loader(split)
+
+    def training_step(self, batch: Any, ctx: MethodContext) -> StepOutput:
+        """Turn one batch (already on ``ctx.device``) into a loss."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, ctx: MethodContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits, targets)`` for one evaluation batch (no gradients are tracked)."""
+        raise NotImplementedError
+
+    def predictor(self) -> nn.Module:
+        """The module that maps preprocessed images to logits: what is exported and predicted."""
+        raise NotImplementedError
+
+    def state_summary(self) -> dict[str, Any]:
+        """JSON-serialisable facts saved with checkpoints (e.g. the current freeze state)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A transfer method: its id, its parameter dataclass (every field made with :func:`param`),
+    the data roles it consumes, and ``factory(params) -> TransferMethod``."""
+
+    name: str
+    description: str
+    params: type
+    factory: Callable[[Any], TransferMethod]
+    data_roles: tuple[str, ...] = ("labeled",)

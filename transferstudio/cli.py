@@ -1,0 +1,229 @@
+"""Headless entry points over the same core the window uses.
+
+Answering ``--help`` imports neither torch nor Qt: every command imports what it needs when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from transferstudio import __version__
+
+
+def _host():
+    from transferstudio.core.plugins import load_plugins
+
+    return load_plugins()
+
+
+def _workspace(args) -> Path:
+    from transferstudio.core.runs import default_workspace
+
+    return Path(args.workspace).expanduser() if args.workspace else default_workspace()
+
+
+def _run_with_console(exp, host, workspace: Path, resume: str | None = None) -> int:
+    from transferstudio.console import ConsoleProgress
+    from transferstudio.core.engine import run_experiment
+
+    progress = ConsoleProgress()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def ask_stop(signum, frame):  # first Ctrl+C stops cleanly after the batch; second aborts
+        if progress.stop:
+            raise KeyboardInterrupt
+        progress.stop = True
+        print("\nstopping after this batch (Ctrl+C again to abort)...", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, ask_stop)
+    try:
+        result = run_experiment(exp, host, progress, workspace, resume=resume)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(f"run folder: {result.folder}")
+    if result.status == "cancelled":
+        print(f"resume with: transferstudio --workspace {workspace} run --resume {result.run_id}")
+        return 130
+    return 0 if result.status == "completed" else 1
+
+
+def cmd_run(args) -> int:
+    from transferstudio.core import experiment as X
+
+    host = _host()
+    workspace = _workspace(args)
+    if args.resume:
+        from transferstudio.core.runs import RunStore
+
+        record = RunStore(workspace).get(args.resume)
+        exp_file = Path(record.folder) / "experiment.toml"
+        exp = X.load(exp_file, host.method_params, args.set)
+        if args.experiment:
+            print(f"note: resuming uses the run's own {exp_file}, not {args.experiment}",
+                  file=sys.stderr)
+        return _run_with_console(exp, host, workspace, resume=record.id)
+    if not args.experiment:
+        raise _usage("run needs an experiment file (or --resume RUN_ID)")
+    exp = X.load(args.experiment, host.method_params, args.set)
+    return _run_with_console(exp, host, workspace)
+
+
+def cmd_demo(args) -> int:
+    from transferstudio.core import experiment as X
+    from transferstudio.core.demo import prepare_demo
+
+    host = _host()
+    workspace = _workspace(args)
+    exp_file = prepare_demo(workspace)
+    print(f"demo experiment: {exp_file} (data generated in {exp_file.parent / 'data'})")
+    overrides = list(args.set)
+    if args.epochs:
+        overrides.append(f"train.epochs={args.epochs}")
+    exp = X.load(exp_file, host.method_params, overrides)
+    return _run_with_console(exp, host, workspace)
+
+
+def cmd_init(args) -> int:
+    from transferstudio.core import experiment as X
+
+    host = _host()
+    spec = host.method(args.method)
+    if args.backbone:
+        host.backbone(args.backbone)
+    data = str(Path(args.data).expanduser().resolve()) if args.data else ""
+    exp = X.new_experiment(spec.name, spec.params, data, args.backbone, args.name)
+    sys.stdout.write(exp.to_toml(comments=True))
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    host = _host()
+    for record in host.records:
+        print(f"{record.name} {record.version}  [{record.status}]  module {record.module}, "
+              f"API {record.api_version or '?'}")
+        for kind, names in record.provides.items():
+            print(f"  {kind}: {', '.join(names)}")
+        for error in record.errors:
+            text = error if args.verbose else error.split("\n")[0]
+            print("  error: " + text.replace("\n", "\n    "))
+    failed = host.failures()
+    if failed and not args.verbose:
+        print(f"\n{len(failed)} plugin(s) with problems; 'transferstudio plugins -v' shows tracebacks")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from transferstudio.core.runs import RunStore, read_report
+
+    store = RunStore(_workspace(args))
+    if args.action == "show":
+        if not args.run_id:
+            raise _usage("runs show needs a RUN_ID")
+        record = store.get(args.run_id)
+        for key, value in vars(record).items():
+            print(f"{key:12} {value}")
+        report = read_report(record.folder)
+        if report:
+            from transferstudio.console import final_table
+
+            print(final_table(report))
+        metrics = store.epoch_metrics(record.id)
+        if metrics.get("val"):
+            print("\nepoch  " + "  ".join(f"{k:>10}" for k in ("train_loss", "val_loss", "val_acc")))
+            train = dict(metrics.get("train", {}).get("loss", []))
+            val_loss = dict(metrics["val"].get("loss", []))
+            for epoch, acc in metrics["val"].get("accuracy", []):
+                print(f"{epoch + 1:5d}  {train.get(epoch, float('nan')):10.4f}  "
+                      f"{val_loss.get(epoch, float('nan')):10.4f}  {acc:10.4f}")
+        return 0
+    runs = store.list()
+    if args.json:
+        print(json.dumps([vars(r) for r in runs], indent=2))
+        return 0
+    if not runs:
+        print(f"no runs in {store.workspace} yet; try 'transferstudio demo'")
+        return 0
+    print(f"{'id':40} {'status':10} {'backbone':16} {'method':16} {'best':>8} {'epochs':>6} {'time':>8}")
+    for r in runs:
+        best = f"{r.best_metric:.4f}" if r.best_metric is not None else "-"
+        print(f"{r.id:40} {r.status:10} {r.backbone:16} {r.method:16} {best:>8} "
+              f"{r.epochs_done:>6} {r.duration_s:>7.1f}s")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transferstudio",
+        description="Transfer-learning experiments between deep networks, with plugins.",
+    )
+    parser.add_argument("--version", action="version", version=f"transferstudio {__version__}")
+    parser.add_argument("--workspace", help="workspace folder (default: $TRANSFERSTUDIO_WORKSPACE "
+                        "or the user data folder)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate a small synthetic dataset and fine-tune on it (offline)")
+    p.add_argument("--epochs", type=int, help="override the demo's number of epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an experiment setting, e.g. train.lr=0.01")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run an experiment file headless")
+    p.add_argument("experiment", nargs="?", help="experiment .toml file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or killed run")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("init", help="print a complete, commented experiment file")
+    p.add_argument("--method", required=True, help="method id, e.g. fine-tune")
+    p.add_argument("--data", default="", help="image folder or CSV file")
+    p.add_argument("--backbone", help="backbone id, e.g. resnet18")
+    p.add_argument("--name", help="experiment name")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("plugins", help="list plugins, what they provide, and their errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="show full tracebacks")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("runs", help="list the workspace's runs, or show one")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("run_id", nargs="?", help="run id (or a unique prefix) for 'show'")
+    p.add_argument("--json", action="store_true", help="machine-readable list")
+    p.set_defaults(func=cmd_runs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from transferstudio.api import TransferStudioError
+
+    try:
+        return int(args.func(args) or 0)
+    except _UsageError as exc:
+        parser.error(str(exc))
+    except TransferStudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Console presentation of a run: a progress line with ETA, epoch lines and the final table."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from transferstudio.core import events as E
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class ConsoleProgress:
+    """A :class:`~transferstudio.core.engine.RunState` that draws to a terminal.
+
+    On a terminal the batch line is redrawn at most 10 times a second; elsewhere (CI logs) only
+    epoch lines are printed. Ctrl+C asks the engine to stop after the current batch.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.stop = False
+        self.epochs = 1
+        self.start_epoch = 0
+        self.started = time.monotonic()
+        self.last_draw = 0.0
+        self.run_id: str | None = None
+
+    def stop_requested(self) -> bool:
+        return self.stop
+
+    def pause_requested(self) -> bool:
+        return False
+
+    def _print(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def emit(self, event: Any) -> None:
+        if isinstance(event, E.RunStarted):
+            self.run_id = event.run_id
+            self.epochs, self.start_epoch = event.epochs, event.start_epoch
+            self.started = time.monotonic()
+            self._print(f"run {event.run_id} on {event.device_detail} ({event.precision}); "
+                        f"{len(event.classes)} classes, "
+                        + ", ".join(f"{s} {sum(c.values())}" for s, c in event.counts.items())
+                        + (f", {event.skipped} file(s) skipped" if event.skipped else ""))
+        elif isinstance(event, E.BatchEnded) and self.tty:
+            now = time.monotonic()
+            if now - self.last_draw < 0.1 and event.batch + 1 < event.batches:
+                return
+            self.last_draw = now
+            done = (event.epoch - self.start_epoch) + (event.batch + 1) / max(event.batches, 1)
+            total = max(self.epochs - self.start_epoch, 1)
+            elapsed = now - self.started
+            eta = elapsed * (total - done) / done if done > 0 else 0
+            width = 24
+            filled = int(width * (event.batch + 1) / max(event.batches, 1))
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(f"\r\033[Kepoch {event.epoch + 1}/{self.epochs} [{bar}] "
+                              f"{event.batch + 1}/{event.batches} loss {event.loss:.4f} "
+                              f"lr {event.lr:.2e} ETA {_fmt_seconds(eta)}")
+            self.stream.flush()
+        elif isinstance(event, E.EpochEnded):
+            val = event.val
+            self._print(f"epoch {event.epoch + 1}/{event.epochs} ({event.seconds:.1f} s): train loss "
+                        f"{event.train['loss']:.4f} acc {event.train.get('accuracy', float('nan')):.4f}"
+                        f" | val loss {val.get('loss', float('nan')):.4f} acc "
+                        f"{val.get('accuracy', float('nan')):.4f} f1 {val.get('f1_macro', float('nan')):.4f}"
+                        + ("  *best*" if event.improved else ""))
+        elif isinstance(event, E.LogMessage):
+            self._print(event.text)
+        elif isinstance(event, E.RunFinished) and event.status == "completed":
+            self._print(final_table(event.report))
+        elif isinstance(event, E.RunFailed):
+            self._print(f"run failed: {event.message}")
+
+
+def final_table(report: dict[str, Any]) -> str:
+    """The final metrics of a run report as text (best validation epoch, then test)."""
+    from transferstudio.core.metrics import ClassificationReport, format_report
+
+    lines = []
+    if report.get("best_epoch") is not None:
+        lines.append(f"best epoch {report['best_epoch'] + 1}: val {report['metric']} "
+                     f"{report['best_metric']:.4f}")
+    for split, title in (("val", "validation (best epoch)"), ("test", "test (best checkpoint)")):
+        if report.get(split):
+            lines.append(format_report(ClassificationReport(**report[split]), title))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The Qt-free core: experiments, data, models, engine, metrics, runs. Never imports Qt."""

@@ -1,0 +1,128 @@
+"""Checkpoints of a run: ``best`` and ``last``, each written atomically.
+
+A checkpoint is three files with one stem: ``last.safetensors`` (weights of every trained module,
+keys ``<module>.<param>``), ``last.json`` (experiment, class names, plugin versions, metrics,
+epoch) and ``last.state.pt`` (optimizer, RNG and loop state; read back with
+``weights_only=True``). The JSON is written last and names the digest of the other two, so a
+checkpoint whose write was interrupted is recognised as incomplete and the previous one's files
+are never half-replaced: the weights/state files are first written under a new generation name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from transferstudio.api import TransferStudioError
+from transferstudio.core.atomic import write_atomic, write_text_atomic
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    weights: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    state: dict[str, Any]
+
+
+def module_weights(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Flatten named modules' state dicts into one ``name.key -> tensor`` mapping (on CPU)."""
+    out = {}
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            out[f"{name}.{key}"] = value.detach().to("cpu").contiguous()
+    return out
+
+
+def load_module_weights(modules: dict[str, torch.nn.Module], weights: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`module_weights` (strict)."""
+    for name, module in modules.items():
+        prefix = name + "."
+        module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+
+
+class CheckpointStore:
+    """The ``checkpoints`` folder of a run."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def save(self, kind: str, weights: dict[str, torch.Tensor], meta: dict[str, Any],
+             state: dict[str, Any]) -> Path:
+        """Write checkpoint ``kind`` (``best`` or ``last``); returns the JSON path."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta_path = self.folder / f"{kind}.json"
+        previous = self._read_meta(meta_path)
+        generation = int(previous.get("generation", 0)) + 1 if previous else 1
+        weights_name = f"{kind}-{generation}.safetensors"
+        state_name = f"{kind}-{generation}.state.pt"
+        str_meta = {"format": "transferstudio-checkpoint-1"}
+        write_atomic(self.folder / weights_name, lambda p: save_file(weights, str(p), metadata=str_meta))
+        write_atomic(self.folder / state_name, lambda p: torch.save(state, p))
+        full_meta = dict(meta, generation=generation, weights_file=weights_name, state_file=state_name)
+        write_text_atomic(meta_path, json.dumps(full_meta, indent=2, sort_keys=True))
+        # Only now is the new generation the checkpoint; drop files of older generations.
+        for stale in self.folder.glob(f"{kind}-*"):
+            if stale.name not in (weights_name, state_name):
+                stale.unlink(missing_ok=True)
+        for tmp in self.folder.glob(f".{kind}-*.tmp"):
+            tmp.unlink(missing_ok=True)
+        return meta_path
+
+    @staticmethod
+    def _read_meta(path: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def exists(self, kind: str) -> bool:
+        return (self.folder / f"{kind}.json").is_file()
+
+    def meta(self, kind: str) -> dict[str, Any]:
+        meta = self._read_meta(self.folder / f"{kind}.json")
+        if meta is None:
+            raise TransferStudioError(f"no readable {kind} checkpoint in {self.folder}")
+        return meta
+
+    def load(self, kind: str, with_state: bool = True) -> Checkpoint:
+        """Read checkpoint ``kind``; the state file is read with ``weights_only=True``."""
+        meta = self.meta(kind)
+        try:
+            weights = load_file(str(self.folder / meta["weights_file"]))
+            state = (torch.load(self.folder / meta["state_file"], map_location="cpu",
+                                weights_only=True) if with_state else {})
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise TransferStudioError(f"checkpoint {kind} in {self.folder} cannot be read: {exc}") from None
+        return Checkpoint(weights, meta, state)
+
+    def paths(self, kind: str) -> list[Path]:
+        meta = self.meta(kind)
+        return [self.folder / f"{kind}.json", self.folder / meta["weights_file"],
+                self.folder / meta["state_file"]]
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch and Python RNG states (NumPy is reseeded per epoch by the engine)."""
+    import random
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    import random
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

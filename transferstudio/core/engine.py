@@ -1,0 +1,614 @@
+"""The training engine: a plain function of ``(experiment, state)``.
+
+The engine owns what every method shares (device, mixed precision, optimizer and parameter groups,
+learning-rate schedule, epochs, validation, early stopping, checkpoints, cancellation, events); the
+method plugin owns its modules and its step. ``state`` answers "was I asked to stop or pause?" and
+receives events, so tests call the engine with a plain object, the GUI worker from a QThread, the
+CLI with a console progress bar. Only the writer process (rank 0 of a distributed launch) writes
+files; the others compute.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transferstudio.api import (
+    DataError,
+    StepOutput,
+    TransferMethod,
+    TransferStudioError,
+)
+from transferstudio.core import data as D
+from transferstudio.core import events as E
+from transferstudio.core.checkpoint import (
+    CheckpointStore,
+    load_module_weights,
+    module_weights,
+    restore_rng,
+    rng_state,
+)
+from transferstudio.core.device import choose_device, choose_precision, describe
+from transferstudio.core.experiment import Experiment
+from transferstudio.core.features import FeatureCache, cache_key
+from transferstudio.core.metrics import MetricAccumulator, format_report
+from transferstudio.core.models import build_classifier, make_head
+from transferstudio.core.optim import build_optimizer, lr_factor, set_lr
+from transferstudio.core.plugins import PluginHost
+from transferstudio.core.runs import RunStore
+from transferstudio.core.weights import file_digest, resolve_weights
+
+LOWER_IS_BETTER = {"loss"}
+
+
+class RunState(Protocol):
+    """What the engine asks of its caller."""
+
+    def stop_requested(self) -> bool: ...
+
+    def pause_requested(self) -> bool: ...
+
+    def emit(self, event: Any) -> None: ...
+
+
+class PlainState:
+    """A :class:`RunState` for scripts and tests: flags plus an event list and callback."""
+
+    def __init__(self, on_event=None) -> None:
+        self.stop = False
+        self.pause = False
+        self.events: list[Any] = []
+        self.on_event = on_event
+
+    def stop_requested(self) -> bool:
+        return self.stop
+
+    def pause_requested(self) -> bool:
+        return self.pause
+
+    def emit(self, event: Any) -> None:
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+class RunCancelled(Exception):
+    """Raised inside the loop when the state asks to stop."""
+
+
+class NonFiniteLoss(TransferStudioError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    """The outcome of :func:`run_experiment`."""
+
+    run_id: str
+    folder: Path
+    status: str  # completed | cancelled | failed
+    message: str = ""
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    epochs_done: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def is_writer_process() -> bool:
+    """True unless this is a non-zero rank of a distributed launch (``RANK`` set by torchrun)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 1) % 2**63
+
+
+# --------------------------------------------------------------------------- method context
+
+
+class EngineContext:
+    """The :class:`transferstudio.api.MethodContext` the engine hands to methods."""
+
+    def __init__(self, engine: _Run) -> None:
+        self._run = engine
+        self.num_classes = len(engine.scan.classes)
+        self.class_names = list(engine.scan.classes)
+        self.device = engine.device
+        self.epochs = engine.exp.train.epochs
+        self.batch_size = engine.exp.data.batch_size
+        self.feature_dim = engine.backbone_spec.feature_dim
+        self.augmenting = engine.exp.augment.any_random
+        self.seed = engine.exp.train.seed
+
+    def build_classifier(self) -> torch.nn.Module:
+        r = self._run
+        model = build_classifier(r.backbone_spec, r.weights_file, self.num_classes,
+                                 dropout=r.exp.model.head_dropout)
+        return model.to(self.device)
+
+    def make_head(self, in_features: int, hidden: int = 0, dropout: float | None = None) -> torch.nn.Module:
+        d = self._run.exp.model.head_dropout if dropout is None else dropout
+        return make_head(in_features, self.num_classes, hidden, d).to(self.device)
+
+    def loader(self, split: str) -> Iterable[Any]:
+        return self._run.loader(split)
+
+    def epoch_generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+
+    def cached_features(self, backbone: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run.cached_features(backbone, split)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self._run.exp.train.label_smoothing)
+
+    def log(self, message: str) -> None:
+        self._run.log(message)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Run:
+    """State of one run while :func:`run_experiment` executes it."""
+
+    def __init__(self, exp: Experiment, host: PluginHost, state: RunState, workspace: Path,
+                 resume_id: str | None, writer: bool) -> None:
+        self.exp = exp
+        self.host = host
+        self.state = state
+        self.writer = writer
+        self.store = RunStore(workspace) if writer else None
+        self.workspace = Path(workspace)
+        self.resume_id = resume_id
+        self.log_lines: list[str] = []
+        self.log_file: io.TextIOBase | None = None
+        self.started = time.monotonic()
+        self.elapsed_before = 0.0
+
+    # ----------------------------------------------------------- helpers
+
+    def log(self, message: str, quiet: bool = False) -> None:
+        """A line for the run's log file; also emitted as an event unless ``quiet``."""
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        if self.log_file is not None:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+        if not quiet:
+            self.state.emit(E.LogMessage(message))
+
+    def loader(self, split: str):
+        train = split == "train"
+        dataset = self.datasets[split]
+        generator = torch.Generator().manual_seed(_epoch_seed(self.exp.train.seed, self.epoch))
+        return D.make_loader(dataset, self.exp.data.batch_size, shuffle=train,
+                             workers=self.workers, pin_memory=self.device.type == "cuda",
+                             generator=generator)
+
+    def cached_features(self, backbone: torch.nn.Module, split: str):
+        weights_id = (self.weights_digest if self.weights_file is not None
+                      else f"random-init-seed-{self.exp.train.seed}")
+        key = cache_key({
+            "backbone": self.exp.model.backbone, "weights": weights_id,
+            "preprocessing": self.preprocessing.to_dict(), "split": split,
+            "files": D.ScanResult(self.scan.classes, {split: self.scan.splits[split]}).fingerprint(),
+        })
+        dataset = self.eval_datasets[split]
+
+        def compute():
+            self.log(f"computing {split} features once ({len(dataset)} images); later epochs and "
+                     "runs reuse them")
+            loader = D.make_loader(dataset, self.exp.data.batch_size, shuffle=False,
+                                   workers=self.workers, pin_memory=self.device.type == "cuda")
+            was_training = backbone.training
+            backbone.eval()
+            feats, targets = [], []
+            with torch.no_grad():
+                for images, labels in loader:
+                    self._check_stop()
+                    feats.append(backbone(images.to(self.device, non_blocking=True)).float().cpu())
+                    targets.append(labels)
+            backbone.train(was_training)
+            return torch.cat(feats), torch.cat(targets)
+
+        return self.feature_cache.get_or_compute(key, compute)
+
+    def _check_stop(self) -> None:
+        if self.state.pause_requested():
+            self.log("paused")
+            while self.state.pause_requested() and not self.state.stop_requested():
+                time.sleep(0.05)
+            if not self.state.stop_requested():
+                self.log("resumed")
+        if self.state.stop_requested():
+            raise RunCancelled
+
+    def _to_device(self, batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, list | tuple):
+            return type(batch)(self._to_device(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        return batch
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ----------------------------------------------------------- setup
+
+    def prepare(self) -> None:
+        exp = self.exp
+        seed_everything(exp.train.seed, exp.train.deterministic)
+        self.device = choose_device(exp.train.device)
+        self.amp_dtype = choose_precision(self.device, exp.train.precision)
+        self.method_spec = self.host.method(exp.method)
+        self.backbone_spec = self.host.backbone(exp.model.backbone)
+        data_path = exp.resolve(exp.data.path) if exp.data.path else None
+        if data_path is None:
+            raise DataError("data.path is empty: choose an image folder or CSV file")
+        source = D.choose_source(self.host.datasets, exp.data, data_path)
+        self.scan = D.scan(source, exp.data, data_path)
+        self.weights_file = resolve_weights(self.backbone_spec, exp.model.weights, exp.base_dir)
+        self.weights_digest = file_digest(self.weights_file) if self.weights_file else None
+        pre = self.backbone_spec.preprocessing
+        self.preprocessing = pre.resized_for(exp.data.image_size) if exp.data.image_size else pre
+        self.workers = D.default_workers(exp.data.num_workers)
+        train_tf = D.build_transform(self.preprocessing, exp.augment)
+        eval_tf = D.build_transform(self.preprocessing, None)
+        self.datasets = {s: D.ImageDataset(samples, self.scan.classes,
+                                           train_tf if s == "train" else eval_tf)
+                         for s, samples in self.scan.splits.items()}
+        self.eval_datasets = {s: D.ImageDataset(samples, self.scan.classes, eval_tf)
+                              for s, samples in self.scan.splits.items()}
+        self.feature_cache = FeatureCache(self.workspace / "cache" / "features" if self.writer else None)
+        self.epoch = 0
+
+    def open_run(self) -> None:
+        exp = self.exp
+        if self.resume_id:
+            assert self.store is not None or not self.writer
+            record = self.store.get(self.resume_id) if self.store else None
+            self.run_id = record.id if record else self.resume_id
+            self.folder = Path(record.folder) if record else self.workspace / "runs" / self.resume_id
+            self.elapsed_before = record.duration_s if record else 0.0
+        else:
+            self.run_id = (self.store.new_run_id(exp.name) if self.store
+                           else f"rank{os.environ.get('RANK', '?')}")
+            self.folder = (self.store.create(self.run_id, exp.name, exp.model.backbone, exp.method,
+                                             exp.train.early_stopping_metric)
+                           if self.store else self.workspace / "runs" / self.run_id)
+        self.checkpoints = CheckpointStore(self.folder / "checkpoints")
+        if self.writer:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if not self.resume_id:
+                from transferstudio.core.atomic import write_text_atomic
+
+                write_text_atomic(self.folder / "experiment.toml",
+                                  exp.with_absolute_paths().to_toml())
+            self.log_file = open(self.folder / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
+
+    # ----------------------------------------------------------- loop
+
+    def execute(self) -> RunResult:
+        exp = self.exp
+        self.log(("resuming" if self.resume_id else "starting") + f" run {self.run_id}: "
+                 f"{exp.method} on {exp.model.backbone}, {len(self.scan.classes)} classes")
+        self.log("data:\n" + self.scan.report())
+        self.method: TransferMethod = self.method_spec.factory(exp.method_params)
+        self.ctx = EngineContext(self)
+        self.method.setup(self.ctx)
+        self.modules = self.method.modules()
+        for module in self.modules.values():
+            module.to(self.device)
+
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_val_report: dict[str, Any] | None = None
+        start_epoch = 0
+        if self.resume_id and self.checkpoints.exists("last"):
+            start_epoch = self._restore()
+        elif self.resume_id:
+            self.log("no checkpoint yet: the run starts from the beginning")
+        if self.store and self.resume_id:
+            self.store.truncate_epochs(self.run_id, start_epoch)
+
+        self.epoch = start_epoch
+        train_batches = len(self.datasets["train"]) // exp.data.batch_size + (
+            1 if len(self.datasets["train"]) % exp.data.batch_size else 0)
+        self.steps_per_epoch = max(1, train_batches)
+        self.state.emit(E.RunStarted(
+            self.run_id, str(self.folder), str(self.device), describe(self.device),
+            str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+            exp.train.epochs, start_epoch, self.steps_per_epoch, self.scan.classes,
+            self.scan.counts(), len(self.scan.skipped)))
+
+        metric = exp.train.early_stopping_metric
+        for epoch in range(start_epoch, exp.train.epochs):
+            self.epoch = epoch
+            self._seed_epoch(epoch)
+            if self.method.on_epoch_start(epoch, self.ctx) or self.optimizer is None:
+                self._rebuild_optimizer()
+            t0 = time.monotonic()
+            train_metrics = self._train_epoch(epoch)
+            val_report = self._evaluate("val")
+            val_metrics = val_report.metrics
+            value = val_metrics.get(metric)
+            improved = value is not None and (
+                self.best is None or (value < self.best if metric in LOWER_IS_BETTER else value > self.best))
+            if improved:
+                self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+                self.best_val_report = val_report.to_dict()
+            else:
+                self.bad_epochs += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.history.append({"epoch": epoch, "train": train_metrics, "val": val_metrics, "lr": lr})
+            seconds = time.monotonic() - t0
+            self._save_epoch(epoch, improved, val_report.to_dict())
+            self.state.emit(E.EpochEnded(epoch, exp.train.epochs, train_metrics, val_metrics, lr,
+                                         seconds, improved, self.best, self.best_epoch))
+            self.log(f"epoch {epoch + 1}/{exp.train.epochs}: train loss "
+                     f"{train_metrics['loss']:.4f} acc {train_metrics.get('accuracy', 0):.4f}; val "
+                     + " ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()
+                                if k in ('loss', 'accuracy', 'f1_macro'))
+                     + (" (best)" if improved else ""), quiet=True)
+            if exp.train.patience and self.bad_epochs >= exp.train.patience:
+                self.log(f"early stopping: no improvement of val {metric} for "
+                         f"{exp.train.patience} epoch(s); best {self.best:.4f} at epoch "
+                         f"{(self.best_epoch or 0) + 1}")
+                break
+        return self._finish()
+
+    def _seed_epoch(self, epoch: int) -> None:
+        # Each epoch starts from RNG states derived from (seed, epoch): a run resumed at an epoch
+        # boundary draws exactly the same augmentations, shuffles and dropout masks.
+        s = _epoch_seed(self.exp.train.seed, epoch)
+        torch.manual_seed(s)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+
+    def _rebuild_optimizer(self) -> None:
+        groups = self.method.parameter_groups(self.exp.train.lr)
+        try:
+            self.optimizer = build_optimizer(groups, self.exp.train, previous=self.optimizer)
+        except ValueError as exc:
+            raise TransferStudioError(f"{exc}; unfreeze at least the head") from None
+        trainable = sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
+        self.log(f"optimizer {self.exp.train.optimizer}: {trainable:,} trainable parameters in "
+                 f"{len(self.optimizer.param_groups)} group(s)")
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        exp = self.exp
+        self.method.train()
+        acc = MetricAccumulator(len(self.scan.classes), self.scan.classes, topk=())
+        total_steps = exp.train.epochs * self.steps_per_epoch
+        loss_sum, n_seen = 0.0, 0
+        batches = self.method.train_batches(self.ctx, epoch)
+        n_batches = len(batches) if hasattr(batches, "__len__") else self.steps_per_epoch
+        lr = self.optimizer.param_groups[0]["lr"]
+        for i, batch in enumerate(batches):
+            self._check_stop()
+            batch = self._to_device(batch)
+            lr = set_lr(self.optimizer, lr_factor(self.step, total_steps, self.steps_per_epoch, exp.train))
+            with self._autocast():
+                out: StepOutput = self.method.training_step(batch, self.ctx)
+            loss_value = float(out.loss.detach())
+            if not np.isfinite(loss_value):
+                raise NonFiniteLoss(
+                    f"the loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; the run "
+                    "stopped and the last good checkpoint is kept. Try a lower learning rate "
+                    "(train.lr), gradient clipping (train.grad_clip) or fp32 precision")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+            if exp.train.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, exp.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            n = out.targets.numel() if out.targets is not None else 1
+            loss_sum += loss_value * n
+            n_seen += n
+            if out.logits is not None and out.targets is not None:
+                acc.update(out.logits, out.targets)
+            self.state.emit(E.BatchEnded(epoch, i, n_batches, loss_value, lr, n, dict(out.logs)))
+        metrics = {"loss": loss_sum / max(n_seen, 1), "lr": lr}
+        if acc.count:
+            metrics["accuracy"] = acc.report().metrics["accuracy"]
+        return metrics
+
+    def _evaluate(self, split: str):
+        self.method.eval()
+        acc = MetricAccumulator(len(self.scan.classes), self.scan.classes)
+        with torch.no_grad():
+            for batch in self.method.eval_batches(self.ctx, split):
+                self._check_stop()
+                batch = self._to_device(batch)
+                with self._autocast():
+                    logits, targets = self.method.validation_step(batch, self.ctx)
+                loss = F.cross_entropy(logits.float(), targets)
+                acc.update(logits, targets, float(loss))
+        return acc.report()
+
+    # ----------------------------------------------------------- checkpoints and files
+
+    def _meta(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "epoch": epoch, "experiment": self.exp.to_dict(),
+            "class_names": self.scan.classes, "metrics": metrics,
+            "plugin_versions": self.host.plugin_versions(),
+            "backbone": self.exp.model.backbone, "method": self.exp.method,
+            "preprocessing": self.preprocessing.to_dict(),
+            "weights_source": self.exp.model.weights, "weights_digest": self.weights_digest,
+            "dataset_fingerprint": self.scan.fingerprint(), "seed": self.exp.train.seed,
+            "method_state": self.method.state_summary(),
+        }
+
+    def _save_epoch(self, epoch: int, improved: bool, val_report: dict[str, Any]) -> None:
+        if not self.writer:
+            return
+        weights = module_weights(self.modules)
+        meta = self._meta(epoch, val_report["metrics"])
+        state = {
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs, "rng": rng_state(),
+            "elapsed": self.elapsed_before + time.monotonic() - self.started,
+        }
+        if improved:
+            path = self.checkpoints.save("best", weights, meta, {})
+            self.state.emit(E.CheckpointSaved("best", str(path), epoch))
+        path = self.checkpoints.save("last", weights, dict(meta, history=self.history,
+                                                           best_val_report=self.best_val_report), state)
+        self.state.emit(E.CheckpointSaved("last", str(path), epoch))
+        self._write_metrics_csv()
+        assert self.store is not None
+        self.store.record_epoch(self.run_id, epoch, {"train": self.history[-1]["train"],
+                                                     "val": self.history[-1]["val"]},
+                                self.best, self.best_epoch,
+                                self.elapsed_before + time.monotonic() - self.started)
+
+    def _restore(self) -> int:
+        ck = self.checkpoints.load("last")
+        epoch = int(ck.meta["epoch"])
+        load_module_weights(self.modules, ck.weights)
+        self.method.on_epoch_start(epoch, self.ctx)  # the freeze state the checkpoint was trained in
+        self._rebuild_optimizer()
+        self.optimizer.load_state_dict(ck.state["optimizer"])
+        self.scaler.load_state_dict(ck.state["scaler"])
+        self.step = int(ck.state["step"])
+        self.best, self.best_epoch = ck.state["best"], ck.state["best_epoch"]
+        self.bad_epochs = int(ck.state["bad_epochs"])
+        self.history = list(ck.meta.get("history", []))
+        self.best_val_report = ck.meta.get("best_val_report")
+        self.elapsed_before = float(ck.state.get("elapsed", self.elapsed_before))
+        restore_rng(ck.state["rng"])
+        self.log(f"resumed after epoch {epoch + 1} from {self.checkpoints.folder}")
+        return epoch + 1
+
+    def _write_metrics_csv(self) -> None:
+        from transferstudio.core.atomic import write_text_atomic
+
+        keys: list[str] = []
+        for row in self.history:
+            for split in ("train", "val"):
+                keys += [f"{split}_{k}" for k in row[split] if f"{split}_{k}" not in keys]
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["epoch", *keys])
+        for row in self.history:
+            flat = {f"{s}_{k}": v for s in ("train", "val") for k, v in row[s].items()}
+            writer.writerow([row["epoch"] + 1, *[f"{flat[k]:.6g}" if k in flat else "" for k in keys]])
+        write_text_atomic(self.folder / "metrics.csv", out.getvalue())
+
+    def _finish(self) -> RunResult:
+        report: dict[str, Any] = {
+            "run_id": self.run_id, "experiment": self.exp.name, "method": self.exp.method,
+            "backbone": self.exp.model.backbone, "device": str(self.device),
+            "metric": self.exp.train.early_stopping_metric, "best_metric": self.best,
+            "best_epoch": self.best_epoch, "epochs_done": len(self.history),
+            "classes": self.scan.classes, "val": self.best_val_report,
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.scan.skipped],
+        }
+        if "test" in self.datasets and self.writer and self.checkpoints.exists("best"):
+            # Test once, with the best checkpoint, as the held-out estimate.
+            load_module_weights(self.modules, self.checkpoints.load("best", with_state=False).weights)
+            test_report = self._evaluate("test")
+            report["test"] = test_report.to_dict()
+            self.log(format_report(test_report, "test (best checkpoint)"), quiet=True)
+        duration = self.elapsed_before + time.monotonic() - self.started
+        report["duration_s"] = duration
+        if self.writer:
+            import json
+
+            from transferstudio.core.atomic import write_text_atomic
+
+            write_text_atomic(self.folder / "report.json", json.dumps(report, indent=2))
+            self.store.set_status(self.run_id, "completed", None, duration)
+        self.log(f"finished in {duration:.1f} s; best val {self.exp.train.early_stopping_metric} "
+                 f"{self.best:.4f} at epoch {(self.best_epoch or 0) + 1}" if self.best is not None
+                 else f"finished in {duration:.1f} s")
+        self.state.emit(E.RunFinished(self.run_id, "completed", report))
+        return RunResult(self.run_id, self.folder, "completed", "", self.best, self.best_epoch,
+                         len(self.history), report)
+
+    def close(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+
+
+def run_experiment(exp: Experiment, host: PluginHost, state: RunState | None = None,
+                   workspace: str | Path | None = None, resume: str | None = None,
+                   writer: bool | None = None) -> RunResult:
+    """Run (or, with ``resume=RUN_ID``, continue) an experiment to the end.
+
+    Problems found before training starts (bad settings, unusable data, missing weights) raise
+    :class:`TransferStudioError`. Once the run exists, a cancel returns status ``cancelled``
+    (checkpoints kept, resumable) and an error returns status ``failed`` after a
+    :class:`~transferstudio.core.events.RunFailed` event; the last good checkpoint stays.
+    """
+    from transferstudio.core.runs import default_workspace
+
+    state = state or PlainState()
+    workspace = Path(workspace) if workspace else default_workspace()
+    run = _Run(exp, host, state, workspace, resume, is_writer_process() if writer is None else writer)
+    run.prepare()
+    run.open_run()
+    try:
+        return run.execute()
+    except RunCancelled:
+        run.log(f"stopped by the user after {run.epoch} complete epoch(s); resume with "
+                f"'transferstudio run --resume {run.run_id}'")
+        if run.store:
+            run.store.set_status(run.run_id, "cancelled", "stopped by the user",
+                                 run.elapsed_before + time.monotonic() - run.started)
+        state.emit(E.RunFinished(run.run_id, "cancelled", {}))
+        return RunResult(run.run_id, run.folder, "cancelled", "stopped by the user",
+                         getattr(run, "best", None), getattr(run, "best_epoch", None),
+                         len(getattr(run, "history", [])))
+    except Exception as exc:  # noqa: BLE001 - reported as a failed run, never a crash
+        message = str(exc) if isinstance(exc, TransferStudioError) else f"{type(exc).__name__}: {exc}"
+        tb = traceback.format_exc()
+        run.log(f"run failed: {message}")
+        if not isinstance(exc, TransferStudioError):
+            run.log(tb)
+        if run.store:
+            run.store.set_status(run.run_id, "failed", message,
+                                 run.elapsed_before + time.monotonic() - run.started)
+        state.emit(E.RunFailed(run.run_id, message, tb))
+        return RunResult(run.run_id, run.folder, "failed", message, getattr(run, "best", None),
+                         getattr(run, "best_epoch", None), len(getattr(run, "history", [])))
+    finally:
+        run.close()

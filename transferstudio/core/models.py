@@ -1,0 +1,100 @@
+"""Building a classifier: a backbone plugin's network, local weights, and a new head.
+
+Imported only where models are built (it imports torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from transferstudio.api import BackboneSpec, WeightsError
+from transferstudio.core.weights import read_state_dict
+
+
+class ClassifierModel(nn.Module):
+    """``head(backbone(x))``: the backbone yields features, the head yields logits."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def make_head(in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
+    """A linear head, or ``Linear-ReLU-Dropout-Linear`` when ``hidden`` > 0; dropout first."""
+    layers: list[nn.Module] = []
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    if hidden > 0:
+        layers += [nn.Linear(in_features, hidden), nn.ReLU(inplace=True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_features = hidden
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, module)
+
+
+def build_backbone(spec: BackboneSpec, weights_file: Path | None) -> nn.Module:
+    """The backbone with its classifier replaced by identity, loaded from ``weights_file``.
+
+    Keys of the old classifier are ignored (its shape depends on the old task); any other
+    missing or unexpected key is a :class:`WeightsError` naming them.
+    """
+    model = spec.build()
+    try:
+        model.get_submodule(spec.classifier)
+    except AttributeError:
+        raise WeightsError(f"backbone {spec.name!r} declares classifier {spec.classifier!r}, "
+                           "which is not a module of its network") from None
+    _set_submodule(model, spec.classifier, nn.Identity())
+    if weights_file is not None:
+        load_backbone_weights(model, spec, read_state_dict(weights_file), str(weights_file))
+    return model
+
+
+def load_backbone_weights(model: nn.Module, spec: BackboneSpec, state: dict, source: str) -> None:
+    """Load a state dict into a backbone whose classifier is already replaced."""
+    if spec.convert_state_dict is not None:
+        state = spec.convert_state_dict(state)
+    # Our own checkpoints store the backbone under "backbone."; accept them as weights too.
+    if state and all(k.startswith(("backbone.", "head.")) for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    prefix = spec.classifier + "."
+    state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in state)
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong_shape = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}"
+                         + (" ..." if len(missing) > 8 else ""))
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
+                         + (" ..." if len(unexpected) > 8 else ""))
+        if wrong_shape:
+            parts.append("shape mismatch: " + ", ".join(
+                f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape[:5]))
+        raise WeightsError(f"weights {source} do not fit backbone {spec.name!r}: "
+                           + "; ".join(parts) + ". Check that the file was saved from the same "
+                           "architecture")
+    model.load_state_dict(state, strict=True)
+
+
+def build_classifier(spec: BackboneSpec, weights_file: Path | None, num_classes: int,
+                     dropout: float = 0.0, hidden: int = 0) -> nn.Module:
+    """Backbone + new head for ``num_classes``: the module every classification method trains."""
+    backbone = build_backbone(spec, weights_file)
+    return ClassifierModel(backbone, make_head(spec.feature_dim, num_classes, hidden, dropout))

@@ -1,0 +1,163 @@
+"""Parameter dataclasses: one description, three uses (validation, GUI form, generated files).
+
+Every field of a settings dataclass is made with :func:`transferstudio.api.param`; its metadata
+(help, min, max, choices) checks values read from an experiment file or ``--set``, builds the
+GUI form, and becomes the comment above the key in ``transferstudio init`` output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from transferstudio.api import ExperimentError
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """A settings field as the validator, the form builder and the TOML writer see it."""
+
+    name: str
+    kind: type  # bool, int, float, str or list
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+    choices: tuple[Any, ...] | None
+
+
+def fields_of(cls: type) -> list[FieldInfo]:
+    """The fields of a settings dataclass with their resolved types and metadata."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = _base_type(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        meta = f.metadata
+        out.append(
+            FieldInfo(
+                f.name, kind, default, meta.get("help", ""), meta.get("min"), meta.get("max"),
+                meta.get("choices"),
+            )
+        )
+    return out
+
+
+def _base_type(hint: Any) -> type:
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        return list
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _base_type(args[0])
+    if hint in (bool, int, float, str):
+        return hint
+    raise TypeError(f"unsupported settings type {hint!r}")
+
+
+def _describe(info: FieldInfo) -> str:
+    if info.choices:
+        return "one of " + ", ".join(repr(c) for c in info.choices)
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "a list"}
+    text = kinds[info.kind]
+    if info.min is not None and info.max is not None:
+        text += f" from {info.min} to {info.max}"
+    elif info.min is not None:
+        text += f" >= {info.min}"
+    elif info.max is not None:
+        text += f" <= {info.max}"
+    return text
+
+
+def coerce_value(info: FieldInfo, value: Any, key: str) -> Any:
+    """Check one value against its field; returns it converted (int -> float where allowed)."""
+    ok = True
+    if info.kind is bool:
+        ok = isinstance(value, bool)
+    elif info.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif info.kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif info.kind is str:
+        ok = isinstance(value, str)
+    elif info.kind is list:
+        ok = isinstance(value, list | tuple)
+        value = list(value) if ok else value
+    if not ok:
+        raise ExperimentError(f"expected {_describe(info)}, got {value!r}", key)
+    if info.choices and value not in info.choices:
+        raise ExperimentError(f"{value!r} is not allowed; expected {_describe(info)}", key)
+    if info.kind in (int, float) and (
+        (info.min is not None and value < info.min) or (info.max is not None and value > info.max)
+    ):
+        raise ExperimentError(f"{value!r} is out of range; expected {_describe(info)}", key)
+    return value
+
+
+def build(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
+    """Build a settings dataclass from a mapping, naming the key of any bad value.
+
+    Unknown keys are errors (with a suggestion); missing keys take their defaults.
+    """
+    data = dict(data or {})
+    infos = {info.name: info for info in fields_of(cls)}
+    for key in data:
+        if key not in infos:
+            hint = difflib.get_close_matches(key, list(infos), n=1)
+            suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+            raise ExperimentError(
+                f"unknown key{suggestion}; allowed keys: {', '.join(infos)}", f"{prefix}{key}"
+            )
+    values = {name: coerce_value(infos[name], v, f"{prefix}{name}") for name, v in data.items()}
+    return cls(**values)
+
+
+def to_dict(instance: Any) -> dict[str, Any]:
+    """A settings dataclass as a plain mapping (lists copied)."""
+    return {f.name: _plain(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- TOML output
+
+
+def toml_value(value: Any) -> str:
+    """A Python value written as a TOML value (strings, numbers, booleans, lists)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_table(header: str | None, cls: type, values: Mapping[str, Any], comments: bool) -> str:
+    """One TOML table for a settings dataclass, with each field's help as a comment."""
+    lines = [f"[{header}]"] if header else []
+    for info in fields_of(cls):
+        if comments:
+            note = info.help
+            allowed = _describe(info)
+            lines.append(f"# {note} ({allowed})" if note else f"# {allowed}")
+        lines.append(f"{info.name} = {toml_value(values.get(info.name, info.default))}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,249 @@
+"""The plugin host: guarded loading of entry-point plugins and guarded hook calls.
+
+Pluggy does not isolate failures: one raising implementation aborts a whole hook call. The host
+therefore loads each entry point itself, checks its declared API version, and calls every
+registration hook once per implementation, recording any failure (plugin name, version, error,
+traceback) and carrying on with the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import traceback
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from transferstudio import hookspecs
+from transferstudio.api import (
+    API_VERSION,
+    PROJECT_NAME,
+    BackboneSpec,
+    DatasetSpec,
+    ExperimentError,
+    ExporterSpec,
+    MethodSpec,
+    PluginError,
+    is_compatible,
+)
+
+ENTRY_POINT_GROUP = PROJECT_NAME
+BUILTIN_MODULE = "transferstudio_builtins"
+DISABLE_AUTOLOAD_ENV = "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD"
+
+# hook name -> (kind label, spec class, attribute naming a spec)
+HOOKS: dict[str, tuple[str, type, str]] = {
+    "transferstudio_backbones": ("backbones", BackboneSpec, "name"),
+    "transferstudio_methods": ("methods", MethodSpec, "name"),
+    "transferstudio_exporters": ("exporters", ExporterSpec, "format"),
+    "transferstudio_datasets": ("datasets", DatasetSpec, "name"),
+}
+
+
+@dataclass
+class PluginRecord:
+    """What the host knows about one plugin: where it came from, what it gave, what went wrong."""
+
+    name: str
+    version: str
+    module: str
+    api_version: str | None = None
+    status: str = "ok"  # ok | failed | refused | partial
+    provides: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def fail(self, status: str, message: str) -> None:
+        self.status = status
+        self.errors.append(message)
+
+
+class PluginHost:
+    """Loads plugins and collects their specs. Build one with :func:`load_plugins`."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: list[PluginRecord] = []
+        self.backbones: dict[str, BackboneSpec] = {}
+        self.methods: dict[str, MethodSpec] = {}
+        self.exporters: dict[str, ExporterSpec] = {}
+        self.datasets: dict[str, DatasetSpec] = {}
+
+    # ----------------------------------------------------------------- loading
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        """Load every plugin registered under the entry-point group, each guarded."""
+        for ep in sorted(md.entry_points(group=group), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            name = dist.name if dist is not None else ep.name
+            version = dist.version if dist is not None else "?"
+            record = PluginRecord(name=f"{name}:{ep.name}" if ep.name != "builtins" else name,
+                                  version=version, module=ep.value)
+            try:
+                module = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the app
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                record.fail("failed", _format_exc(f"could not import {ep.value!r}", exc))
+                self.records.append(record)
+                continue
+            self.register(module, record)
+
+    def load_module(self, module_name: str, version: str | None = None) -> None:
+        """Import a plugin module by name and register it, guarded like an entry point."""
+        record = PluginRecord(name=module_name, version=version or "?", module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001
+            record.fail("failed", _format_exc(f"could not import {module_name!r}", exc))
+            self.records.append(record)
+            return
+        if version is None:
+            record.version = str(getattr(module, "__version__", "?"))
+        self.register(module, record)
+
+    def register(self, plugin: Any, record: PluginRecord | None = None) -> PluginRecord:
+        """Register a plugin object (module or instance) after checking its API version, then
+        collect its specs hook by hook. Returns its record (also kept in ``records``)."""
+        name = getattr(plugin, "__name__", type(plugin).__name__)
+        record = record or PluginRecord(
+            name=name, version=str(getattr(plugin, "__version__", "?")), module=name
+        )
+        self.records.append(record)
+        declared = getattr(plugin, "TRANSFERSTUDIO_API_VERSION", None)
+        record.api_version = declared
+        if declared is None:
+            record.fail("refused", f"{record.name} does not declare TRANSFERSTUDIO_API_VERSION; "
+                        f"add TRANSFERSTUDIO_API_VERSION = \"{API_VERSION}\" to the plugin module")
+            return record
+        if not is_compatible(str(declared)):
+            record.fail("refused", f"{record.name} was written for plugin API {declared}; this "
+                        f"TransferStudio provides API {API_VERSION}. Install a version of the "
+                        f"plugin made for API {API_VERSION.split('.')[0]}.x")
+            return record
+        try:
+            self.pm.register(plugin, name=record.name)
+        except Exception as exc:  # noqa: BLE001 - e.g. a misspelled hook name
+            record.fail("failed", _format_exc(f"{record.name} could not be registered", exc))
+            return record
+        for hook_name in HOOKS:
+            self._collect(hook_name, plugin, record)
+        if record.errors and record.status == "ok":
+            record.status = "partial"
+        return record
+
+    def _collect(self, hook_name: str, plugin: Any, record: PluginRecord) -> None:
+        kind, spec_cls, key_attr = HOOKS[hook_name]
+        caller = getattr(self.pm.hook, hook_name)
+        registry: dict[str, Any] = getattr(self, kind)
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            try:
+                specs = impl.function()
+            except Exception as exc:  # noqa: BLE001
+                record.errors.append(_format_exc(f"{record.name} raised in {hook_name}", exc))
+                continue
+            if not isinstance(specs, Iterable) or isinstance(specs, str | bytes):
+                record.errors.append(f"{record.name}: {hook_name} must return a list of "
+                                     f"{spec_cls.__name__}, got {type(specs).__name__}")
+                continue
+            for spec in specs:
+                if not isinstance(spec, spec_cls):
+                    record.errors.append(f"{record.name}: {hook_name} returned "
+                                         f"{type(spec).__name__}, expected {spec_cls.__name__}")
+                    continue
+                key = getattr(spec, key_attr)
+                if key in registry:
+                    record.errors.append(f"{record.name}: {kind[:-1]} {key!r} is already provided "
+                                         "by another plugin; this one is ignored")
+                    continue
+                registry[key] = spec
+                record.provides.setdefault(kind, []).append(key)
+
+    # ----------------------------------------------------------------- lookup
+
+    def _get(self, kind: str, name: str, key: str) -> Any:
+        registry: dict[str, Any] = getattr(self, kind)
+        if name not in registry:
+            known = ", ".join(sorted(registry)) or "none loaded"
+            raise ExperimentError(f"no {kind[:-1]} plugin named {name!r}; available: {known}. "
+                                  "Run 'transferstudio plugins' to see what is installed and why "
+                                  "a plugin may have failed", key)
+        return registry[name]
+
+    def backbone(self, name: str) -> BackboneSpec:
+        return self._get("backbones", name, "model.backbone")
+
+    def method(self, name: str) -> MethodSpec:
+        return self._get("methods", name, "method.name")
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self._get("datasets", name, "data.source")
+
+    def method_params(self, name: str) -> type:
+        """The parameter dataclass of a method id (for experiment validation)."""
+        return self.method(name).params
+
+    def plugin_versions(self) -> dict[str, str]:
+        """Versions of every loaded plugin, for provenance."""
+        return {r.name: r.version for r in self.records if r.status in ("ok", "partial")}
+
+    def failures(self) -> list[PluginRecord]:
+        return [r for r in self.records if r.status != "ok"]
+
+
+def _format_exc(summary: str, exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{summary}: {type(exc).__name__}: {exc}\n{tb}"
+
+
+def load_plugins(autoload: bool | None = None, extra: Iterable[Any] = ()) -> PluginHost:
+    """A host with the built-ins and, unless disabled, every installed plugin.
+
+    ``autoload=None`` reads ``TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD`` (``1`` loads built-ins
+    only). ``extra`` plugin objects are registered after the others (used by tests).
+    """
+    if autoload is None:
+        autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("1", "true", "yes")
+    host = PluginHost()
+    if autoload:
+        host.load_entry_points()
+    if not any(r.module == BUILTIN_MODULE for r in host.records):
+        host.load_module(BUILTIN_MODULE, version=_dist_version())
+    for plugin in extra:
+        host.register(plugin)
+    return host
+
+
+def _dist_version() -> str:
+    try:
+        return md.version(PROJECT_NAME)
+    except md.PackageNotFoundError:  # running from a source tree
+        from transferstudio import __version__
+
+        return __version__
+
+
+def plugin_from_namespace(name: str, api_version: str = API_VERSION, **hooks: Any) -> types.ModuleType:
+    """A module-like plugin object built from hook functions (handy in tests and scripts)."""
+    module = types.ModuleType(name)
+    module.TRANSFERSTUDIO_API_VERSION = api_version  # type: ignore[attr-defined]
+    for hook_name, fn in hooks.items():
+        from transferstudio.api import hookimpl
+
+        setattr(module, hook_name, hookimpl(fn))
+    return module
+
+
+def require(host: PluginHost, kind: str, name: str) -> Any:
+    """Look up a spec by kind, raising :class:`PluginError` (for tools outside experiments)."""
+    try:
+        return host._get(kind, name, kind)
+    except ExperimentError as exc:
+        raise PluginError(str(exc)) from None

@@ -1,0 +1,204 @@
+"""The workspace: a folder of runs, indexed by an SQLite database for history and comparison.
+
+Layout::
+
+    WORKSPACE/
+      runs.sqlite              index of runs and their per-epoch metrics
+      runs/<run id>/
+        experiment.toml        the experiment exactly as run
+        checkpoints/           best and last (see core.checkpoint)
+        metrics.csv            one row per epoch
+        log.txt                the run log
+        report.json            final metrics, per-class table, confusion matrices
+      cache/features/          cached backbone features (feature extraction)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transferstudio.api import TransferStudioError
+
+WORKSPACE_ENV = "TRANSFERSTUDIO_WORKSPACE"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created TEXT NOT NULL,
+    backbone TEXT NOT NULL,
+    method TEXT NOT NULL,
+    status TEXT NOT NULL,
+    metric_name TEXT,
+    best_metric REAL,
+    best_epoch INTEGER,
+    epochs_done INTEGER NOT NULL DEFAULT 0,
+    duration_s REAL NOT NULL DEFAULT 0,
+    message TEXT,
+    folder TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epoch_metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, epoch, split, name)
+);
+"""
+
+
+def default_workspace() -> Path:
+    """``$TRANSFERSTUDIO_WORKSPACE``, else the user data folder (platformdirs)."""
+    if os.environ.get(WORKSPACE_ENV):
+        return Path(os.environ[WORKSPACE_ENV]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("TransferStudio", appauthor=False)) / "workspace"
+
+
+@dataclass
+class RunRecord:
+    """One row of the run index."""
+
+    id: str
+    name: str
+    created: str
+    backbone: str
+    method: str
+    status: str
+    metric_name: str | None
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_done: int
+    duration_s: float
+    message: str | None
+    folder: str
+
+
+class RunStore:
+    """The SQLite index of a workspace's runs. Every write is its own short transaction, so a
+    killed process leaves the database consistent (WAL journal)."""
+
+    def __init__(self, workspace: str | Path) -> None:
+        self.workspace = Path(workspace)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.path = self.workspace / "runs.sqlite"
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    @property
+    def runs_folder(self) -> Path:
+        return self.workspace / "runs"
+
+    def new_run_id(self, name: str) -> str:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
+        return f"{stamp}-{safe}-{secrets.token_hex(2)}"
+
+    def create(self, run_id: str, name: str, backbone: str, method: str, metric_name: str) -> Path:
+        """Register a new run and make its folder."""
+        folder = self.runs_folder / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs (id, name, created, backbone, method, status, metric_name, folder)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                (run_id, name, dt.datetime.now().isoformat(timespec="seconds"), backbone, method,
+                 metric_name, str(folder)),
+            )
+        return folder
+
+    def record_epoch(self, run_id: str, epoch: int, metrics: dict[str, dict[str, float]],
+                     best_metric: float | None, best_epoch: int | None, duration_s: float) -> None:
+        """Store one epoch's metrics (``{split: {name: value}}``) and update the run row."""
+        rows = [(run_id, epoch, split, name, float(value))
+                for split, values in metrics.items() for name, value in values.items()]
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO epoch_metrics VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute("UPDATE runs SET epochs_done=?, best_metric=?, best_epoch=?, duration_s=?,"
+                       " status='running' WHERE id=?",
+                       (epoch + 1, best_metric, best_epoch, duration_s, run_id))
+
+    def set_status(self, run_id: str, status: str, message: str | None = None,
+                   duration_s: float | None = None) -> None:
+        with self._connect() as db:
+            if duration_s is None:
+                db.execute("UPDATE runs SET status=?, message=? WHERE id=?", (status, message, run_id))
+            else:
+                db.execute("UPDATE runs SET status=?, message=?, duration_s=? WHERE id=?",
+                           (status, message, duration_s, run_id))
+
+    def get(self, run_id: str) -> RunRecord:
+        """A run by id (or unique id prefix)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id",
+                              (run_id, run_id.replace("%", "") + "%")).fetchall()
+        exact = [r for r in rows if r[0] == run_id]
+        rows = exact or rows
+        if not rows:
+            raise TransferStudioError(f"no run {run_id!r} in workspace {self.workspace}; "
+                                      "'transferstudio runs' lists them")
+        if len(rows) > 1:
+            raise TransferStudioError(f"{run_id!r} matches {len(rows)} runs; give more of the id")
+        return RunRecord(*rows[0])
+
+    def list(self) -> list[RunRecord]:
+        """Every run, newest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created DESC, id DESC").fetchall()
+        return [RunRecord(*r) for r in rows]
+
+    def epoch_metrics(self, run_id: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """``{split: {name: [(epoch, value), ...]}}`` of a run, for curves."""
+        out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        with self._connect() as db:
+            for epoch, split, name, value in db.execute(
+                "SELECT epoch, split, name, value FROM epoch_metrics WHERE run_id=? ORDER BY epoch",
+                (run_id,),
+            ):
+                out.setdefault(split, {}).setdefault(name, []).append((epoch, value))
+        return out
+
+    def truncate_epochs(self, run_id: str, from_epoch: int) -> None:
+        """Forget metrics of epochs ``>= from_epoch`` (a resumed run redoes them)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM epoch_metrics WHERE run_id=? AND epoch>=?", (run_id, from_epoch))
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run from the index (its folder is left to the caller)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    def integrity_ok(self) -> bool:
+        with self._connect() as db:
+            return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def read_report(folder: str | Path) -> dict[str, Any] | None:
+    """A run's final report, if it has one."""
+    path = Path(folder) / "report.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,98 @@
+"""Reading weights from local files only: safetensors, or ``.pt``/``.pth`` without unpickling code.
+
+TransferStudio never downloads: a backbone's pretrained weights come from the local torch cache
+(where torchvision would have stored a past download) or from a file the user names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transferstudio.api import BackboneSpec, WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def torch_cache_dir() -> Path:
+    """The folder where torchvision keeps downloaded weights (``$TORCH_HOME/hub/checkpoints``)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_cached(spec: BackboneSpec) -> Path:
+    """The backbone's pretrained file in the local torch cache, or a :class:`WeightsError`."""
+    folder = torch_cache_dir()
+    for name in spec.cache_files:
+        if (folder / name).is_file():
+            return folder / name
+    wanted = ", ".join(spec.cache_files) or "(this backbone names no cache file)"
+    raise WeightsError(
+        f"no pretrained weights for {spec.name!r} in the local torch cache {folder} (looked for "
+        f"{wanted}). Copy the file there, or set model.weights to a .pth/.safetensors path, or "
+        "to 'none' for random initialisation. TransferStudio never downloads."
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file. ``.safetensors`` never unpickles; ``.pt``/``.pth`` load with
+    ``weights_only=True`` so a file that would run code is refused. A checkpoint that wraps the
+    state dict (``{"state_dict": ...}`` or ``{"model": ...}``) is unwrapped."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise WeightsError(f"{path} is not a valid safetensors file: {exc}") from None
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(
+            f"{path} was refused: it is not a plain tensor file ({message}). TransferStudio only "
+            "loads .pt/.pth files with weights_only=True, so pickles that could run code are "
+            "never loaded; re-save the weights with torch.save(model.state_dict(), ...) or as "
+            ".safetensors"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file (first 16 hex digits), for provenance and cache keys."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def resolve_weights(spec: BackboneSpec, weights: str, base_dir: str | Path) -> Path | None:
+    """The file a ``model.weights`` setting points to (``None`` for random initialisation)."""
+    if weights == "none":
+        return None
+    if weights == "cache":
+        return find_cached(spec)
+    path = Path(os.path.expanduser(weights))
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if path.suffix not in (".pt", ".pth", ".safetensors"):
+        raise WeightsError(f"model.weights: {path} must be a .pt, .pth or .safetensors file, "
+                           "or 'none' or 'cache'")
+    if not path.is_file():
+        raise WeightsError(f"model.weights: {path} does not exist")
+    return path
