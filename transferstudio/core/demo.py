@@ -57,7 +57,7 @@ def make_image(kind: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.I
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 
 
-def generate_demo_data(folder: str | Path, per_class: int = 100, seed: int = 0) -> Path:
+def generate_demo_data(folder: str | Path, per_class: int = 350, seed: int = 0) -> Path:
     """Write ``folder/<class>/<n>.png`` (skipped when already complete); returns ``folder``."""
     folder = Path(folder)
     rng = random.Random(seed)
@@ -84,8 +84,7 @@ batch_size = 32
 image_size = 64
 
 [augment]
-random_resized_crop = true
-crop_scale_min = 0.6
+random_resized_crop = false
 hflip = true
 
 [model]
@@ -93,8 +92,8 @@ backbone = "resnet18"
 weights = "none"
 
 [train]
-epochs = 8
-lr = 0.003
+epochs = 10
+lr = 0.002
 schedule = "onecycle"
 weight_decay = 0.0005
 seed = 0

@@ -59,7 +59,7 @@ def _open(path: str) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise ImageProblem("not an image (unrecognised file contents)") from None
     except OSError as exc:
-        raise ImageProblem(f"cannot read the file ({exc})") from None
+        raise ImageProblem(_decode_reason(exc)) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         image.close()
@@ -80,11 +80,16 @@ def check_image(path: str) -> str | None:
     except ImageProblem as exc:
         return str(exc)
     except (OSError, SyntaxError, ValueError) as exc:
-        message = str(exc)
-        if "truncated" in message or "broken data stream" in message:
-            return "truncated or damaged image data"
-        return f"cannot decode the image ({message or type(exc).__name__})"
+        return _decode_reason(exc)
     return None
+
+
+def _decode_reason(exc: BaseException) -> str:
+    message = str(exc)
+    lowered = message.lower()
+    if "truncated" in lowered or "broken data stream" in lowered or "premature end" in lowered:
+        return "truncated or damaged image data"
+    return f"cannot decode the image ({message or type(exc).__name__})"
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -96,4 +101,4 @@ def load_rgb(path: str) -> Image.Image:
     except ImageProblem:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageProblem(f"cannot decode the image ({exc})") from None
+        raise ImageProblem(_decode_reason(exc)) from None

@@ -1,0 +1,63 @@
+"""Architecture rules that are easy to break silently: startup cost and layer boundaries."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def _modules_loaded_by(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_import_transferstudio_does_not_import_torch_or_qt():
+    loaded = _modules_loaded_by("import transferstudio, transferstudio.api, transferstudio.cli")
+    assert "torch" not in loaded
+    assert "PySide6" not in loaded
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom transferstudio.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass")
+    loaded = _modules_loaded_by(code)
+    assert "torch" not in loaded and "torchvision" not in loaded
+
+
+def test_listing_plugins_does_not_import_torch():
+    loaded = _modules_loaded_by("from transferstudio.core.plugins import load_plugins\n"
+                                "h = load_plugins(autoload=False)\nassert h.backbones")
+    assert "torch" not in loaded
+
+
+def test_core_and_api_never_import_qt():
+    files = [ROOT / "transferstudio/api.py", ROOT / "transferstudio/hookspecs.py",
+             *sorted((ROOT / "transferstudio/core").rglob("*.py"))]
+    offenders = {str(f.relative_to(ROOT)): m for f in files for m in _imports(f)
+                 if m.split(".")[0] in ("PySide6", "pyqtgraph", "shiboken6")}
+    assert offenders == {}
+
+
+def test_builtin_plugins_use_only_the_public_api():
+    files = sorted((ROOT / "plugins/transferstudio_builtins").rglob("*.py"))
+    assert files
+    offenders = {str(f.relative_to(ROOT)): m for f in files for m in _imports(f)
+                 if m.startswith("transferstudio") and m != "transferstudio.api"
+                 and not m.startswith("transferstudio_builtins")}
+    assert offenders == {}
