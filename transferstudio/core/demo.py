@@ -92,7 +92,7 @@ backbone = "resnet18"
 weights = "none"
 
 [train]
-epochs = 10
+epochs = 14
 lr = 0.002
 schedule = "onecycle"
 weight_decay = 0.0005

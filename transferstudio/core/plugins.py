@@ -94,9 +94,10 @@ class PluginHost:
                 continue
             self.register(module, record)
 
-    def load_module(self, module_name: str, version: str | None = None) -> None:
+    def load_module(self, module_name: str, version: str | None = None,
+                    name: str | None = None) -> None:
         """Import a plugin module by name and register it, guarded like an entry point."""
-        record = PluginRecord(name=module_name, version=version or "?", module=module_name)
+        record = PluginRecord(name=name or module_name, version=version or "?", module=module_name)
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001
@@ -215,7 +216,7 @@ def load_plugins(autoload: bool | None = None, extra: Iterable[Any] = ()) -> Plu
     if autoload:
         host.load_entry_points()
     if not any(r.module == BUILTIN_MODULE for r in host.records):
-        host.load_module(BUILTIN_MODULE, version=_dist_version())
+        host.load_module(BUILTIN_MODULE, version=_dist_version(), name=PROJECT_NAME)
     for plugin in extra:
         host.register(plugin)
     return host

@@ -1,0 +1,227 @@
+"""The engine end to end on tiny generated data: events, files, cancel/resume, NaN, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.helpers import tiny_experiment
+from transferstudio.api import MethodSpec, StepOutput, TransferMethod, param
+from transferstudio.core import events as E
+from transferstudio.core.checkpoint import CheckpointStore
+from transferstudio.core.engine import PlainState, run_experiment
+from transferstudio.core.plugins import load_plugins, plugin_from_namespace
+from transferstudio.core.runs import RunStore
+
+
+@pytest.fixture
+def data(make_images):
+    return make_images({"red": 8, "green": 8, "blue": 8})
+
+
+def test_run_completes_writes_every_file_and_indexes_the_run(data, host, tmp_path):
+    exp = tiny_experiment(data, data__test_split=0.25, train__epochs=2)
+    state = PlainState()
+    result = run_experiment(exp, host, state, tmp_path / "ws")
+    assert result.status == "completed", result.message
+    kinds = [type(e) for e in state.events]
+    assert kinds[0] is E.LogMessage and E.RunStarted in kinds and kinds[-1] is E.RunFinished
+    assert sum(k is E.EpochEnded for k in kinds) == 2
+    assert sum(k is E.BatchEnded for k in kinds) == 2 * math.ceil(12 / 4)  # 4 train images a class
+    folder = result.folder
+    for name in ("experiment.toml", "metrics.csv", "log.txt", "report.json"):
+        assert (folder / name).is_file(), name
+    report = json.loads((folder / "report.json").read_text())
+    assert set(report["val"]["metrics"]) >= {"accuracy", "precision_macro", "recall_macro",
+                                             "f1_macro", "f1_weighted", "loss"}
+    assert len(report["test"]["confusion"]) == 3
+    assert sum(map(sum, report["test"]["confusion"])) == 6
+    lines = (folder / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,train_loss") and len(lines) == 3
+    store = RunStore(tmp_path / "ws")
+    record = store.get(result.run_id)
+    assert record.status == "completed" and record.epochs_done == 2
+    assert len(store.epoch_metrics(result.run_id)["val"]["accuracy"]) == 2
+    ck = CheckpointStore(folder / "checkpoints").load("last")
+    assert ck.meta["class_names"] == ["blue", "green", "red"]
+    assert ck.meta["preprocessing"]["crop"] == 32
+    assert "transferstudio" in ck.meta["plugin_versions"]
+
+
+def test_training_learns_the_colour_task(data, host, tmp_path):
+    exp = tiny_experiment(data, train__epochs=6)
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert result.best_metric is not None and result.best_metric >= 0.8
+
+
+def _final_weights(folder):
+    return CheckpointStore(folder / "checkpoints").load("last").weights
+
+
+def test_cancel_then_resume_equals_the_uninterrupted_run(data, host, tmp_path):
+    exp = tiny_experiment(data, train__epochs=3)
+    full = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+
+    def stop_after_first_epoch(event):
+        if isinstance(event, E.BatchEnded) and event.epoch == 1 and event.batch == 1:
+            state.stop = True
+
+    state = PlainState(stop_after_first_epoch)
+    stopped = run_experiment(exp, host, state, tmp_path / "ws")
+    assert stopped.status == "cancelled" and stopped.epochs_done == 1
+    assert RunStore(tmp_path / "ws").get(stopped.run_id).status == "cancelled"
+    resumed = run_experiment(exp, host, PlainState(), tmp_path / "ws", resume=stopped.run_id)
+    assert resumed.status == "completed" and resumed.run_id == stopped.run_id
+    assert resumed.best_metric == full.best_metric
+    a, b = _final_weights(full.folder), _final_weights(resumed.folder)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.report["val"] == full.report["val"]
+
+
+def test_pause_holds_the_loop_until_released(data, host, tmp_path):
+    import threading
+    import time
+
+    exp = tiny_experiment(data, train__epochs=1)
+    state = PlainState()
+    state.pause = True
+    released = []
+
+    def release():
+        time.sleep(0.5)
+        released.append(sum(isinstance(e, E.BatchEnded) for e in state.events))
+        state.pause = False
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    result = run_experiment(exp, host, state, tmp_path / "ws")
+    thread.join()
+    assert result.status == "completed"
+    assert released == [0]  # no batch ran while paused
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
+def test_schedules_and_optimizers_run(data, host, tmp_path, schedule):
+    exp = tiny_experiment(data, train__epochs=2, train__schedule=schedule,
+                          train__optimizer="sgd" if schedule == "step" else "adamw",
+                          train__nesterov=True, train__warmup_epochs=0.5, train__grad_clip=1.0,
+                          train__label_smoothing=0.1, model__head_dropout=0.2)
+    state = PlainState()
+    assert run_experiment(exp, host, state, tmp_path / "ws").status == "completed"
+    lrs = [e.lr for e in state.events if isinstance(e, E.BatchEnded)]
+    assert all(lr > 0 for lr in lrs)
+    if schedule != "constant":
+        assert len(set(lrs)) > 1
+
+
+def test_early_stopping_stops_after_patience(data, host, tmp_path):
+    # lr 0 and fixed BN statistics: the model never changes, so the val loss never improves.
+    exp = tiny_experiment(data, train__epochs=10, train__lr=0.0, train__patience=2,
+                          train__early_stopping_metric="loss",
+                          method__params={"bn_mode": "frozen-stats"})
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert result.status == "completed"
+    assert result.epochs_done == 3  # the first epoch sets the best; two more without improvement
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_precision_on_cuda(data, host, tmp_path):  # pragma: no cover - GPU machines only
+    exp = tiny_experiment(data, train__device="cuda", train__epochs=1)
+    state = PlainState()
+    assert run_experiment(exp, host, state, tmp_path / "ws").status == "completed"
+    started = next(e for e in state.events if isinstance(e, E.RunStarted))
+    assert started.precision in ("bfloat16", "float16")
+
+
+# --------------------------------------------------------------------------- NaN
+
+
+def _exploding_plugin(explode_at_step: int):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Params:
+        """A method whose loss turns NaN at a chosen step (fault injection)."""
+
+        scale: float = param(1.0, help="unused")
+
+    class Exploding(TransferMethod):
+        def __init__(self, params):
+            self.steps = 0
+
+        def setup(self, ctx):
+            self.model = ctx.build_classifier()
+
+        def modules(self):
+            return {"model": self.model}
+
+        def training_step(self, batch, ctx):
+            images, targets = batch
+            logits = self.model(images)
+            loss = ctx.loss(logits, targets)
+            self.steps += 1
+            if self.steps == explode_at_step:
+                loss = loss * float("nan")
+            return StepOutput(loss, logits, targets)
+
+        def validation_step(self, batch, ctx):
+            return self.model(batch[0]), batch[1]
+
+        def predictor(self):
+            return self.model
+
+    spec = MethodSpec("exploding", "test", Params, Exploding)
+    return plugin_from_namespace("exploding_plugin", transferstudio_methods=lambda: [spec])
+
+
+def test_nan_loss_stops_the_run_naming_epoch_and_batch_and_keeps_last_checkpoint(data, tmp_path):
+    host = load_plugins(autoload=False, extra=[_exploding_plugin(explode_at_step=7)])
+    raw = tiny_experiment(data).to_dict()
+    raw["method"] = {"name": "exploding", "params": {}}
+    from transferstudio.core.experiment import from_mapping
+
+    exp = from_mapping(raw, host.method_params)
+    state = PlainState()
+    result = run_experiment(exp, host, state, tmp_path / "ws")
+    assert result.status == "failed"
+    # 18 training images in batches of 4 make 5 batches: step 7 is epoch 2, batch 2.
+    assert "at epoch 2, batch 2" in result.message
+    failed = [e for e in state.events if isinstance(e, E.RunFailed)]
+    assert failed and "epoch 2, batch 2" in failed[0].message
+    store = CheckpointStore(result.folder / "checkpoints")
+    assert store.meta("last")["epoch"] == 0
+    weights = store.load("last").weights
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    assert RunStore(tmp_path / "ws").get(result.run_id).status == "failed"
+
+
+def test_a_raising_method_fails_the_run_with_its_traceback(data, tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class P:
+        """Raises."""
+
+    class Broken(TransferMethod):
+        def __init__(self, params):
+            pass
+
+        def setup(self, ctx):
+            raise RuntimeError("head factory broke")
+
+    spec = MethodSpec("broken", "test", P, Broken)
+    host = load_plugins(autoload=False,
+                        extra=[plugin_from_namespace("b", transferstudio_methods=lambda: [spec])])
+    raw = tiny_experiment(data).to_dict()
+    raw["method"] = {"name": "broken", "params": {}}
+    from transferstudio.core.experiment import from_mapping
+
+    state = PlainState()
+    result = run_experiment(from_mapping(raw, host.method_params), host, state, tmp_path / "ws")
+    assert result.status == "failed" and "head factory broke" in result.message
+    failed = next(e for e in state.events if isinstance(e, E.RunFailed))
+    assert "Traceback" in failed.traceback
