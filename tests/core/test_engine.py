@@ -199,7 +199,7 @@ def test_nan_loss_stops_the_run_naming_epoch_and_batch_and_keeps_last_checkpoint
     assert RunStore(tmp_path / "ws").get(result.run_id).status == "failed"
 
 
-def test_a_raising_method_fails_the_run_with_its_traceback(data, tmp_path):
+def _broken_host(fail_in: str):
     from dataclasses import dataclass
 
     @dataclass
@@ -211,17 +211,42 @@ def test_a_raising_method_fails_the_run_with_its_traceback(data, tmp_path):
             pass
 
         def setup(self, ctx):
-            raise RuntimeError("head factory broke")
+            if fail_in == "setup":
+                raise RuntimeError("head factory broke")
+            self.model = ctx.build_classifier()
+
+        def modules(self):
+            return {"model": self.model}
+
+        def training_step(self, batch, ctx):
+            raise RuntimeError("step broke")
 
     spec = MethodSpec("broken", "test", P, Broken)
-    host = load_plugins(autoload=False,
+    return load_plugins(autoload=False,
                         extra=[plugin_from_namespace("b", transferstudio_methods=lambda: [spec])])
-    raw = tiny_experiment(data).to_dict()
-    raw["method"] = {"name": "broken", "params": {}}
+
+
+def _broken_experiment(data, host):
     from transferstudio.core.experiment import from_mapping
 
+    raw = tiny_experiment(data).to_dict()
+    raw["method"] = {"name": "broken", "params": {}}
+    return from_mapping(raw, host.method_params)
+
+
+def test_a_method_raising_in_its_step_fails_the_run_with_its_traceback(data, tmp_path):
+    host = _broken_host("step")
     state = PlainState()
-    result = run_experiment(from_mapping(raw, host.method_params), host, state, tmp_path / "ws")
-    assert result.status == "failed" and "head factory broke" in result.message
+    result = run_experiment(_broken_experiment(data, host), host, state, tmp_path / "ws")
+    assert result.status == "failed" and "step broke" in result.message
     failed = next(e for e in state.events if isinstance(e, E.RunFailed))
     assert "Traceback" in failed.traceback
+    assert "step broke" in (result.folder / "log.txt").read_text()
+
+
+def test_a_method_raising_in_setup_is_a_plugin_error_naming_the_method(data, tmp_path):
+    from transferstudio.api import PluginError
+
+    host = _broken_host("setup")
+    with pytest.raises(PluginError, match="method 'broken' failed .*head factory broke"):
+        run_experiment(_broken_experiment(data, host), host, PlainState(), tmp_path / "ws")

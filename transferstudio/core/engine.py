@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from transferstudio.api import (
     DataError,
+    PluginError,
     StepOutput,
     TransferMethod,
     TransferStudioError,
@@ -287,6 +288,24 @@ class _Run:
                               for s, samples in self.scan.splits.items()}
         self.feature_cache = FeatureCache(self.workspace / "cache" / "features" if self.writer else None)
         self.epoch = 0
+        self._setup_method()
+
+    def _setup_method(self) -> None:
+        # Before the run exists: a bad freeze pattern or head setting is a settings error, not a
+        # failed run in the history.
+        name = self.exp.method
+        try:
+            self.method: TransferMethod = self.method_spec.factory(self.exp.method_params)
+            self.ctx = EngineContext(self)
+            self.method.setup(self.ctx)
+            self.modules = self.method.modules()
+        except TransferStudioError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"method {name!r} failed while setting up its modules: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        for module in self.modules.values():
+            module.to(self.device)
 
     def open_run(self) -> None:
         exp = self.exp
@@ -319,12 +338,6 @@ class _Run:
         self.log(("resuming" if self.resume_id else "starting") + f" run {self.run_id}: "
                  f"{exp.method} on {exp.model.backbone}, {len(self.scan.classes)} classes")
         self.log("data:\n" + self.scan.report())
-        self.method: TransferMethod = self.method_spec.factory(exp.method_params)
-        self.ctx = EngineContext(self)
-        self.method.setup(self.ctx)
-        self.modules = self.method.modules()
-        for module in self.modules.values():
-            module.to(self.device)
 
         self.optimizer: torch.optim.Optimizer | None = None
         self.scaler = torch.amp.GradScaler(self.device.type,
