@@ -73,7 +73,10 @@ def load_backbone_weights(model: nn.Module, spec: BackboneSpec, state: dict, sou
     prefix = spec.classifier + "."
     state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state)
+    # Checkpoints from before BatchNorm counted its batches lack num_batches_tracked; torch
+    # itself accepts that, and the counter does not affect inference or training with momentum.
+    missing = sorted(k for k in expected
+                     if k not in state and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state if k not in expected)
     wrong_shape = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
     if missing or unexpected or wrong_shape:
@@ -90,7 +93,7 @@ def load_backbone_weights(model: nn.Module, spec: BackboneSpec, state: dict, sou
         raise WeightsError(f"weights {source} do not fit backbone {spec.name!r}: "
                            + "; ".join(parts) + ". Check that the file was saved from the same "
                            "architecture")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=False)  # every key was checked above
 
 
 def build_classifier(spec: BackboneSpec, weights_file: Path | None, num_classes: int,
