@@ -354,7 +354,13 @@ class _Run:
         elif self.resume_id:
             self.log("no checkpoint yet: the run starts from the beginning")
         if self.store and self.resume_id:
+            # The index follows the checkpoint: a kill between writing the checkpoint and the
+            # index row must not lose an epoch, and epochs after it are redone.
             self.store.truncate_epochs(self.run_id, start_epoch)
+            for row in self.history:
+                self.store.record_epoch(self.run_id, row["epoch"],
+                                        {"train": row["train"], "val": row["val"]},
+                                        self.best, self.best_epoch, self.elapsed_before)
 
         self.epoch = start_epoch
         train_batches = len(self.datasets["train"]) // exp.data.batch_size + (
