@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
 import pytest
 
 from tests.helpers import write_class_images
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 
 @pytest.fixture(autouse=True)
 def _isolated_workspace(tmp_path, monkeypatch):
@@ -33,5 +36,3 @@ def make_images(tmp_path):
         return write_class_images(tmp_path / name, per_class, size, seed)
 
     return make
-
-

@@ -8,7 +8,9 @@ from pathlib import Path
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def write_class_images(root: Path, per_class: dict[str, int], size: int = 24, seed: int = 0) -> Path:
+def write_class_images(
+    root: Path, per_class: dict[str, int], size: int = 24, seed: int = 0
+) -> Path:
     """``root/<class>/<i>.png`` with a class-dependent colour, so a tiny network can learn it."""
     from PIL import Image
 
@@ -34,8 +36,13 @@ def tiny_experiment(data: Path, **overrides):
     raw = {
         "schema_version": 1,
         "name": "tiny",
-        "data": {"path": str(data), "val_split": 0.25, "batch_size": 4, "image_size": 32,
-                 "num_workers": 0},
+        "data": {
+            "path": str(data),
+            "val_split": 0.25,
+            "batch_size": 4,
+            "image_size": 32,
+            "num_workers": 0,
+        },
         "augment": {"random_resized_crop": False, "hflip": True},
         "model": {"backbone": "resnet18", "weights": "none"},
         "train": {"epochs": 3, "device": "cpu", "lr": 0.01, "seed": 1},

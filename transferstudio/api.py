@@ -125,7 +125,12 @@ def param(
     the tooltip and the comment written into generated experiment files. Mutable defaults
     (lists, dicts) are copied per instance.
     """
-    metadata = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None}
+    metadata = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "choices": tuple(choices) if choices else None,
+    }
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -274,7 +279,9 @@ class MethodContext(Protocol):
         """The selected backbone with the configured weights and a new head for
         ``num_classes``; a module with ``.backbone`` and ``.head`` children, on ``device``."""
 
-    def make_head(self, in_features: int, hidden: int = 0, dropout: float | None = None) -> nn.Module:
+    def make_head(
+        self, in_features: int, hidden: int = 0, dropout: float | None = None
+    ) -> nn.Module:
         """A classification head (linear, or MLP when ``hidden`` > 0) for ``num_classes``."""
 
     def loader(self, split: str) -> Iterable[Any]:

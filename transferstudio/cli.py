@@ -63,8 +63,10 @@ def cmd_run(args) -> int:
         exp_file = Path(record.folder) / "experiment.toml"
         exp = X.load(exp_file, host.method_params, args.set)
         if args.experiment:
-            print(f"note: resuming uses the run's own {exp_file}, not {args.experiment}",
-                  file=sys.stderr)
+            print(
+                f"note: resuming uses the run's own {exp_file}, not {args.experiment}",
+                file=sys.stderr,
+            )
         return _run_with_console(exp, host, workspace, resume=record.id)
     if not args.experiment:
         raise _usage("run needs an experiment file (or --resume RUN_ID)")
@@ -103,8 +105,10 @@ def cmd_init(args) -> int:
 def cmd_plugins(args) -> int:
     host = _host()
     for record in host.records:
-        print(f"{record.name} {record.version}  [{record.status}]  module {record.module}, "
-              f"API {record.api_version or '?'}")
+        print(
+            f"{record.name} {record.version}  [{record.status}]  module {record.module}, "
+            f"API {record.api_version or '?'}"
+        )
         for kind, names in record.provides.items():
             print(f"  {kind}: {', '.join(names)}")
         for error in record.errors:
@@ -112,7 +116,9 @@ def cmd_plugins(args) -> int:
             print("  error: " + text.replace("\n", "\n    "))
     failed = host.failures()
     if failed and not args.verbose:
-        print(f"\n{len(failed)} plugin(s) with problems; 'transferstudio plugins -v' shows tracebacks")
+        print(
+            f"\n{len(failed)} plugin(s) with problems; 'transferstudio plugins -v' shows tracebacks"
+        )
     return 0
 
 
@@ -133,12 +139,16 @@ def cmd_runs(args) -> int:
             print(final_table(report))
         metrics = store.epoch_metrics(record.id)
         if metrics.get("val"):
-            print("\nepoch  " + "  ".join(f"{k:>10}" for k in ("train_loss", "val_loss", "val_acc")))
+            print(
+                "\nepoch  " + "  ".join(f"{k:>10}" for k in ("train_loss", "val_loss", "val_acc"))
+            )
             train = dict(metrics.get("train", {}).get("loss", []))
             val_loss = dict(metrics["val"].get("loss", []))
             for epoch, acc in metrics["val"].get("accuracy", []):
-                print(f"{epoch + 1:5d}  {train.get(epoch, float('nan')):10.4f}  "
-                      f"{val_loss.get(epoch, float('nan')):10.4f}  {acc:10.4f}")
+                print(
+                    f"{epoch + 1:5d}  {train.get(epoch, float('nan')):10.4f}  "
+                    f"{val_loss.get(epoch, float('nan')):10.4f}  {acc:10.4f}"
+                )
         return 0
     runs = store.list()
     if args.json:
@@ -147,11 +157,15 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {store.workspace} yet; try 'transferstudio demo'")
         return 0
-    print(f"{'id':40} {'status':10} {'backbone':16} {'method':16} {'best':>8} {'epochs':>6} {'time':>8}")
+    print(
+        f"{'id':40} {'status':10} {'backbone':16} {'method':16} {'best':>8} {'epochs':>6} {'time':>8}"
+    )
     for r in runs:
         best = f"{r.best_metric:.4f}" if r.best_metric is not None else "-"
-        print(f"{r.id:40} {r.status:10} {r.backbone:16} {r.method:16} {best:>8} "
-              f"{r.epochs_done:>6} {r.duration_s:>7.1f}s")
+        print(
+            f"{r.id:40} {r.status:10} {r.backbone:16} {r.method:16} {best:>8} "
+            f"{r.epochs_done:>6} {r.duration_s:>7.1f}s"
+        )
     return 0
 
 
@@ -169,20 +183,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer-learning experiments between deep networks, with plugins.",
     )
     parser.add_argument("--version", action="version", version=f"transferstudio {__version__}")
-    parser.add_argument("--workspace", help="workspace folder (default: $TRANSFERSTUDIO_WORKSPACE "
-                        "or the user data folder)")
+    parser.add_argument(
+        "--workspace",
+        help="workspace folder (default: $TRANSFERSTUDIO_WORKSPACE or the user data folder)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="generate a small synthetic dataset and fine-tune on it (offline)")
+    p = sub.add_parser(
+        "demo", help="generate a small synthetic dataset and fine-tune on it (offline)"
+    )
     p.add_argument("--epochs", type=int, help="override the demo's number of epochs")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an experiment setting, e.g. train.lr=0.01")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an experiment setting, e.g. train.lr=0.01",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run an experiment file headless")
     p.add_argument("experiment", nargs="?", help="experiment .toml file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.epochs=5 (repeatable)",
+    )
     p.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or killed run")
     p.set_defaults(func=cmd_run)
 

@@ -50,10 +50,12 @@ class ConsoleProgress:
             self.run_id = event.run_id
             self.epochs, self.start_epoch = event.epochs, event.start_epoch
             self.started = time.monotonic()
-            self._print(f"run {event.run_id} on {event.device_detail} ({event.precision}); "
-                        f"{len(event.classes)} classes, "
-                        + ", ".join(f"{s} {sum(c.values())}" for s, c in event.counts.items())
-                        + (f", {event.skipped} file(s) skipped" if event.skipped else ""))
+            self._print(
+                f"run {event.run_id} on {event.device_detail} ({event.precision}); "
+                f"{len(event.classes)} classes, "
+                + ", ".join(f"{s} {sum(c.values())}" for s, c in event.counts.items())
+                + (f", {event.skipped} file(s) skipped" if event.skipped else "")
+            )
         elif isinstance(event, E.BatchEnded) and self.tty:
             now = time.monotonic()
             if now - self.last_draw < 0.1 and event.batch + 1 < event.batches:
@@ -66,17 +68,21 @@ class ConsoleProgress:
             width = 24
             filled = int(width * (event.batch + 1) / max(event.batches, 1))
             bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(f"\r\033[Kepoch {event.epoch + 1}/{self.epochs} [{bar}] "
-                              f"{event.batch + 1}/{event.batches} loss {event.loss:.4f} "
-                              f"lr {event.lr:.2e} ETA {_fmt_seconds(eta)}")
+            self.stream.write(
+                f"\r\033[Kepoch {event.epoch + 1}/{self.epochs} [{bar}] "
+                f"{event.batch + 1}/{event.batches} loss {event.loss:.4f} "
+                f"lr {event.lr:.2e} ETA {_fmt_seconds(eta)}"
+            )
             self.stream.flush()
         elif isinstance(event, E.EpochEnded):
             val = event.val
-            self._print(f"epoch {event.epoch + 1}/{event.epochs} ({event.seconds:.1f} s): train loss "
-                        f"{event.train['loss']:.4f} acc {event.train.get('accuracy', float('nan')):.4f}"
-                        f" | val loss {val.get('loss', float('nan')):.4f} acc "
-                        f"{val.get('accuracy', float('nan')):.4f} f1 {val.get('f1_macro', float('nan')):.4f}"
-                        + ("  *best*" if event.improved else ""))
+            self._print(
+                f"epoch {event.epoch + 1}/{event.epochs} ({event.seconds:.1f} s): train loss "
+                f"{event.train['loss']:.4f} acc {event.train.get('accuracy', float('nan')):.4f}"
+                f" | val loss {val.get('loss', float('nan')):.4f} acc "
+                f"{val.get('accuracy', float('nan')):.4f} f1 {val.get('f1_macro', float('nan')):.4f}"
+                + ("  *best*" if event.improved else "")
+            )
         elif isinstance(event, E.LogMessage):
             self._print(event.text)
         elif isinstance(event, E.RunFinished) and event.status == "completed":
@@ -91,8 +97,10 @@ def final_table(report: dict[str, Any]) -> str:
 
     lines = []
     if report.get("best_epoch") is not None:
-        lines.append(f"best epoch {report['best_epoch'] + 1}: val {report['metric']} "
-                     f"{report['best_metric']:.4f}")
+        lines.append(
+            f"best epoch {report['best_epoch'] + 1}: val {report['metric']} "
+            f"{report['best_metric']:.4f}"
+        )
     for split, title in (("val", "validation (best epoch)"), ("test", "test (best checkpoint)")):
         if report.get(split):
             lines.append(format_report(ClassificationReport(**report[split]), title))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pluggy
 
-from transferstudio.api import BackboneSpec, DatasetSpec, ExporterSpec, MethodSpec, PROJECT_NAME
+from transferstudio.api import PROJECT_NAME, BackboneSpec, DatasetSpec, ExporterSpec, MethodSpec
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 

@@ -30,15 +30,21 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     return found if "train" in found else {}
 
 
-def _list_class_folders(root: Path, skipped: list[tuple[str, str]]) -> tuple[list[Sample], list[str]]:
+def _list_class_folders(
+    root: Path, skipped: list[tuple[str, str]]
+) -> tuple[list[Sample], list[str]]:
     samples: list[Sample] = []
     classes = []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
-            skipped.append((str(entry), "not inside a class folder; put each image in a folder "
-                                        "named after its class"))
+            skipped.append(
+                (
+                    str(entry),
+                    "not inside a class folder; put each image in a folder named after its class",
+                )
+            )
             continue
         classes.append(entry.name)
         # followlinks=False: a symlink loop inside a class folder cannot trap the scan.
@@ -97,8 +103,9 @@ def list_csv(path: str) -> SourceListing:
             continue
         split = row[2].strip().lower() if len(row) > 2 and row[2].strip() else "all"
         if split not in ("all", "train", "val", "test"):
-            skipped.append((f"{csv_path}:{line_no}", f"unknown split {split!r} "
-                                                      "(use train, val or test)"))
+            skipped.append(
+                (f"{csv_path}:{line_no}", f"unknown split {split!r} (use train, val or test)")
+            )
             continue
         file_path = Path(row[0].strip())
         if not file_path.is_absolute():

@@ -18,8 +18,12 @@ class FeatureExtractParams:
 
     head: str = param("linear", choices=["linear", "mlp"], help="the new head")
     hidden: int = param(512, min=1, max=16384, help="hidden width of the MLP head")
-    cache: str = param("auto", choices=["auto", "off"], help="'auto' computes features once "
-                       "when training images are not augmented; 'off' recomputes every epoch")
+    cache: str = param(
+        "auto",
+        choices=["auto", "off"],
+        help="'auto' computes features once "
+        "when training images are not augmented; 'off' recomputes every epoch",
+    )
 
 
 class FeatureExtract(TransferMethod):
@@ -30,13 +34,16 @@ class FeatureExtract(TransferMethod):
 
     def setup(self, ctx) -> None:
         self.model = ctx.build_classifier()
-        self.model.head = ctx.make_head(ctx.feature_dim,
-                                        hidden=self.params.hidden if self.params.head == "mlp" else 0)
+        self.model.head = ctx.make_head(
+            ctx.feature_dim, hidden=self.params.hidden if self.params.head == "mlp" else 0
+        )
         self.model.backbone.requires_grad_(False)
         self.use_cache = self.params.cache == "auto" and not ctx.augmenting
         if self.params.cache == "auto" and ctx.augmenting:
-            ctx.log("feature cache off: training images are augmented, so features change "
-                    "every epoch (turn augmentation off to train on cached features)")
+            ctx.log(
+                "feature cache off: training images are augmented, so features change "
+                "every epoch (turn augmentation off to train on cached features)"
+            )
 
     def modules(self):
         return {"model": self.model}
@@ -52,11 +59,16 @@ class FeatureExtract(TransferMethod):
         import torch
 
         features, targets = ctx.cached_features(self.model.backbone, split)
-        order = (torch.randperm(len(targets), generator=generator) if generator is not None
-                 else torch.arange(len(targets)))
+        order = (
+            torch.randperm(len(targets), generator=generator)
+            if generator is not None
+            else torch.arange(len(targets))
+        )
         size = ctx.batch_size
-        return [(features[order[i:i + size]], targets[order[i:i + size]])
-                for i in range(0, len(targets), size)]
+        return [
+            (features[order[i : i + size]], targets[order[i : i + size]])
+            for i in range(0, len(targets), size)
+        ]
 
     def train_batches(self, ctx, epoch: int):
         if self.use_cache:

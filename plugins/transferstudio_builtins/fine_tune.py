@@ -21,24 +21,45 @@ from transferstudio.api import (
 class FineTuneParams:
     """Fine-tuning: which layers train, at which learning rates, from which epoch."""
 
-    freeze: list[str] = param([], help="module paths to freeze: globs like 'backbone.layer1' or "
-                              "'backbone.features.*', or regexes prefixed 're:'")
-    freeze_up_to: str = param("", help="freeze every module up to and including this path, "
-                              "e.g. 'backbone.layer3'; empty freezes nothing this way")
-    bn_mode: str = param("train", choices=BN_MODES, help="BatchNorm: 'train' normally, "
-                         "'frozen-stats' keeps running statistics fixed, 'frozen' fixes them and "
-                         "their affine parameters")
-    backbone_lr_mult: float = param(0.1, min=0.0, max=10.0, help="backbone learning rate = "
-                                    "train.lr times this (discriminative learning rates)")
-    unfreeze: list[str] = param([], help="gradual unfreezing: 'EPOCH:PATTERN' entries, e.g. "
-                                "'3:backbone.layer4' trains layer4 from epoch 3 on")
+    freeze: list[str] = param(
+        [],
+        help="module paths to freeze: globs like 'backbone.layer1' or "
+        "'backbone.features.*', or regexes prefixed 're:'",
+    )
+    freeze_up_to: str = param(
+        "",
+        help="freeze every module up to and including this path, "
+        "e.g. 'backbone.layer3'; empty freezes nothing this way",
+    )
+    bn_mode: str = param(
+        "train",
+        choices=BN_MODES,
+        help="BatchNorm: 'train' normally, "
+        "'frozen-stats' keeps running statistics fixed, 'frozen' fixes them and "
+        "their affine parameters",
+    )
+    backbone_lr_mult: float = param(
+        0.1,
+        min=0.0,
+        max=10.0,
+        help="backbone learning rate = train.lr times this (discriminative learning rates)",
+    )
+    unfreeze: list[str] = param(
+        [],
+        help="gradual unfreezing: 'EPOCH:PATTERN' entries, e.g. "
+        "'3:backbone.layer4' trains layer4 from epoch 3 on",
+    )
 
     def validate(self) -> None:
         parse_unfreeze_schedule(self.unfreeze)
 
     def plan(self) -> FreezePlan:
-        return FreezePlan(patterns=list(self.freeze), up_to=self.freeze_up_to,
-                          bn_mode=self.bn_mode, unfreeze=parse_unfreeze_schedule(self.unfreeze))
+        return FreezePlan(
+            patterns=list(self.freeze),
+            up_to=self.freeze_up_to,
+            bn_mode=self.bn_mode,
+            unfreeze=parse_unfreeze_schedule(self.unfreeze),
+        )
 
 
 class FineTune(TransferMethod):
@@ -53,12 +74,18 @@ class FineTune(TransferMethod):
         self.model = ctx.build_classifier()
         paths = [p for p, _ in self.model.named_modules() if p]
         if self.plan.up_to and self.plan.up_to not in paths:
-            raise ExperimentError(f"{self.plan.up_to!r} is not a module of this model; top-level "
-                                  f"modules: {', '.join(_top(paths))}", "method.params.freeze_up_to")
+            raise ExperimentError(
+                f"{self.plan.up_to!r} is not a module of this model; top-level "
+                f"modules: {', '.join(_top(paths))}",
+                "method.params.freeze_up_to",
+            )
         unknown = self.plan.unknown_patterns(self.model)
         if unknown:
-            raise ExperimentError(f"pattern {unknown[0]!r} matches no module; module paths look "
-                                  f"like {', '.join(_top(paths))}", "method.params.freeze")
+            raise ExperimentError(
+                f"pattern {unknown[0]!r} matches no module; module paths look "
+                f"like {', '.join(_top(paths))}",
+                "method.params.freeze",
+            )
 
     def modules(self):
         return {"model": self.model}
@@ -67,16 +94,20 @@ class FineTune(TransferMethod):
         trainable = self.plan.apply(self.model, epoch)
         changed = trainable != self.trainable
         if changed and self.trainable is not None:
-            ctx.log(f"epoch {epoch + 1}: {len(trainable - self.trainable)} more parameter "
-                    "tensors train now (gradual unfreezing)")
+            ctx.log(
+                f"epoch {epoch + 1}: {len(trainable - self.trainable)} more parameter "
+                "tensors train now (gradual unfreezing)"
+            )
         self.trainable = trainable
         return changed
 
     def parameter_groups(self, lr: float):
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        return [{"params": head, "lr": lr, "name": "head"},
-                {"params": backbone, "lr": lr * self.params.backbone_lr_mult, "name": "backbone"}]
+        return [
+            {"params": head, "lr": lr, "name": "head"},
+            {"params": backbone, "lr": lr * self.params.backbone_lr_mult, "name": "backbone"},
+        ]
 
     def train(self) -> None:
         self.plan.set_train_mode(self.model)
@@ -108,7 +139,7 @@ def _top(paths: list[str]) -> list[str]:
 FINE_TUNE = MethodSpec(
     name="fine-tune",
     description="train the backbone and a new head; freeze plan, discriminative learning rates, "
-                "gradual unfreezing",
+    "gradual unfreezing",
     params=FineTuneParams,
     factory=FineTune,
 )

@@ -10,8 +10,9 @@ from transferstudio.core.checkpoint import CheckpointStore
 
 
 def _save(store, value, epoch):
-    return store.save("last", {"model.w": torch.full((3,), float(value))}, {"epoch": epoch},
-                      {"step": epoch})
+    return store.save(
+        "last", {"model.w": torch.full((3,), float(value))}, {"epoch": epoch}, {"step": epoch}
+    )
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -40,8 +41,11 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
     _save(store, 3, 2)  # and the next save works and cleans up older generations
     assert store.load("last").meta["epoch"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-2.safetensors", "last-2.state.pt",
-                                                          "last.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last-2.safetensors",
+        "last-2.state.pt",
+        "last.json",
+    ]
 
 
 def test_atomic_text_write_never_leaves_a_partial_file(tmp_path):

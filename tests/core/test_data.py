@@ -124,8 +124,11 @@ def test_stratified_split_is_per_class_and_repeatable(make_images):
     first = _scan(root, val_split=0.2, test_split=0.1, split_seed=7)
     again = _scan(root, val_split=0.2, test_split=0.1, split_seed=7)
     other = _scan(root, val_split=0.2, test_split=0.1, split_seed=8)
-    assert first.counts() == {"train": {"a": 14, "b": 7}, "val": {"a": 4, "b": 2},
-                              "test": {"a": 2, "b": 1}}
+    assert first.counts() == {
+        "train": {"a": 14, "b": 7},
+        "val": {"a": 4, "b": 2},
+        "test": {"a": 2, "b": 1},
+    }
     assert first.splits == again.splits
     assert first.splits["val"] != other.splits["val"]
     assert not {s.path for s in first.splits["train"]} & {s.path for s in first.splits["val"]}
@@ -202,8 +205,9 @@ def test_augmented_transform_yields_normalised_tensors_of_the_crop_size():
     from transferstudio.api import Preprocessing
     from transferstudio.core.experiment import AugmentSettings
 
-    tf = D.build_transform(Preprocessing(resize=40, crop=32),
-                           AugmentSettings(rotation=10, color_jitter=0.2))
+    tf = D.build_transform(
+        Preprocessing(resize=40, crop=32), AugmentSettings(rotation=10, color_jitter=0.2)
+    )
     out = tf(Image.new("RGB", (50, 70), (128, 128, 128)))
     assert tuple(out.shape) == (3, 32, 32)
     assert out.dtype.is_floating_point

@@ -35,8 +35,14 @@ def test_run_completes_writes_every_file_and_indexes_the_run(data, host, tmp_pat
     for name in ("experiment.toml", "metrics.csv", "log.txt", "report.json"):
         assert (folder / name).is_file(), name
     report = json.loads((folder / "report.json").read_text())
-    assert set(report["val"]["metrics"]) >= {"accuracy", "precision_macro", "recall_macro",
-                                             "f1_macro", "f1_weighted", "loss"}
+    assert set(report["val"]["metrics"]) >= {
+        "accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "f1_weighted",
+        "loss",
+    }
     assert len(report["test"]["confusion"]) == 3
     assert sum(map(sum, report["test"]["confusion"])) == 6
     lines = (folder / "metrics.csv").read_text().splitlines()
@@ -106,10 +112,17 @@ def test_pause_holds_the_loop_until_released(data, host, tmp_path):
 
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
 def test_schedules_and_optimizers_run(data, host, tmp_path, schedule):
-    exp = tiny_experiment(data, train__epochs=2, train__schedule=schedule,
-                          train__optimizer="sgd" if schedule == "step" else "adamw",
-                          train__nesterov=True, train__warmup_epochs=0.5, train__grad_clip=1.0,
-                          train__label_smoothing=0.1, model__head_dropout=0.2)
+    exp = tiny_experiment(
+        data,
+        train__epochs=2,
+        train__schedule=schedule,
+        train__optimizer="sgd" if schedule == "step" else "adamw",
+        train__nesterov=True,
+        train__warmup_epochs=0.5,
+        train__grad_clip=1.0,
+        train__label_smoothing=0.1,
+        model__head_dropout=0.2,
+    )
     state = PlainState()
     assert run_experiment(exp, host, state, tmp_path / "ws").status == "completed"
     lrs = [e.lr for e in state.events if isinstance(e, E.BatchEnded)]
@@ -120,9 +133,14 @@ def test_schedules_and_optimizers_run(data, host, tmp_path, schedule):
 
 def test_early_stopping_stops_after_patience(data, host, tmp_path):
     # lr 0 and fixed BN statistics: the model never changes, so the val loss never improves.
-    exp = tiny_experiment(data, train__epochs=10, train__lr=0.0, train__patience=2,
-                          train__early_stopping_metric="loss",
-                          method__params={"bn_mode": "frozen-stats"})
+    exp = tiny_experiment(
+        data,
+        train__epochs=10,
+        train__lr=0.0,
+        train__patience=2,
+        train__early_stopping_metric="loss",
+        method__params={"bn_mode": "frozen-stats"},
+    )
     result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
     assert result.status == "completed"
     assert result.epochs_done == 3  # the first epoch sets the best; two more without improvement
@@ -222,8 +240,9 @@ def _broken_host(fail_in: str):
             raise RuntimeError("step broke")
 
     spec = MethodSpec("broken", "test", P, Broken)
-    return load_plugins(autoload=False,
-                        extra=[plugin_from_namespace("b", transferstudio_methods=lambda: [spec])])
+    return load_plugins(
+        autoload=False, extra=[plugin_from_namespace("b", transferstudio_methods=lambda: [spec])]
+    )
 
 
 def _broken_experiment(data, host):

@@ -30,9 +30,23 @@ name = "fine-tune"
 
 def test_init_writes_a_complete_commented_file_that_loads_back(tmp_path, make_images):
     data = make_images({"a": 3, "b": 3})
-    out = subprocess.run([sys.executable, "-m", "transferstudio", "init", "--method", "fine-tune",
-                          "--data", str(data), "--backbone", "mobilenet_v2"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "transferstudio",
+            "init",
+            "--method",
+            "fine-tune",
+            "--data",
+            str(data),
+            "--backbone",
+            "mobilenet_v2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "# learning rate of the head" in out
     assert "[method.params]" in out and "backbone_lr_mult = 0.1" in out
     raw = tomllib.loads(out)
@@ -62,17 +76,25 @@ def test_unknown_key_names_it_and_suggests(tmp_path, host):
 
 
 def test_wrong_type_names_key_and_expected_type(tmp_path, host):
-    with pytest.raises(ExperimentError, match=r"train.epochs: expected an integer from 1 to 10000, got 'ten'"):
+    with pytest.raises(
+        ExperimentError, match=r"train.epochs: expected an integer from 1 to 10000, got 'ten'"
+    ):
         _load_text(tmp_path, host, BASE + "[train]\nepochs = 'ten'\n")
 
 
 def test_out_of_range_names_the_allowed_range(tmp_path, host):
-    with pytest.raises(ExperimentError, match=r"data.val_split: 1.5 is out of range; expected a number from 0.0 to 0.9"):
+    with pytest.raises(
+        ExperimentError,
+        match=r"data.val_split: 1.5 is out of range; expected a number from 0.0 to 0.9",
+    ):
         _load_text(tmp_path, host, BASE.replace('path = "imgs"', 'path = "imgs"\nval_split = 1.5'))
 
 
 def test_bad_choice_lists_the_allowed_values(tmp_path, host):
-    with pytest.raises(ExperimentError, match=r"train.optimizer: 'adam' is not allowed; expected one of 'adamw', 'sgd'"):
+    with pytest.raises(
+        ExperimentError,
+        match=r"train.optimizer: 'adam' is not allowed; expected one of 'adamw', 'sgd'",
+    ):
         _load_text(tmp_path, host, BASE + "[train]\noptimizer = 'adam'\n")
 
 
@@ -84,7 +106,10 @@ def test_method_params_are_validated_by_the_methods_dataclass(tmp_path, host):
 
 
 def test_unknown_method_and_backbone_name_the_plugins_available(tmp_path, host):
-    with pytest.raises(ExperimentError, match="method.name: no method plugin named 'finetune'; available: feature-extract, fine-tune"):
+    with pytest.raises(
+        ExperimentError,
+        match="method.name: no method plugin named 'finetune'; available: feature-extract, fine-tune",
+    ):
         _load_text(tmp_path, host, BASE.replace('"fine-tune"', '"finetune"'))
 
 
@@ -94,9 +119,17 @@ def test_invalid_toml_names_the_file(tmp_path, host):
 
 
 def test_set_overrides_parse_toml_values_and_bare_strings(tmp_path, host):
-    exp = _load_text(tmp_path, host, BASE, ["train.epochs=3", "model.backbone=resnet34",
-                                            "method.params.freeze=['backbone.layer1']",
-                                            "train.lr=5e-4"])
+    exp = _load_text(
+        tmp_path,
+        host,
+        BASE,
+        [
+            "train.epochs=3",
+            "model.backbone=resnet34",
+            "method.params.freeze=['backbone.layer1']",
+            "train.lr=5e-4",
+        ],
+    )
     assert exp.train.epochs == 3 and exp.model.backbone == "resnet34"
     assert exp.method_params.freeze == ["backbone.layer1"] and exp.train.lr == 5e-4
     with pytest.raises(ExperimentError, match="key=value"):
@@ -111,9 +144,16 @@ def test_relative_paths_resolve_against_the_file(tmp_path, host):
 
 def test_migration_chain_upgrades_old_files(tmp_path, host, monkeypatch):
     # A hypothetical schema 0 called the section [training]; the chain renames it.
-    monkeypatch.setattr(X, "MIGRATIONS", {0: lambda raw: {**{k: v for k, v in raw.items()
-                                                             if k != "training"},
-                                                          "train": raw.get("training", {})}})
+    monkeypatch.setattr(
+        X,
+        "MIGRATIONS",
+        {
+            0: lambda raw: {
+                **{k: v for k, v in raw.items() if k != "training"},
+                "train": raw.get("training", {}),
+            }
+        },
+    )
     text = BASE.replace("schema_version = 1", "schema_version = 0") + "[training]\nepochs = 4\n"
     assert _load_text(tmp_path, host, text).train.epochs == 4
 

@@ -23,10 +23,20 @@ def _model() -> nn.Module:
     return root
 
 
-ALL = {"backbone.stem.0.weight", "backbone.stem.0.bias", "backbone.stem.1.weight",
-       "backbone.stem.1.bias", "backbone.block1.0.weight", "backbone.block1.0.bias",
-       "backbone.block1.1.weight", "backbone.block1.1.bias", "backbone.block2.0.weight",
-       "backbone.block2.0.bias", "head.weight", "head.bias"}
+ALL = {
+    "backbone.stem.0.weight",
+    "backbone.stem.0.bias",
+    "backbone.stem.1.weight",
+    "backbone.stem.1.bias",
+    "backbone.block1.0.weight",
+    "backbone.block1.0.bias",
+    "backbone.block1.1.weight",
+    "backbone.block1.1.bias",
+    "backbone.block2.0.weight",
+    "backbone.block2.0.bias",
+    "head.weight",
+    "head.bias",
+}
 
 
 def _trainable(model):
@@ -36,9 +46,19 @@ def _trainable(model):
 def test_glob_pattern_freezes_matching_modules_only():
     model = _model()
     trainable = FreezePlan(patterns=["backbone.stem", "backbone.block1.0"]).apply(model)
-    assert trainable == _trainable(model) == ALL - {
-        "backbone.stem.0.weight", "backbone.stem.0.bias", "backbone.stem.1.weight",
-        "backbone.stem.1.bias", "backbone.block1.0.weight", "backbone.block1.0.bias"}
+    assert (
+        trainable
+        == _trainable(model)
+        == ALL
+        - {
+            "backbone.stem.0.weight",
+            "backbone.stem.0.bias",
+            "backbone.stem.1.weight",
+            "backbone.stem.1.bias",
+            "backbone.block1.0.weight",
+            "backbone.block1.0.bias",
+        }
+    )
 
 
 def test_wildcard_and_regex_patterns():
@@ -50,16 +70,24 @@ def test_wildcard_and_regex_patterns():
 
 def test_up_to_freezes_everything_registered_before_and_including_the_module():
     trainable = FreezePlan(up_to="backbone.block1").apply(_model())
-    assert trainable == {"backbone.block2.0.weight", "backbone.block2.0.bias", "head.weight",
-                         "head.bias"}
+    assert trainable == {
+        "backbone.block2.0.weight",
+        "backbone.block2.0.bias",
+        "head.weight",
+        "head.bias",
+    }
 
 
 def test_bn_frozen_fixes_affine_parameters_and_statistics():
     model = _model()
     plan = FreezePlan(bn_mode="frozen")
     trainable = plan.apply(model)
-    assert trainable == ALL - {"backbone.stem.1.weight", "backbone.stem.1.bias",
-                               "backbone.block1.1.weight", "backbone.block1.1.bias"}
+    assert trainable == ALL - {
+        "backbone.stem.1.weight",
+        "backbone.stem.1.bias",
+        "backbone.block1.1.weight",
+        "backbone.block1.1.bias",
+    }
     plan.set_train_mode(model)
     bn = model.backbone.stem[1]
     assert model.training and not bn.training
@@ -77,8 +105,10 @@ def test_bn_frozen_stats_keeps_statistics_but_trains_affine():
 
 
 def test_gradual_unfreezing_adds_blocks_at_the_given_epochs():
-    plan = FreezePlan(patterns=["backbone"], unfreeze=parse_unfreeze_schedule(
-        ["3:backbone.block2", "2:backbone.block1"]))
+    plan = FreezePlan(
+        patterns=["backbone"],
+        unfreeze=parse_unfreeze_schedule(["3:backbone.block2", "2:backbone.block1"]),
+    )
     model = _model()
     head = {"head.weight", "head.bias"}
     block1 = {n for n in ALL if n.startswith("backbone.block1")}
@@ -89,7 +119,9 @@ def test_gradual_unfreezing_adds_blocks_at_the_given_epochs():
 
 
 def test_unknown_pattern_is_reported():
-    assert FreezePlan(patterns=["backbone.nope", "head"]).unknown_patterns(_model()) == ["backbone.nope"]
+    assert FreezePlan(patterns=["backbone.nope", "head"]).unknown_patterns(_model()) == [
+        "backbone.nope"
+    ]
 
 
 @pytest.mark.parametrize("entry", ["backbone.layer4", "x:backbone", "0:backbone", "3:"])
@@ -99,7 +131,9 @@ def test_bad_unfreeze_entries_are_refused(entry):
 
 
 def test_fine_tune_reports_a_pattern_that_matches_nothing(make_images, host, tmp_path):
-    exp = tiny_experiment(make_images({"a": 6, "b": 6}), method__params={"freeze": ["backbone.layer9"]})
+    exp = tiny_experiment(
+        make_images({"a": 6, "b": 6}), method__params={"freeze": ["backbone.layer9"]}
+    )
     with pytest.raises(ExperimentError, match="method.params.freeze: pattern 'backbone.layer9'"):
         run_experiment(exp, host, PlainState(), tmp_path / "ws")
     assert not (tmp_path / "ws" / "runs").exists()  # a settings error creates no run

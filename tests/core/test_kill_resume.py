@@ -19,9 +19,14 @@ from transferstudio.core.runs import RunStore
 
 def _cli(workspace, *args, **kwargs):
     env = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    return subprocess.Popen([sys.executable, "-m", "transferstudio", "--workspace", str(workspace),
-                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "transferstudio", "--workspace", str(workspace), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_kill_nine_then_resume_equals_uninterrupted(make_images, tmp_path):

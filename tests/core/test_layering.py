@@ -22,8 +22,13 @@ def _imports(path: Path) -> list[str]:
 
 
 def _modules_loaded_by(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return set(out.stdout.split())
 
 
@@ -34,30 +39,46 @@ def test_import_transferstudio_does_not_import_torch_or_qt():
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom transferstudio.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass")
+    code = (
+        "import sys\nfrom transferstudio.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    )
     loaded = _modules_loaded_by(code)
     assert "torch" not in loaded and "torchvision" not in loaded
 
 
 def test_listing_plugins_does_not_import_torch():
-    loaded = _modules_loaded_by("from transferstudio.core.plugins import load_plugins\n"
-                                "h = load_plugins(autoload=False)\nassert h.backbones")
+    loaded = _modules_loaded_by(
+        "from transferstudio.core.plugins import load_plugins\n"
+        "h = load_plugins(autoload=False)\nassert h.backbones"
+    )
     assert "torch" not in loaded
 
 
 def test_core_and_api_never_import_qt():
-    files = [ROOT / "transferstudio/api.py", ROOT / "transferstudio/hookspecs.py",
-             *sorted((ROOT / "transferstudio/core").rglob("*.py"))]
-    offenders = {str(f.relative_to(ROOT)): m for f in files for m in _imports(f)
-                 if m.split(".")[0] in ("PySide6", "pyqtgraph", "shiboken6")}
+    files = [
+        ROOT / "transferstudio/api.py",
+        ROOT / "transferstudio/hookspecs.py",
+        *sorted((ROOT / "transferstudio/core").rglob("*.py")),
+    ]
+    offenders = {
+        str(f.relative_to(ROOT)): m
+        for f in files
+        for m in _imports(f)
+        if m.split(".")[0] in ("PySide6", "pyqtgraph", "shiboken6")
+    }
     assert offenders == {}
 
 
 def test_builtin_plugins_use_only_the_public_api():
     files = sorted((ROOT / "plugins/transferstudio_builtins").rglob("*.py"))
     assert files
-    offenders = {str(f.relative_to(ROOT)): m for f in files for m in _imports(f)
-                 if m.startswith("transferstudio") and m != "transferstudio.api"
-                 and not m.startswith("transferstudio_builtins")}
+    offenders = {
+        str(f.relative_to(ROOT)): m
+        for f in files
+        for m in _imports(f)
+        if m.startswith("transferstudio")
+        and m != "transferstudio.api"
+        and not m.startswith("transferstudio_builtins")
+    }
     assert offenders == {}

@@ -29,8 +29,13 @@ def test_confusion_precision_recall_f1_by_hand():
     assert m["f1_macro"] == pytest.approx(sum(f1) / 3)
     assert m["f1_weighted"] == pytest.approx((3 * f1[0] + 2 * f1[1] + 1 * f1[2]) / 6)
     assert m["loss"] == pytest.approx((1.0 * 4 + 2.0 * 2) / 6)
-    assert report.per_class[2] == {"class": "c", "precision": 0.5, "recall": 1.0,
-                                   "f1": pytest.approx(2 / 3), "support": 1}
+    assert report.per_class[2] == {
+        "class": "c",
+        "precision": 0.5,
+        "recall": 1.0,
+        "f1": pytest.approx(2 / 3),
+        "support": 1,
+    }
 
 
 def test_topk_only_for_k_below_the_class_count():

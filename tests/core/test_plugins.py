@@ -13,7 +13,9 @@ from transferstudio.api import API_VERSION, BackboneSpec, hookimpl
 from transferstudio.core.plugins import PluginHost, load_plugins, plugin_from_namespace
 
 
-def _install_fake_distribution(site: Path, dist: str, version: str, module: str, source: str) -> None:
+def _install_fake_distribution(
+    site: Path, dist: str, version: str, module: str, source: str
+) -> None:
     """A real installed distribution (dist-info + entry point) on a path entry, as pip would."""
     info = site / f"{dist}-{version}.dist-info"
     info.mkdir(parents=True)
@@ -33,9 +35,19 @@ def site(tmp_path, monkeypatch):
 
 
 def test_builtins_provide_the_promised_backbones_methods_and_sources(host):
-    expected = {"resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small",
-                "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16",
-                "densenet121", "regnet_y_400mf"}
+    expected = {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "vit_b_16",
+        "densenet121",
+        "regnet_y_400mf",
+    }
     assert expected <= set(host.backbones)
     assert {"fine-tune", "feature-extract"} <= set(host.methods)
     assert {"image-folder", "csv"} <= set(host.datasets)
@@ -44,8 +56,9 @@ def test_builtins_provide_the_promised_backbones_methods_and_sources(host):
 
 
 def test_plugin_that_fails_to_import_is_recorded_and_others_work(site):
-    _install_fake_distribution(site, "ts-broken", "0.3", "ts_test_broken",
-                               "raise ImportError('needs libfoo')\n")
+    _install_fake_distribution(
+        site, "ts-broken", "0.3", "ts_test_broken", "raise ImportError('needs libfoo')\n"
+    )
     host = load_plugins(autoload=True)
     record = next(r for r in host.records if r.name.startswith("ts-broken"))
     assert record.status == "failed"
@@ -55,7 +68,12 @@ def test_plugin_that_fails_to_import_is_recorded_and_others_work(site):
 
 
 def test_plugin_raising_in_a_hook_keeps_its_other_hooks_and_other_plugins(site):
-    _install_fake_distribution(site, "ts-half", "1.2", "ts_test_half", f"""
+    _install_fake_distribution(
+        site,
+        "ts-half",
+        "1.2",
+        "ts_test_half",
+        f"""
         from transferstudio.api import hookimpl, DatasetSpec, SourceListing
         TRANSFERSTUDIO_API_VERSION = "{API_VERSION}"
 
@@ -67,25 +85,33 @@ def test_plugin_raising_in_a_hook_keeps_its_other_hooks_and_other_plugins(site):
         def transferstudio_datasets():
             return [DatasetSpec("half-source", "d", lambda p: False,
                                 lambda p: SourceListing({{}}))]
-    """)
+    """,
+    )
     host = load_plugins(autoload=True)
     record = next(r for r in host.records if r.name.startswith("ts-half"))
     assert record.status == "partial"
-    assert any("backbone registry exploded" in e and "transferstudio_backbones" in e
-               for e in record.errors)
+    assert any(
+        "backbone registry exploded" in e and "transferstudio_backbones" in e for e in record.errors
+    )
     assert "half-source" in host.datasets
     assert "resnet18" in host.backbones
 
 
 def test_incompatible_api_version_is_refused_with_both_versions_named(site):
-    _install_fake_distribution(site, "ts-old", "0.1", "ts_test_old", """
+    _install_fake_distribution(
+        site,
+        "ts-old",
+        "0.1",
+        "ts_test_old",
+        """
         from transferstudio.api import hookimpl
         TRANSFERSTUDIO_API_VERSION = "0.4"
 
         @hookimpl
         def transferstudio_backbones():
             raise AssertionError("must never be called")
-    """)
+    """,
+    )
     host = load_plugins(autoload=True)
     record = next(r for r in host.records if r.name.startswith("ts-old"))
     assert record.status == "refused"
@@ -94,8 +120,7 @@ def test_incompatible_api_version_is_refused_with_both_versions_named(site):
 
 
 def test_newer_minor_api_version_is_refused():
-    plugin = plugin_from_namespace("future", api_version="1.99",
-                                   transferstudio_methods=lambda: [])
+    plugin = plugin_from_namespace("future", api_version="1.99", transferstudio_methods=lambda: [])
     record = PluginHost().register(plugin)
     assert record.status == "refused"
 
@@ -111,15 +136,23 @@ def test_malformed_specs_are_reported_not_registered():
 
 def test_duplicate_names_keep_the_first_provider(host):
     duplicate = BackboneSpec("resnet18", "fake", 1, build=lambda: None, classifier="fc")
-    record = host.register(plugin_from_namespace("dupe", transferstudio_backbones=lambda: [duplicate]))
+    record = host.register(
+        plugin_from_namespace("dupe", transferstudio_backbones=lambda: [duplicate])
+    )
     assert host.backbones["resnet18"].family == "ResNet"
     assert "already provided" in record.errors[0]
 
 
 def test_disable_autoload_loads_builtins_only(site, monkeypatch):
-    _install_fake_distribution(site, "ts-extra", "1.0", "ts_test_extra", f"""
+    _install_fake_distribution(
+        site,
+        "ts-extra",
+        "1.0",
+        "ts_test_extra",
+        f"""
         TRANSFERSTUDIO_API_VERSION = "{API_VERSION}"
-    """)
+    """,
+    )
     monkeypatch.setenv("TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD", "1")
     host = load_plugins()
     assert [r.module for r in host.records] == ["transferstudio_builtins"]
@@ -128,11 +161,21 @@ def test_disable_autoload_loads_builtins_only(site, monkeypatch):
 
 
 def test_plugins_command_prints_versions_provides_and_errors(site):
-    _install_fake_distribution(site, "ts-cli-broken", "2.0", "ts_test_cli_broken",
-                               "raise ImportError('missing dependency bar')\n")
+    _install_fake_distribution(
+        site,
+        "ts-cli-broken",
+        "2.0",
+        "ts_test_cli_broken",
+        "raise ImportError('missing dependency bar')\n",
+    )
     env_path = f"{site}"
-    out = subprocess.run([sys.executable, "-m", "transferstudio", "plugins"], capture_output=True,
-                         text=True, env={**_env(), "PYTHONPATH": env_path}, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "transferstudio", "plugins"],
+        capture_output=True,
+        text=True,
+        env={**_env(), "PYTHONPATH": env_path},
+        check=True,
+    ).stdout
     assert "transferstudio" in out and "[ok]" in out
     assert "backbones: resnet18" in out
     assert "ts-cli-broken" in out and "2.0" in out and "[failed]" in out

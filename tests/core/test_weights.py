@@ -95,9 +95,22 @@ def test_weights_setting_is_checked(tmp_path, host):
         resolve_weights(spec, "weights.bin", tmp_path)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "mobilenet_v2",
-                                  "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
-                                  "convnext_tiny", "vit_b_16", "densenet121", "regnet_y_400mf"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "vit_b_16",
+        "densenet121",
+        "regnet_y_400mf",
+    ],
+)
 def test_every_builtin_backbone_yields_its_declared_feature_dimension(host, name):
     spec = host.backbone(name)
     model = build_classifier(spec, None, num_classes=5).eval()
@@ -111,8 +124,11 @@ def test_every_builtin_backbone_yields_its_declared_feature_dimension(host, name
 def test_densenet_legacy_checkpoint_keys_are_converted(tmp_path, host):
     spec = host.backbone("densenet121")
     state = torchvision.models.densenet121().state_dict()
-    legacy = {k.replace("norm1.", "norm.1.").replace("conv1.", "conv.1.") if "denselayer" in k else k: v
-              for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    legacy = {
+        k.replace("norm1.", "norm.1.").replace("conv1.", "conv.1.") if "denselayer" in k else k: v
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
     assert legacy.keys() != state.keys()
     torch.save(legacy, tmp_path / "dn.pth")
     backbone = build_backbone(spec, tmp_path / "dn.pth")

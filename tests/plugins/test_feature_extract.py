@@ -21,8 +21,14 @@ def _fresh_memory_cache():
 
 def _exp(data, **kw):
     params = {"head": "linear", "cache": kw.pop("cache", "auto")}
-    return tiny_experiment(data, method__name="feature-extract", method__params=params,
-                           augment__hflip=False, train__lr=0.05, **kw)
+    return tiny_experiment(
+        data,
+        method__name="feature-extract",
+        method__params=params,
+        augment__hflip=False,
+        train__lr=0.05,
+        **kw,
+    )
 
 
 def _weights_file(tmp_path):
@@ -41,8 +47,9 @@ def test_cached_features_equal_freshly_computed_ones(make_images, host, tmp_path
 
     data = make_images({"a": 6, "b": 6})
     weights = _weights_file(tmp_path)
-    result = run_experiment(_exp(data, model__weights=weights, train__epochs=1), host,
-                            PlainState(), tmp_path / "ws")
+    result = run_experiment(
+        _exp(data, model__weights=weights, train__epochs=1), host, PlainState(), tmp_path / "ws"
+    )
     assert result.status == "completed"
     files = list((tmp_path / "ws" / "cache" / "features").glob("*.safetensors"))
     assert len(files) == 2  # train and val
@@ -54,9 +61,10 @@ def test_cached_features_equal_freshly_computed_ones(make_images, host, tmp_path
     pre = Preprocessing.from_dict(meta["preprocessing"])
     backbone = build_backbone(host.backbone("resnet18"), tmp_path / "r18.pth").eval()
     transform = build_transform(pre, None)
+    from transferstudio_builtins.datasets import image_folder_source
+
     from transferstudio.core.data import scan
     from transferstudio.core.experiment import DataSettings
-    from transferstudio_builtins.datasets import image_folder_source
 
     split = scan(image_folder_source(), DataSettings(path=str(data), val_split=0.25), data)
     val_paths = [s.path for s in split.splits["val"]]
@@ -76,8 +84,13 @@ def test_second_run_reuses_the_disk_cache_and_matches(make_images, host, tmp_pat
     features.clear_memory()  # a new process: only the disk cache is left
     second_state = PlainState()
     second = run_experiment(_exp(data, model__weights=weights), host, second_state, tmp_path / "ws")
-    computed = lambda s: [e for e in s.events if isinstance(e, E.LogMessage)  # noqa: E731
-                          and e.text.startswith("computing")]
+    def computed(s):
+        return [
+            e
+            for e in s.events
+            if isinstance(e, E.LogMessage)
+            and e.text.startswith("computing")
+        ]
     assert len(computed(first_state)) == 2 and computed(second_state) == []
     assert first.report["val"] == second.report["val"]
 
@@ -86,8 +99,9 @@ def test_cache_off_gives_the_same_features_path(make_images, host, tmp_path):
     data = make_images({"a": 6, "b": 6})
     weights = _weights_file(tmp_path)
     state = PlainState()
-    result = run_experiment(_exp(data, model__weights=weights, cache="off"), host, state,
-                            tmp_path / "ws")
+    result = run_experiment(
+        _exp(data, model__weights=weights, cache="off"), host, state, tmp_path / "ws"
+    )
     assert result.status == "completed"
     assert not (tmp_path / "ws" / "cache" / "features").exists()
 
@@ -104,8 +118,9 @@ def test_augmentation_turns_the_cache_off_with_a_log_line(make_images, host, tmp
 def test_backbone_is_frozen_and_only_the_head_changes(make_images, host, tmp_path):
     data = make_images({"a": 6, "b": 6})
     weights = _weights_file(tmp_path)
-    result = run_experiment(_exp(data, model__weights=weights, train__epochs=2), host,
-                            PlainState(), tmp_path / "ws")
+    result = run_experiment(
+        _exp(data, model__weights=weights, train__epochs=2), host, PlainState(), tmp_path / "ws"
+    )
     trained = CheckpointStore(result.folder / "checkpoints").load("last").weights
     original = torch.load(weights, weights_only=True)
     assert torch.equal(trained["model.backbone.conv1.weight"], original["conv1.weight"])

@@ -40,11 +40,15 @@ def module_weights(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tenso
     return out
 
 
-def load_module_weights(modules: dict[str, torch.nn.Module], weights: dict[str, torch.Tensor]) -> None:
+def load_module_weights(
+    modules: dict[str, torch.nn.Module], weights: dict[str, torch.Tensor]
+) -> None:
     """Inverse of :func:`module_weights` (strict)."""
     for name, module in modules.items():
         prefix = name + "."
-        module.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+        module.load_state_dict(
+            {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        )
 
 
 class CheckpointStore:
@@ -53,8 +57,13 @@ class CheckpointStore:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
-    def save(self, kind: str, weights: dict[str, torch.Tensor], meta: dict[str, Any],
-             state: dict[str, Any]) -> Path:
+    def save(
+        self,
+        kind: str,
+        weights: dict[str, torch.Tensor],
+        meta: dict[str, Any],
+        state: dict[str, Any],
+    ) -> Path:
         """Write checkpoint ``kind`` (``best`` or ``last``); returns the JSON path."""
         self.folder.mkdir(parents=True, exist_ok=True)
         meta_path = self.folder / f"{kind}.json"
@@ -63,9 +72,13 @@ class CheckpointStore:
         weights_name = f"{kind}-{generation}.safetensors"
         state_name = f"{kind}-{generation}.state.pt"
         str_meta = {"format": "transferstudio-checkpoint-1"}
-        write_atomic(self.folder / weights_name, lambda p: save_file(weights, str(p), metadata=str_meta))
+        write_atomic(
+            self.folder / weights_name, lambda p: save_file(weights, str(p), metadata=str_meta)
+        )
         write_atomic(self.folder / state_name, lambda p: torch.save(state, p))
-        full_meta = dict(meta, generation=generation, weights_file=weights_name, state_file=state_name)
+        full_meta = dict(
+            meta, generation=generation, weights_file=weights_name, state_file=state_name
+        )
         write_text_atomic(meta_path, json.dumps(full_meta, indent=2, sort_keys=True))
         # Only now is the new generation the checkpoint; drop files of older generations.
         for stale in self.folder.glob(f"{kind}-*"):
@@ -96,16 +109,24 @@ class CheckpointStore:
         meta = self.meta(kind)
         try:
             weights = load_file(str(self.folder / meta["weights_file"]))
-            state = (torch.load(self.folder / meta["state_file"], map_location="cpu",
-                                weights_only=True) if with_state else {})
+            state = (
+                torch.load(self.folder / meta["state_file"], map_location="cpu", weights_only=True)
+                if with_state
+                else {}
+            )
         except (OSError, KeyError, RuntimeError) as exc:
-            raise TransferStudioError(f"checkpoint {kind} in {self.folder} cannot be read: {exc}") from None
+            raise TransferStudioError(
+                f"checkpoint {kind} in {self.folder} cannot be read: {exc}"
+            ) from None
         return Checkpoint(weights, meta, state)
 
     def paths(self, kind: str) -> list[Path]:
         meta = self.meta(kind)
-        return [self.folder / f"{kind}.json", self.folder / meta["weights_file"],
-                self.folder / meta["state_file"]]
+        return [
+            self.folder / f"{kind}.json",
+            self.folder / meta["weights_file"],
+            self.folder / meta["state_file"],
+        ]
 
 
 def rng_state() -> dict[str, Any]:

@@ -70,19 +70,26 @@ class ScanResult:
         lines = [f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in splits)]
         for c in self.classes:
             lines.append(f"{c:<{width}}  " + "  ".join(f"{counts[s][c]:>6}" for s in splits))
-        lines.append(f"{'total':<{width}}  " + "  ".join(f"{len(self.splits[s]):>6}" for s in splits))
+        lines.append(
+            f"{'total':<{width}}  " + "  ".join(f"{len(self.splits[s]):>6}" for s in splits)
+        )
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s):")
             lines.extend(f"  {path}: {reason}" for path, reason in self.skipped)
         return "\n".join(lines)
 
 
-def choose_source(sources: dict[str, DatasetSpec], settings: DataSettings, path: Path) -> DatasetSpec:
+def choose_source(
+    sources: dict[str, DatasetSpec], settings: DataSettings, path: Path
+) -> DatasetSpec:
     """The data-source plugin named in the settings, or the first that recognises the path."""
     if settings.source != "auto":
         if settings.source not in sources:
-            raise ExperimentError(f"no data source {settings.source!r}; available: "
-                                  f"{', '.join(sorted(sources))}, auto", "data.source")
+            raise ExperimentError(
+                f"no data source {settings.source!r}; available: "
+                f"{', '.join(sorted(sources))}, auto",
+                "data.source",
+            )
         return sources[settings.source]
     for spec in sources.values():
         try:
@@ -90,14 +97,21 @@ def choose_source(sources: dict[str, DatasetSpec], settings: DataSettings, path:
                 return spec
         except Exception:  # noqa: BLE001,S112 - a faulty detector must not hide the others
             continue
-    raise ExperimentError(f"no data source recognises {path}; give an image folder or a .csv "
-                          "file, or set data.source", "data.path")
+    raise ExperimentError(
+        f"no data source recognises {path}; give an image folder or a .csv "
+        "file, or set data.source",
+        "data.path",
+    )
 
 
-def scan(spec: DatasetSpec, settings: DataSettings, path: Path, workers: int | None = None) -> ScanResult:
+def scan(
+    spec: DatasetSpec, settings: DataSettings, path: Path, workers: int | None = None
+) -> ScanResult:
     """List, check and split the data. Raises :class:`DataError` when it cannot train."""
     if not path.exists():
-        raise ExperimentError(f"{path} does not exist; choose an image folder or CSV file", "data.path")
+        raise ExperimentError(
+            f"{path} does not exist; choose an image folder or CSV file", "data.path"
+        )
     try:
         listing = spec.list_samples(str(path))
     except OSError as exc:
@@ -107,26 +121,45 @@ def scan(spec: DatasetSpec, settings: DataSettings, path: Path, workers: int | N
     all_samples = [s for samples in listing.splits.values() for s in samples]
     workers = workers or min(16, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = dict(zip((s.path for s in all_samples),
-                            pool.map(check_image, (s.path for s in all_samples)), strict=True))
+        problems = dict(
+            zip(
+                (s.path for s in all_samples),
+                pool.map(check_image, (s.path for s in all_samples)),
+                strict=True,
+            )
+        )
     skipped.extend((p, reason) for p, reason in problems.items() if reason)
-    good = {split: [s for s in samples if not problems[s.path]]
-            for split, samples in listing.splits.items()}
+    good = {
+        split: [s for s in samples if not problems[s.path]]
+        for split, samples in listing.splits.items()
+    }
 
     if "all" in good:
         pool_samples = good.pop("all")
-        good.update(stratified_split(pool_samples, settings.val_split, settings.test_split,
-                                     settings.split_seed, existing=good))
-    classes = listing.classes if listing.classes is not None else sorted(
-        {s.label for s in good.get("train", [])})
-    result = ScanResult(classes=list(classes), splits={s: good[s] for s in SPLITS if s in good},
-                        skipped=skipped)
+        good.update(
+            stratified_split(
+                pool_samples,
+                settings.val_split,
+                settings.test_split,
+                settings.split_seed,
+                existing=good,
+            )
+        )
+    classes = (
+        listing.classes
+        if listing.classes is not None
+        else sorted({s.label for s in good.get("train", [])})
+    )
+    result = ScanResult(
+        classes=list(classes), splits={s: good[s] for s in SPLITS if s in good}, skipped=skipped
+    )
     validate(result, path)
     return result
 
 
-def stratified_split(samples: Sequence[Sample], val: float, test: float, seed: int,
-                     existing: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
+def stratified_split(
+    samples: Sequence[Sample], val: float, test: float, seed: int, existing: dict[str, list[Sample]]
+) -> dict[str, list[Sample]]:
     """Split per class with a seeded shuffle; splits already given by the source are kept."""
     rng = random.Random(seed)
     by_class: dict[str, list[Sample]] = {}
@@ -141,8 +174,8 @@ def stratified_split(samples: Sequence[Sample], val: float, test: float, seed: i
         n_val = max(1, round(n * val)) if want_val and n >= 3 else 0
         n_test = max(1, round(n * test)) if want_test and n >= 3 else 0
         out["val"].extend(items[:n_val])
-        out["test"].extend(items[n_val:n_val + n_test])
-        out["train"].extend(items[n_val + n_test:])
+        out["test"].extend(items[n_val : n_val + n_test])
+        out["train"].extend(items[n_val + n_test :])
     result = {"train": out["train"] + existing.get("train", [])}
     for split in ("val", "test"):
         if split in existing:
@@ -157,26 +190,36 @@ def validate(result: ScanResult, path: Path) -> None:
     counts = result.counts()
     train = counts.get("train", {})
     if not result.classes or not sum(train.values()):
-        raise DataError(f"no usable training images in {path}; expected one folder per class "
-                        "(or train/val folders of those) or a path,label CSV"
-                        + (f". {len(result.skipped)} file(s) were skipped" if result.skipped else ""))
+        raise DataError(
+            f"no usable training images in {path}; expected one folder per class "
+            "(or train/val folders of those) or a path,label CSV"
+            + (f". {len(result.skipped)} file(s) were skipped" if result.skipped else "")
+        )
     empty = [c for c in result.classes if train.get(c, 0) == 0]
     if empty:
-        raise DataError(f"class {empty[0]!r} has no usable training images in {path}"
-                        + (f" (also empty: {', '.join(empty[1:])})" if len(empty) > 1 else "")
-                        + "; add images or remove the folder")
+        raise DataError(
+            f"class {empty[0]!r} has no usable training images in {path}"
+            + (f" (also empty: {', '.join(empty[1:])})" if len(empty) > 1 else "")
+            + "; add images or remove the folder"
+        )
     if len(result.classes) < 2:
-        raise DataError(f"only one class ({result.classes[0]!r}) in {path}; a classifier needs "
-                        "at least two class folders")
+        raise DataError(
+            f"only one class ({result.classes[0]!r}) in {path}; a classifier needs "
+            "at least two class folders"
+        )
     known = set(result.classes)
     for split in ("val", "test"):
         unseen = sorted({s.label for s in result.splits.get(split, [])} - known)
         if unseen:
-            raise DataError(f"{split} label {unseen[0]!r} never appears in train ({path}); every "
-                            f"{split} class needs training images")
+            raise DataError(
+                f"{split} label {unseen[0]!r} never appears in train ({path}); every "
+                f"{split} class needs training images"
+            )
     if "val" not in result.splits or not result.splits["val"]:
-        raise DataError(f"no validation images in {path}: add a val folder, or set "
-                        "data.val_split above 0 with at least 3 images per class")
+        raise DataError(
+            f"no validation images in {path}: add a val folder, or set "
+            "data.val_split above 0 with at least 3 images per class"
+        )
 
 
 # --------------------------------------------------------------------------- transforms
@@ -184,17 +227,26 @@ def validate(result: ScanResult, path: Path) -> None:
 
 def build_transform(pre: Preprocessing, augment: AugmentSettings | None):
     """The torchvision transform of a split: augmented for training, resize+crop otherwise."""
+    import torch
     from torchvision.transforms import v2 as T
 
-    import torch
-
-    interp = T.InterpolationMode.BICUBIC if pre.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
+    interp = (
+        T.InterpolationMode.BICUBIC
+        if pre.interpolation == "bicubic"
+        else T.InterpolationMode.BILINEAR
+    )
     steps: list[Any] = []
     if augment is not None and augment.random_resized_crop:
-        steps.append(T.RandomResizedCrop(pre.crop, scale=(augment.crop_scale_min, 1.0),
-                                         interpolation=interp, antialias=True))
+        steps.append(
+            T.RandomResizedCrop(
+                pre.crop, scale=(augment.crop_scale_min, 1.0), interpolation=interp, antialias=True
+            )
+        )
     else:
-        steps += [T.Resize(pre.resize, interpolation=interp, antialias=True), T.CenterCrop(pre.crop)]
+        steps += [
+            T.Resize(pre.resize, interpolation=interp, antialias=True),
+            T.CenterCrop(pre.crop),
+        ]
     if augment is not None:
         if augment.hflip:
             steps.append(T.RandomHorizontalFlip())
@@ -203,8 +255,11 @@ def build_transform(pre: Preprocessing, augment: AugmentSettings | None):
         if augment.color_jitter > 0:
             j = augment.color_jitter
             steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
-    steps += [T.PILToTensor(), T.ToDtype(torch.float32, scale=True),
-              T.Normalize(mean=list(pre.mean), std=list(pre.std))]
+    steps += [
+        T.PILToTensor(),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(mean=list(pre.mean), std=list(pre.std)),
+    ]
     return T.Compose(steps)
 
 
@@ -225,7 +280,9 @@ class ImageDataset:
             image = load_rgb(self.paths[i])
         except ImageProblem as exc:
             # The file changed after the scan; name it rather than failing somewhere in collate.
-            raise DataError(f"{self.paths[i]}: {exc} (the file changed after the data scan)") from None
+            raise DataError(
+                f"{self.paths[i]}: {exc} (the file changed after the data scan)"
+            ) from None
         return self.transform(image), self.targets[i]
 
 
@@ -233,16 +290,32 @@ def default_workers(requested: int) -> int:
     """DataLoader workers: as asked, or one per spare core (at most 8) for ``-1``."""
     if requested >= 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     return max(0, min(8, cores - 1))
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool,
-                generator: torch.Generator | None = None, drop_last: bool = False):
+def make_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    pin_memory: bool,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+):
     """A DataLoader. Workers are re-created every epoch (not persistent) so that their random
     streams derive from the epoch's generator and a resumed run augments exactly as before."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      pin_memory=pin_memory, generator=generator, drop_last=drop_last,
-                      persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=generator,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )

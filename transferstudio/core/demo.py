@@ -17,8 +17,15 @@ DEMO_CLASSES = ("circle", "square", "triangle", "cross")
 IMAGE_SIZE = 64
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float,
-                angle: float, colour: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    cx: float,
+    cy: float,
+    r: float,
+    angle: float,
+    colour: tuple[int, int, int],
+) -> None:
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
         return
@@ -31,14 +38,24 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: f
         return
     corners = 4 if kind == "square" else 3
     radius = r * (1.15 if kind == "square" else 1.2)
-    pts = [_rotate(radius * math.cos(2 * math.pi * k / corners),
-                   radius * math.sin(2 * math.pi * k / corners), angle, cx, cy)
-           for k in range(corners)]
+    pts = [
+        _rotate(
+            radius * math.cos(2 * math.pi * k / corners),
+            radius * math.sin(2 * math.pi * k / corners),
+            angle,
+            cx,
+            cy,
+        )
+        for k in range(corners)
+    ]
     draw.polygon(pts, fill=colour)
 
 
 def _rotate(x: float, y: float, angle: float, cx: float, cy: float) -> tuple[float, float]:
-    return (cx + x * math.cos(angle) - y * math.sin(angle), cy + x * math.sin(angle) + y * math.cos(angle))
+    return (
+        cx + x * math.cos(angle) - y * math.sin(angle),
+        cy + x * math.sin(angle) + y * math.cos(angle),
+    )
 
 
 def make_image(kind: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Image:
@@ -67,7 +84,9 @@ def generate_demo_data(folder: str | Path, per_class: int = 350, seed: int = 0) 
             continue
         class_dir.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            make_image(kind, random.Random(rng.random() + i)).save(class_dir / f"{kind}_{i:04d}.png")
+            make_image(kind, random.Random(rng.random() + i)).save(
+                class_dir / f"{kind}_{i:04d}.png"
+            )
     return folder
 
 

@@ -18,16 +18,22 @@ def choose_device(requested: str = "auto") -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ExperimentError(f"{requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps",
-                              "train.device") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or
-                                  (device.index or 0) >= torch.cuda.device_count()):
-        raise ExperimentError(f"{requested!r} asked for, but no such CUDA device is available; "
-                              "use 'auto' or 'cpu'", "train.device")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
-                                     and torch.backends.mps.is_available()):
-        raise ExperimentError("'mps' asked for, but Metal is not available; use 'auto' or 'cpu'",
-                              "train.device")
+        raise ExperimentError(
+            f"{requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps", "train.device"
+        ) from None
+    if device.type == "cuda" and (
+        not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ExperimentError(
+            f"{requested!r} asked for, but no such CUDA device is available; use 'auto' or 'cpu'",
+            "train.device",
+        )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ExperimentError(
+            "'mps' asked for, but Metal is not available; use 'auto' or 'cpu'", "train.device"
+        )
     return device
 
 

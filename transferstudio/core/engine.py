@@ -145,11 +145,14 @@ class EngineContext:
 
     def build_classifier(self) -> torch.nn.Module:
         r = self._run
-        model = build_classifier(r.backbone_spec, r.weights_file, self.num_classes,
-                                 dropout=r.exp.model.head_dropout)
+        model = build_classifier(
+            r.backbone_spec, r.weights_file, self.num_classes, dropout=r.exp.model.head_dropout
+        )
         return model.to(self.device)
 
-    def make_head(self, in_features: int, hidden: int = 0, dropout: float | None = None) -> torch.nn.Module:
+    def make_head(
+        self, in_features: int, hidden: int = 0, dropout: float | None = None
+    ) -> torch.nn.Module:
         d = self._run.exp.model.head_dropout if dropout is None else dropout
         return make_head(in_features, self.num_classes, hidden, d).to(self.device)
 
@@ -159,7 +162,9 @@ class EngineContext:
     def epoch_generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
 
-    def cached_features(self, backbone: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def cached_features(
+        self, backbone: torch.nn.Module, split: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run.cached_features(backbone, split)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -175,8 +180,15 @@ class EngineContext:
 class _Run:
     """State of one run while :func:`run_experiment` executes it."""
 
-    def __init__(self, exp: Experiment, host: PluginHost, state: RunState, workspace: Path,
-                 resume_id: str | None, writer: bool) -> None:
+    def __init__(
+        self,
+        exp: Experiment,
+        host: PluginHost,
+        state: RunState,
+        workspace: Path,
+        resume_id: str | None,
+        writer: bool,
+    ) -> None:
         self.exp = exp
         self.host = host
         self.state = state
@@ -204,25 +216,46 @@ class _Run:
         train = split == "train"
         dataset = self.datasets[split]
         generator = torch.Generator().manual_seed(_epoch_seed(self.exp.train.seed, self.epoch))
-        return D.make_loader(dataset, self.exp.data.batch_size, shuffle=train,
-                             workers=self.workers, pin_memory=self.device.type == "cuda",
-                             generator=generator)
+        return D.make_loader(
+            dataset,
+            self.exp.data.batch_size,
+            shuffle=train,
+            workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+        )
 
     def cached_features(self, backbone: torch.nn.Module, split: str):
-        weights_id = (self.weights_digest if self.weights_file is not None
-                      else f"random-init-seed-{self.exp.train.seed}")
-        key = cache_key({
-            "backbone": self.exp.model.backbone, "weights": weights_id,
-            "preprocessing": self.preprocessing.to_dict(), "split": split,
-            "files": D.ScanResult(self.scan.classes, {split: self.scan.splits[split]}).fingerprint(),
-        })
+        weights_id = (
+            self.weights_digest
+            if self.weights_file is not None
+            else f"random-init-seed-{self.exp.train.seed}"
+        )
+        key = cache_key(
+            {
+                "backbone": self.exp.model.backbone,
+                "weights": weights_id,
+                "preprocessing": self.preprocessing.to_dict(),
+                "split": split,
+                "files": D.ScanResult(
+                    self.scan.classes, {split: self.scan.splits[split]}
+                ).fingerprint(),
+            }
+        )
         dataset = self.eval_datasets[split]
 
         def compute():
-            self.log(f"computing {split} features once ({len(dataset)} images); later epochs and "
-                     "runs reuse them")
-            loader = D.make_loader(dataset, self.exp.data.batch_size, shuffle=False,
-                                   workers=self.workers, pin_memory=self.device.type == "cuda")
+            self.log(
+                f"computing {split} features once ({len(dataset)} images); later epochs and "
+                "runs reuse them"
+            )
+            loader = D.make_loader(
+                dataset,
+                self.exp.data.batch_size,
+                shuffle=False,
+                workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+            )
             was_training = backbone.training
             backbone.eval()
             feats, targets = [], []
@@ -281,12 +314,17 @@ class _Run:
         self.workers = D.default_workers(exp.data.num_workers)
         train_tf = D.build_transform(self.preprocessing, exp.augment)
         eval_tf = D.build_transform(self.preprocessing, None)
-        self.datasets = {s: D.ImageDataset(samples, self.scan.classes,
-                                           train_tf if s == "train" else eval_tf)
-                         for s, samples in self.scan.splits.items()}
-        self.eval_datasets = {s: D.ImageDataset(samples, self.scan.classes, eval_tf)
-                              for s, samples in self.scan.splits.items()}
-        self.feature_cache = FeatureCache(self.workspace / "cache" / "features" if self.writer else None)
+        self.datasets = {
+            s: D.ImageDataset(samples, self.scan.classes, train_tf if s == "train" else eval_tf)
+            for s, samples in self.scan.splits.items()
+        }
+        self.eval_datasets = {
+            s: D.ImageDataset(samples, self.scan.classes, eval_tf)
+            for s, samples in self.scan.splits.items()
+        }
+        self.feature_cache = FeatureCache(
+            self.workspace / "cache" / "features" if self.writer else None
+        )
         self.epoch = 0
         self._setup_method()
 
@@ -302,8 +340,9 @@ class _Run:
         except TransferStudioError:
             raise
         except Exception as exc:
-            raise PluginError(f"method {name!r} failed while setting up its modules: "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"method {name!r} failed while setting up its modules: {type(exc).__name__}: {exc}"
+            ) from exc
         for module in self.modules.values():
             module.to(self.device)
 
@@ -313,35 +352,52 @@ class _Run:
             assert self.store is not None or not self.writer
             record = self.store.get(self.resume_id) if self.store else None
             self.run_id = record.id if record else self.resume_id
-            self.folder = Path(record.folder) if record else self.workspace / "runs" / self.resume_id
+            self.folder = (
+                Path(record.folder) if record else self.workspace / "runs" / self.resume_id
+            )
             self.elapsed_before = record.duration_s if record else 0.0
         else:
-            self.run_id = (self.store.new_run_id(exp.name) if self.store
-                           else f"rank{os.environ.get('RANK', '?')}")
-            self.folder = (self.store.create(self.run_id, exp.name, exp.model.backbone, exp.method,
-                                             exp.train.early_stopping_metric)
-                           if self.store else self.workspace / "runs" / self.run_id)
+            self.run_id = (
+                self.store.new_run_id(exp.name)
+                if self.store
+                else f"rank{os.environ.get('RANK', '?')}"
+            )
+            self.folder = (
+                self.store.create(
+                    self.run_id,
+                    exp.name,
+                    exp.model.backbone,
+                    exp.method,
+                    exp.train.early_stopping_metric,
+                )
+                if self.store
+                else self.workspace / "runs" / self.run_id
+            )
         self.checkpoints = CheckpointStore(self.folder / "checkpoints")
         if self.writer:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not self.resume_id:
                 from transferstudio.core.atomic import write_text_atomic
 
-                write_text_atomic(self.folder / "experiment.toml",
-                                  exp.with_absolute_paths().to_toml())
+                write_text_atomic(
+                    self.folder / "experiment.toml", exp.with_absolute_paths().to_toml()
+                )
             self.log_file = open(self.folder / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
 
     # ----------------------------------------------------------- loop
 
     def execute(self) -> RunResult:
         exp = self.exp
-        self.log(("resuming" if self.resume_id else "starting") + f" run {self.run_id}: "
-                 f"{exp.method} on {exp.model.backbone}, {len(self.scan.classes)} classes")
+        self.log(
+            ("resuming" if self.resume_id else "starting") + f" run {self.run_id}: "
+            f"{exp.method} on {exp.model.backbone}, {len(self.scan.classes)} classes"
+        )
         self.log("data:\n" + self.scan.report())
 
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
         self.step = 0
         self.best: float | None = None
         self.best_epoch: int | None = None
@@ -358,19 +414,35 @@ class _Run:
             # index row must not lose an epoch, and epochs after it are redone.
             self.store.truncate_epochs(self.run_id, start_epoch)
             for row in self.history:
-                self.store.record_epoch(self.run_id, row["epoch"],
-                                        {"train": row["train"], "val": row["val"]},
-                                        self.best, self.best_epoch, self.elapsed_before)
+                self.store.record_epoch(
+                    self.run_id,
+                    row["epoch"],
+                    {"train": row["train"], "val": row["val"]},
+                    self.best,
+                    self.best_epoch,
+                    self.elapsed_before,
+                )
 
         self.epoch = start_epoch
         train_batches = len(self.datasets["train"]) // exp.data.batch_size + (
-            1 if len(self.datasets["train"]) % exp.data.batch_size else 0)
+            1 if len(self.datasets["train"]) % exp.data.batch_size else 0
+        )
         self.steps_per_epoch = max(1, train_batches)
-        self.state.emit(E.RunStarted(
-            self.run_id, str(self.folder), str(self.device), describe(self.device),
-            str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
-            exp.train.epochs, start_epoch, self.steps_per_epoch, self.scan.classes,
-            self.scan.counts(), len(self.scan.skipped)))
+        self.state.emit(
+            E.RunStarted(
+                self.run_id,
+                str(self.folder),
+                str(self.device),
+                describe(self.device),
+                str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+                exp.train.epochs,
+                start_epoch,
+                self.steps_per_epoch,
+                self.scan.classes,
+                self.scan.counts(),
+                len(self.scan.skipped),
+            )
+        )
 
         metric = exp.train.early_stopping_metric
         for epoch in range(start_epoch, exp.train.epochs):
@@ -384,27 +456,50 @@ class _Run:
             val_metrics = val_report.metrics
             value = val_metrics.get(metric)
             improved = value is not None and (
-                self.best is None or (value < self.best if metric in LOWER_IS_BETTER else value > self.best))
+                self.best is None
+                or (value < self.best if metric in LOWER_IS_BETTER else value > self.best)
+            )
             if improved:
                 self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
                 self.best_val_report = val_report.to_dict()
             else:
                 self.bad_epochs += 1
             lr = self.optimizer.param_groups[0]["lr"]
-            self.history.append({"epoch": epoch, "train": train_metrics, "val": val_metrics, "lr": lr})
+            self.history.append(
+                {"epoch": epoch, "train": train_metrics, "val": val_metrics, "lr": lr}
+            )
             seconds = time.monotonic() - t0
             self._save_epoch(epoch, improved, val_report.to_dict())
-            self.state.emit(E.EpochEnded(epoch, exp.train.epochs, train_metrics, val_metrics, lr,
-                                         seconds, improved, self.best, self.best_epoch))
-            self.log(f"epoch {epoch + 1}/{exp.train.epochs}: train loss "
-                     f"{train_metrics['loss']:.4f} acc {train_metrics.get('accuracy', 0):.4f}; val "
-                     + " ".join(f"{k} {v:.4f}" for k, v in val_metrics.items()
-                                if k in ('loss', 'accuracy', 'f1_macro'))
-                     + (" (best)" if improved else ""), quiet=True)
+            self.state.emit(
+                E.EpochEnded(
+                    epoch,
+                    exp.train.epochs,
+                    train_metrics,
+                    val_metrics,
+                    lr,
+                    seconds,
+                    improved,
+                    self.best,
+                    self.best_epoch,
+                )
+            )
+            self.log(
+                f"epoch {epoch + 1}/{exp.train.epochs}: train loss "
+                f"{train_metrics['loss']:.4f} acc {train_metrics.get('accuracy', 0):.4f}; val "
+                + " ".join(
+                    f"{k} {v:.4f}"
+                    for k, v in val_metrics.items()
+                    if k in ("loss", "accuracy", "f1_macro")
+                )
+                + (" (best)" if improved else ""),
+                quiet=True,
+            )
             if exp.train.patience and self.bad_epochs >= exp.train.patience:
-                self.log(f"early stopping: no improvement of val {metric} for "
-                         f"{exp.train.patience} epoch(s); best {self.best:.4f} at epoch "
-                         f"{(self.best_epoch or 0) + 1}")
+                self.log(
+                    f"early stopping: no improvement of val {metric} for "
+                    f"{exp.train.patience} epoch(s); best {self.best:.4f} at epoch "
+                    f"{(self.best_epoch or 0) + 1}"
+                )
                 break
         return self._finish()
 
@@ -423,8 +518,10 @@ class _Run:
         except ValueError as exc:
             raise TransferStudioError(f"{exc}; unfreeze at least the head") from None
         trainable = sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
-        self.log(f"optimizer {self.exp.train.optimizer}: {trainable:,} trainable parameters in "
-                 f"{len(self.optimizer.param_groups)} group(s)")
+        self.log(
+            f"optimizer {self.exp.train.optimizer}: {trainable:,} trainable parameters in "
+            f"{len(self.optimizer.param_groups)} group(s)"
+        )
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         exp = self.exp
@@ -438,7 +535,9 @@ class _Run:
         for i, batch in enumerate(batches):
             self._check_stop()
             batch = self._to_device(batch)
-            lr = set_lr(self.optimizer, lr_factor(self.step, total_steps, self.steps_per_epoch, exp.train))
+            lr = set_lr(
+                self.optimizer, lr_factor(self.step, total_steps, self.steps_per_epoch, exp.train)
+            )
             with self._autocast():
                 out: StepOutput = self.method.training_step(batch, self.ctx)
             loss_value = float(out.loss.detach())
@@ -446,7 +545,8 @@ class _Run:
                 raise NonFiniteLoss(
                     f"the loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; the run "
                     "stopped and the last good checkpoint is kept. Try a lower learning rate "
-                    "(train.lr), gradient clipping (train.grad_clip) or fp32 precision")
+                    "(train.lr), gradient clipping (train.grad_clip) or fp32 precision"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             if exp.train.grad_clip > 0:
@@ -484,13 +584,19 @@ class _Run:
 
     def _meta(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
         return {
-            "run_id": self.run_id, "epoch": epoch, "experiment": self.exp.to_dict(),
-            "class_names": self.scan.classes, "metrics": metrics,
+            "run_id": self.run_id,
+            "epoch": epoch,
+            "experiment": self.exp.to_dict(),
+            "class_names": self.scan.classes,
+            "metrics": metrics,
             "plugin_versions": self.host.plugin_versions(),
-            "backbone": self.exp.model.backbone, "method": self.exp.method,
+            "backbone": self.exp.model.backbone,
+            "method": self.exp.method,
             "preprocessing": self.preprocessing.to_dict(),
-            "weights_source": self.exp.model.weights, "weights_digest": self.weights_digest,
-            "dataset_fingerprint": self.scan.fingerprint(), "seed": self.exp.train.seed,
+            "weights_source": self.exp.model.weights,
+            "weights_digest": self.weights_digest,
+            "dataset_fingerprint": self.scan.fingerprint(),
+            "seed": self.exp.train.seed,
             "method_state": self.method.state_summary(),
         }
 
@@ -500,29 +606,43 @@ class _Run:
         weights = module_weights(self.modules)
         meta = self._meta(epoch, val_report["metrics"])
         state = {
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "rng": rng_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "rng": rng_state(),
             "elapsed": self.elapsed_before + time.monotonic() - self.started,
         }
         if improved:
             path = self.checkpoints.save("best", weights, meta, {})
             self.state.emit(E.CheckpointSaved("best", str(path), epoch))
-        path = self.checkpoints.save("last", weights, dict(meta, history=self.history,
-                                                           best_val_report=self.best_val_report), state)
+        path = self.checkpoints.save(
+            "last",
+            weights,
+            dict(meta, history=self.history, best_val_report=self.best_val_report),
+            state,
+        )
         self.state.emit(E.CheckpointSaved("last", str(path), epoch))
         self._write_metrics_csv()
         assert self.store is not None
-        self.store.record_epoch(self.run_id, epoch, {"train": self.history[-1]["train"],
-                                                     "val": self.history[-1]["val"]},
-                                self.best, self.best_epoch,
-                                self.elapsed_before + time.monotonic() - self.started)
+        self.store.record_epoch(
+            self.run_id,
+            epoch,
+            {"train": self.history[-1]["train"], "val": self.history[-1]["val"]},
+            self.best,
+            self.best_epoch,
+            self.elapsed_before + time.monotonic() - self.started,
+        )
 
     def _restore(self) -> int:
         ck = self.checkpoints.load("last")
         epoch = int(ck.meta["epoch"])
         load_module_weights(self.modules, ck.weights)
-        self.method.on_epoch_start(epoch, self.ctx)  # the freeze state the checkpoint was trained in
+        self.method.on_epoch_start(
+            epoch, self.ctx
+        )  # the freeze state the checkpoint was trained in
         self._rebuild_optimizer()
         self.optimizer.load_state_dict(ck.state["optimizer"])
         self.scaler.load_state_dict(ck.state["scaler"])
@@ -548,21 +668,31 @@ class _Run:
         writer.writerow(["epoch", *keys])
         for row in self.history:
             flat = {f"{s}_{k}": v for s in ("train", "val") for k, v in row[s].items()}
-            writer.writerow([row["epoch"] + 1, *[f"{flat[k]:.6g}" if k in flat else "" for k in keys]])
+            writer.writerow(
+                [row["epoch"] + 1, *[f"{flat[k]:.6g}" if k in flat else "" for k in keys]]
+            )
         write_text_atomic(self.folder / "metrics.csv", out.getvalue())
 
     def _finish(self) -> RunResult:
         report: dict[str, Any] = {
-            "run_id": self.run_id, "experiment": self.exp.name, "method": self.exp.method,
-            "backbone": self.exp.model.backbone, "device": str(self.device),
-            "metric": self.exp.train.early_stopping_metric, "best_metric": self.best,
-            "best_epoch": self.best_epoch, "epochs_done": len(self.history),
-            "classes": self.scan.classes, "val": self.best_val_report,
+            "run_id": self.run_id,
+            "experiment": self.exp.name,
+            "method": self.exp.method,
+            "backbone": self.exp.model.backbone,
+            "device": str(self.device),
+            "metric": self.exp.train.early_stopping_metric,
+            "best_metric": self.best,
+            "best_epoch": self.best_epoch,
+            "epochs_done": len(self.history),
+            "classes": self.scan.classes,
+            "val": self.best_val_report,
             "skipped_files": [{"path": p, "reason": r} for p, r in self.scan.skipped],
         }
         if "test" in self.datasets and self.writer and self.checkpoints.exists("best"):
             # Test once, with the best checkpoint, as the held-out estimate.
-            load_module_weights(self.modules, self.checkpoints.load("best", with_state=False).weights)
+            load_module_weights(
+                self.modules, self.checkpoints.load("best", with_state=False).weights
+            )
             test_report = self._evaluate("test")
             report["test"] = test_report.to_dict()
             self.log(format_report(test_report, "test (best checkpoint)"), quiet=True)
@@ -575,12 +705,23 @@ class _Run:
 
             write_text_atomic(self.folder / "report.json", json.dumps(report, indent=2))
             self.store.set_status(self.run_id, "completed", None, duration)
-        self.log(f"finished in {duration:.1f} s; best val {self.exp.train.early_stopping_metric} "
-                 f"{self.best:.4f} at epoch {(self.best_epoch or 0) + 1}" if self.best is not None
-                 else f"finished in {duration:.1f} s")
+        self.log(
+            f"finished in {duration:.1f} s; best val {self.exp.train.early_stopping_metric} "
+            f"{self.best:.4f} at epoch {(self.best_epoch or 0) + 1}"
+            if self.best is not None
+            else f"finished in {duration:.1f} s"
+        )
         self.state.emit(E.RunFinished(self.run_id, "completed", report))
-        return RunResult(self.run_id, self.folder, "completed", "", self.best, self.best_epoch,
-                         len(self.history), report)
+        return RunResult(
+            self.run_id,
+            self.folder,
+            "completed",
+            "",
+            self.best,
+            self.best_epoch,
+            len(self.history),
+            report,
+        )
 
     def close(self) -> None:
         if self.log_file is not None:
@@ -588,9 +729,14 @@ class _Run:
             self.log_file = None
 
 
-def run_experiment(exp: Experiment, host: PluginHost, state: RunState | None = None,
-                   workspace: str | Path | None = None, resume: str | None = None,
-                   writer: bool | None = None) -> RunResult:
+def run_experiment(
+    exp: Experiment,
+    host: PluginHost,
+    state: RunState | None = None,
+    workspace: str | Path | None = None,
+    resume: str | None = None,
+    writer: bool | None = None,
+) -> RunResult:
     """Run (or, with ``resume=RUN_ID``, continue) an experiment to the end.
 
     Problems found before training starts (bad settings, unusable data, missing weights) raise
@@ -602,32 +748,56 @@ def run_experiment(exp: Experiment, host: PluginHost, state: RunState | None = N
 
     state = state or PlainState()
     workspace = Path(workspace) if workspace else default_workspace()
-    run = _Run(exp, host, state, workspace, resume, is_writer_process() if writer is None else writer)
+    run = _Run(
+        exp, host, state, workspace, resume, is_writer_process() if writer is None else writer
+    )
     run.prepare()
     run.open_run()
     try:
         return run.execute()
     except RunCancelled:
-        run.log(f"stopped by the user after {run.epoch} complete epoch(s); resume with "
-                f"'transferstudio run --resume {run.run_id}'")
+        run.log(
+            f"stopped by the user after {run.epoch} complete epoch(s); resume with "
+            f"'transferstudio run --resume {run.run_id}'"
+        )
         if run.store:
-            run.store.set_status(run.run_id, "cancelled", "stopped by the user",
-                                 run.elapsed_before + time.monotonic() - run.started)
+            run.store.set_status(
+                run.run_id,
+                "cancelled",
+                "stopped by the user",
+                run.elapsed_before + time.monotonic() - run.started,
+            )
         state.emit(E.RunFinished(run.run_id, "cancelled", {}))
-        return RunResult(run.run_id, run.folder, "cancelled", "stopped by the user",
-                         getattr(run, "best", None), getattr(run, "best_epoch", None),
-                         len(getattr(run, "history", [])))
+        return RunResult(
+            run.run_id,
+            run.folder,
+            "cancelled",
+            "stopped by the user",
+            getattr(run, "best", None),
+            getattr(run, "best_epoch", None),
+            len(getattr(run, "history", [])),
+        )
     except Exception as exc:  # noqa: BLE001 - reported as a failed run, never a crash
-        message = str(exc) if isinstance(exc, TransferStudioError) else f"{type(exc).__name__}: {exc}"
+        message = (
+            str(exc) if isinstance(exc, TransferStudioError) else f"{type(exc).__name__}: {exc}"
+        )
         tb = traceback.format_exc()
         run.log(f"run failed: {message}")
         if not isinstance(exc, TransferStudioError):
             run.log(tb)
         if run.store:
-            run.store.set_status(run.run_id, "failed", message,
-                                 run.elapsed_before + time.monotonic() - run.started)
+            run.store.set_status(
+                run.run_id, "failed", message, run.elapsed_before + time.monotonic() - run.started
+            )
         state.emit(E.RunFailed(run.run_id, message, tb))
-        return RunResult(run.run_id, run.folder, "failed", message, getattr(run, "best", None),
-                         getattr(run, "best_epoch", None), len(getattr(run, "history", [])))
+        return RunResult(
+            run.run_id,
+            run.folder,
+            "failed",
+            message,
+            getattr(run, "best", None),
+            getattr(run, "best_epoch", None),
+            len(getattr(run, "history", [])),
+        )
     finally:
         run.close()

@@ -28,11 +28,17 @@ MIGRATIONS: dict[int, Migration] = {}
 class AugmentSettings:
     """Random augmentation of training images (validation and test images are never augmented)."""
 
-    random_resized_crop: bool = param(True, help="random crop of a random area, resized to the input size")
-    crop_scale_min: float = param(0.5, min=0.05, max=1.0, help="smallest crop area, as a fraction of the image")
+    random_resized_crop: bool = param(
+        True, help="random crop of a random area, resized to the input size"
+    )
+    crop_scale_min: float = param(
+        0.5, min=0.05, max=1.0, help="smallest crop area, as a fraction of the image"
+    )
     hflip: bool = param(True, help="random horizontal flip")
     rotation: float = param(0.0, min=0.0, max=180.0, help="random rotation up to this many degrees")
-    color_jitter: float = param(0.0, min=0.0, max=1.0, help="brightness/contrast/saturation jitter strength")
+    color_jitter: float = param(
+        0.0, min=0.0, max=1.0, help="brightness/contrast/saturation jitter strength"
+    )
 
     @property
     def any_random(self) -> bool:
@@ -43,14 +49,29 @@ class AugmentSettings:
 class DataSettings:
     """Where the images are and how they are split and batched."""
 
-    path: str = param("", help="image folder (class subfolders, or train/val[/test] folders) or CSV file")
-    source: str = param("auto", help="data-source plugin; 'auto' picks the one that recognises the path")
-    val_split: float = param(0.2, min=0.0, max=0.9, help="fraction held out for validation when the data has no val folder")
-    test_split: float = param(0.0, min=0.0, max=0.9, help="fraction held out for testing when the data has no test folder")
+    path: str = param(
+        "", help="image folder (class subfolders, or train/val[/test] folders) or CSV file"
+    )
+    source: str = param(
+        "auto", help="data-source plugin; 'auto' picks the one that recognises the path"
+    )
+    val_split: float = param(
+        0.2,
+        min=0.0,
+        max=0.9,
+        help="fraction held out for validation when the data has no val folder",
+    )
+    test_split: float = param(
+        0.0, min=0.0, max=0.9, help="fraction held out for testing when the data has no test folder"
+    )
     split_seed: int = param(0, min=0, help="seed of the stratified split")
     batch_size: int = param(32, min=1, max=4096, help="images per batch")
-    image_size: int = param(0, min=0, max=1024, help="input size; 0 uses the backbone's own preprocessing")
-    num_workers: int = param(-1, min=-1, max=64, help="DataLoader worker processes; -1 chooses for this machine")
+    image_size: int = param(
+        0, min=0, max=1024, help="input size; 0 uses the backbone's own preprocessing"
+    )
+    num_workers: int = param(
+        -1, min=-1, max=64, help="DataLoader worker processes; -1 chooses for this machine"
+    )
 
 
 @dataclasses.dataclass
@@ -58,8 +79,13 @@ class ModelSettings:
     """The backbone, its starting weights and the new head."""
 
     backbone: str = param("resnet18", help="backbone plugin id (see 'transferstudio plugins')")
-    weights: str = param("none", help="'none' (random init), 'cache' (torchvision file in the local torch cache) or a .pth/.pt/.safetensors path")
-    head_dropout: float = param(0.0, min=0.0, max=0.95, help="dropout before the classification head")
+    weights: str = param(
+        "none",
+        help="'none' (random init), 'cache' (torchvision file in the local torch cache) or a .pth/.pt/.safetensors path",
+    )
+    head_dropout: float = param(
+        0.0, min=0.0, max=0.95, help="dropout before the classification head"
+    )
 
 
 @dataclasses.dataclass
@@ -67,23 +93,50 @@ class TrainSettings:
     """The optimisation loop the engine runs for every method."""
 
     epochs: int = param(10, min=1, max=10000, help="number of epochs")
-    device: str = param("auto", help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'")
-    precision: str = param("auto", choices=["auto", "fp32", "bf16", "fp16"], help="mixed precision on CUDA ('auto': bf16 where supported, else fp16)")
+    device: str = param(
+        "auto", help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'"
+    )
+    precision: str = param(
+        "auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="mixed precision on CUDA ('auto': bf16 where supported, else fp16)",
+    )
     optimizer: str = param("adamw", choices=["adamw", "sgd"], help="optimizer")
-    lr: float = param(1e-3, min=0.0, max=10.0, help="learning rate of the head (the backbone's may be scaled by the method)")
+    lr: float = param(
+        1e-3,
+        min=0.0,
+        max=10.0,
+        help="learning rate of the head (the backbone's may be scaled by the method)",
+    )
     momentum: float = param(0.9, min=0.0, max=1.0, help="SGD momentum")
     nesterov: bool = param(False, help="Nesterov momentum (SGD)")
-    weight_decay: float = param(1e-4, min=0.0, max=1.0, help="decoupled (AdamW) or L2 (SGD) weight decay")
-    schedule: str = param("cosine", choices=["constant", "step", "cosine", "onecycle"], help="learning-rate schedule")
-    warmup_epochs: float = param(0.0, min=0.0, max=100.0, help="linear warmup length in epochs (fractions allowed)")
+    weight_decay: float = param(
+        1e-4, min=0.0, max=1.0, help="decoupled (AdamW) or L2 (SGD) weight decay"
+    )
+    schedule: str = param(
+        "cosine", choices=["constant", "step", "cosine", "onecycle"], help="learning-rate schedule"
+    )
+    warmup_epochs: float = param(
+        0.0, min=0.0, max=100.0, help="linear warmup length in epochs (fractions allowed)"
+    )
     step_epochs: int = param(7, min=1, help="'step' schedule: epochs between decays")
     step_gamma: float = param(0.1, min=0.0, max=1.0, help="'step' schedule: decay factor")
-    label_smoothing: float = param(0.0, min=0.0, max=0.5, help="label smoothing of the cross-entropy")
+    label_smoothing: float = param(
+        0.0, min=0.0, max=0.5, help="label smoothing of the cross-entropy"
+    )
     grad_clip: float = param(0.0, min=0.0, help="clip the gradient norm to this value; 0 disables")
-    early_stopping_metric: str = param("accuracy", choices=["accuracy", "loss", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"], help="validation metric that picks the best checkpoint and drives early stopping")
-    patience: int = param(0, min=0, help="stop after this many epochs without improvement; 0 disables")
+    early_stopping_metric: str = param(
+        "accuracy",
+        choices=["accuracy", "loss", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"],
+        help="validation metric that picks the best checkpoint and drives early stopping",
+    )
+    patience: int = param(
+        0, min=0, help="stop after this many epochs without improvement; 0 disables"
+    )
     seed: int = param(0, min=0, help="seed of every random number generator")
-    deterministic: bool = param(False, help="use deterministic algorithms only (slower, bit-for-bit repeatable)")
+    deterministic: bool = param(
+        False, help="use deterministic algorithms only (slower, bit-for-bit repeatable)"
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -136,26 +189,35 @@ class Experiment:
 
     def to_toml(self, comments: bool = True) -> str:
         """The experiment as TOML text; with ``comments`` every key carries its help."""
-        return render_toml(self.name, self.method, type(self.method_params), self.to_dict(), comments)
+        return render_toml(
+            self.name, self.method, type(self.method_params), self.to_dict(), comments
+        )
 
 
-def render_toml(name: str, method: str, params_cls: type, data: Mapping[str, Any], comments: bool) -> str:
+def render_toml(
+    name: str, method: str, params_cls: type, data: Mapping[str, Any], comments: bool
+) -> str:
     """Write an experiment mapping as commented TOML."""
     parts = [
         "# TransferStudio experiment. Run it with: transferstudio run THIS_FILE\n"
-        if comments else "",
+        if comments
+        else "",
         f"schema_version = {SCHEMA_VERSION}\n",
         f"name = {P.toml_value(name)}\n",
     ]
     for section, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").strip()
-        parts.append(("\n# " + doc + "\n" if comments and doc else "\n"))
+        parts.append("\n# " + doc + "\n" if comments and doc else "\n")
         parts.append(P.toml_table(section, cls, data.get(section, {}), comments))
     parts.append("\n[method]\n")
     parts.append(f"name = {P.toml_value(method)}\n")
     doc = (params_cls.__doc__ or "").strip().splitlines()
-    parts.append(("\n# " + doc[0] + "\n" if comments and doc else "\n"))
-    parts.append(P.toml_table("method.params", params_cls, data.get("method", {}).get("params", {}), comments))
+    parts.append("\n# " + doc[0] + "\n" if comments and doc else "\n")
+    parts.append(
+        P.toml_table(
+            "method.params", params_cls, data.get("method", {}).get("params", {}), comments
+        )
+    )
     return "".join(parts)
 
 
@@ -163,7 +225,9 @@ def migrate(raw: dict[str, Any], source: str) -> dict[str, Any]:
     """Upgrade a raw experiment mapping to :data:`SCHEMA_VERSION` through the migration chain."""
     version = raw.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ExperimentError(f"must be a whole number, got {version!r} in {source}", "schema_version")
+        raise ExperimentError(
+            f"must be a whole number, got {version!r} in {source}", "schema_version"
+        )
     if version > SCHEMA_VERSION:
         raise ExperimentError(
             f"{source} was written by a newer TransferStudio (schema {version}; this version reads "
@@ -172,7 +236,9 @@ def migrate(raw: dict[str, Any], source: str) -> dict[str, Any]:
         )
     while version < SCHEMA_VERSION:
         if version not in MIGRATIONS:
-            raise ExperimentError(f"no migration from schema {version} (in {source})", "schema_version")
+            raise ExperimentError(
+                f"no migration from schema {version} (in {source})", "schema_version"
+            )
         raw = MIGRATIONS[version](dict(raw))
         version += 1
         raw["schema_version"] = version
@@ -194,7 +260,9 @@ def from_mapping(
     allowed = {"schema_version", "name", "method", *SECTIONS}
     for key in raw:
         if key not in allowed:
-            raise ExperimentError(f"unknown section in {source}; allowed: {', '.join(sorted(allowed))}", key)
+            raise ExperimentError(
+                f"unknown section in {source}; allowed: {', '.join(sorted(allowed))}", key
+            )
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not name.strip():
         raise ExperimentError("must be a non-empty string", "name")
@@ -206,7 +274,9 @@ def from_mapping(
         sections[section] = P.build(cls, value, f"{section}.")
     method = raw.get("method")
     if not isinstance(method, Mapping) or not isinstance(method.get("name"), str):
-        raise ExperimentError("needs a [method] table with name = \"fine-tune\" (or another method id)", "method.name")
+        raise ExperimentError(
+            'needs a [method] table with name = "fine-tune" (or another method id)', "method.name"
+        )
     for key in method:
         if key not in ("name", "params"):
             raise ExperimentError("unknown key; allowed keys: name, params", f"method.{key}")
@@ -221,8 +291,13 @@ def from_mapping(
             check()
         except ValueError as exc:
             raise ExperimentError(str(exc), "method.params") from None
-    return Experiment(name=name, method=method["name"], method_params=method_params,
-                      base_dir=str(base_dir), **sections)
+    return Experiment(
+        name=name,
+        method=method["name"],
+        method_params=method_params,
+        base_dir=str(base_dir),
+        **sections,
+    )
 
 
 def load_toml_text(text: str, source: str) -> dict[str, Any]:
@@ -233,8 +308,9 @@ def load_toml_text(text: str, source: str) -> dict[str, Any]:
         raise ExperimentError(f"{source} is not valid TOML: {exc}") from None
 
 
-def load(path: str | Path, method_params_for: Callable[[str], type],
-         overrides: Sequence[str] = ()) -> Experiment:
+def load(
+    path: str | Path, method_params_for: Callable[[str], type], overrides: Sequence[str] = ()
+) -> Experiment:
     """Read and validate an experiment file, applying ``--set key=value`` overrides."""
     path = Path(path)
     try:
@@ -274,8 +350,13 @@ def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
 
 
-def new_experiment(method: str, params_cls: type, data_path: str = "", backbone: str | None = None,
-                   name: str | None = None) -> Experiment:
+def new_experiment(
+    method: str,
+    params_cls: type,
+    data_path: str = "",
+    backbone: str | None = None,
+    name: str | None = None,
+) -> Experiment:
     """An experiment with every default, for ``transferstudio init`` and the GUI's File > New."""
     exp = Experiment(name=name or method, method=method, method_params=params_cls())
     exp.data.path = data_path

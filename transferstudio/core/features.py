@@ -40,8 +40,9 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def get_or_compute(self, key: str, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_or_compute(
+        self, key: str, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached features for ``key``, computing (and storing) them on a miss."""
         if key in _MEMORY:
             _MEMORY.move_to_end(key)

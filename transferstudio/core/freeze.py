@@ -80,9 +80,7 @@ class FreezePlan:
             if self.up_to not in module_paths:
                 raise KeyError(self.up_to)
             prefix = self.up_to + "."
-            last = max(
-                (i for i, n in enumerate(names) if n.startswith(prefix)), default=-1
-            )
+            last = max((i for i, n in enumerate(names) if n.startswith(prefix)), default=-1)
             frozen.update(names[: last + 1])
         for name in names:
             if any(path_matches(a, p) for a in _ancestors(name) for p in self.patterns):
@@ -91,7 +89,9 @@ class FreezePlan:
             frozen.update(_batchnorm_param_names(model))
         for start, pattern in self.unfreeze:
             if epoch + 1 >= start:
-                frozen -= {n for n in frozen if any(path_matches(a, pattern) for a in _ancestors(n))}
+                frozen -= {
+                    n for n in frozen if any(path_matches(a, pattern) for a in _ancestors(n))
+                }
         return frozen
 
     def apply(self, model: nn.Module, epoch: int = 0) -> set[str]:
@@ -134,5 +134,7 @@ def _batchnorm_param_names(model: nn.Module) -> set[str]:
     names = set()
     for path, module in model.named_modules():
         if isinstance(module, _BatchNorm):
-            names.update(f"{path}.{n}" if path else n for n, _ in module.named_parameters(recurse=False))
+            names.update(
+                f"{path}.{n}" if path else n for n, _ in module.named_parameters(recurse=False)
+            )
     return names

@@ -24,8 +24,9 @@ class ClassificationReport:
 class MetricAccumulator:
     """Adds up logits/targets of batches (on any device) and reports metrics at the end."""
 
-    def __init__(self, num_classes: int, class_names: list[str] | None = None,
-                 topk: tuple[int, ...] = (3, 5)) -> None:
+    def __init__(
+        self, num_classes: int, class_names: list[str] | None = None, topk: tuple[int, ...] = (3, 5)
+    ) -> None:
         self.num_classes = num_classes
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.topk = tuple(k for k in topk if 1 < k < num_classes)
@@ -34,7 +35,9 @@ class MetricAccumulator:
         self.loss_sum = 0.0
         self.count = 0
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: float | None = None) -> None:
+    def update(
+        self, logits: torch.Tensor, targets: torch.Tensor, loss: float | None = None
+    ) -> None:
         """Add a batch; ``loss`` is the batch's mean loss (weighted by batch size)."""
         logits = logits.detach().float()
         targets = targets.detach()
@@ -42,7 +45,8 @@ class MetricAccumulator:
         pred = logits.argmax(dim=1)
         index = (targets * self.num_classes + pred).cpu()
         self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(
-            self.num_classes, self.num_classes)
+            self.num_classes, self.num_classes
+        )
         for k in self.topk:
             top = logits.topk(k, dim=1).indices
             self.topk_correct[k] += int((top == targets.unsqueeze(1)).any(dim=1).sum())
@@ -58,7 +62,9 @@ class MetricAccumulator:
         precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
         recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
         denom = precision + recall
-        f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+        f1 = torch.where(
+            denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp)
+        )
         total = float(support.sum())
         present = support > 0
         # Macro averages run over classes present in this split: a class absent from the split
@@ -79,8 +85,13 @@ class MetricAccumulator:
         if self.count and self.loss_sum:
             metrics["loss"] = self.loss_sum / self.count
         per_class = [
-            {"class": name, "precision": float(precision[i]), "recall": float(recall[i]),
-             "f1": float(f1[i]), "support": int(support[i])}
+            {
+                "class": name,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(self.class_names)
         ]
         return ClassificationReport(metrics, per_class, self.confusion.tolist())
@@ -91,11 +102,16 @@ def format_report(report: ClassificationReport, title: str) -> str:
     m = report.metrics
     width = max([len(r["class"]) for r in report.per_class] + [12])
     lines = [title]
-    keys = ["accuracy"] + sorted(k for k in m if k.startswith("top")) + [
-        "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
+    keys = (
+        ["accuracy"]
+        + sorted(k for k in m if k.startswith("top"))
+        + ["precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
+    )
     lines.append("  " + "  ".join(f"{k}={m[k]:.4f}" for k in keys if k in m))
     lines.append(f"  {'class':<{width}}  precision  recall      f1  support")
     for row in report.per_class:
-        lines.append(f"  {row['class']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}"
-                     f"  {row['f1']:6.4f}  {row['support']:7d}")
+        lines.append(
+            f"  {row['class']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}"
+            f"  {row['f1']:6.4f}  {row['support']:7d}"
+        )
     return "\n".join(lines)

@@ -25,7 +25,9 @@ class ClassifierModel(nn.Module):
         return self.head(self.backbone(x))
 
 
-def make_head(in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
+def make_head(
+    in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0
+) -> nn.Module:
     """A linear head, or ``Linear-ReLU-Dropout-Linear`` when ``hidden`` > 0; dropout first."""
     layers: list[nn.Module] = []
     if dropout > 0:
@@ -55,8 +57,10 @@ def build_backbone(spec: BackboneSpec, weights_file: Path | None) -> nn.Module:
     try:
         model.get_submodule(spec.classifier)
     except AttributeError:
-        raise WeightsError(f"backbone {spec.name!r} declares classifier {spec.classifier!r}, "
-                           "which is not a module of its network") from None
+        raise WeightsError(
+            f"backbone {spec.name!r} declares classifier {spec.classifier!r}, "
+            "which is not a module of its network"
+        ) from None
     _set_submodule(model, spec.classifier, nn.Identity())
     if weights_file is not None:
         load_backbone_weights(model, spec, read_state_dict(weights_file), str(weights_file))
@@ -69,35 +73,53 @@ def load_backbone_weights(model: nn.Module, spec: BackboneSpec, state: dict, sou
         state = spec.convert_state_dict(state)
     # Our own checkpoints store the backbone under "backbone."; accept them as weights too.
     if state and all(k.startswith(("backbone.", "head.")) for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     prefix = spec.classifier + "."
     state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     expected = model.state_dict()
     # Checkpoints from before BatchNorm counted its batches lack num_batches_tracked; torch
     # itself accepts that, and the counter does not affect inference or training with momentum.
-    missing = sorted(k for k in expected
-                     if k not in state and not k.endswith("num_batches_tracked"))
+    missing = sorted(
+        k for k in expected if k not in state and not k.endswith("num_batches_tracked")
+    )
     unexpected = sorted(k for k in state if k not in expected)
     wrong_shape = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
     if missing or unexpected or wrong_shape:
         parts = []
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}"
-                         + (" ..." if len(missing) > 8 else ""))
+            parts.append(
+                f"missing keys ({len(missing)}): {', '.join(missing[:8])}"
+                + (" ..." if len(missing) > 8 else "")
+            )
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
-                         + (" ..." if len(unexpected) > 8 else ""))
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}"
+                + (" ..." if len(unexpected) > 8 else "")
+            )
         if wrong_shape:
-            parts.append("shape mismatch: " + ", ".join(
-                f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape[:5]))
-        raise WeightsError(f"weights {source} do not fit backbone {spec.name!r}: "
-                           + "; ".join(parts) + ". Check that the file was saved from the same "
-                           "architecture")
+            parts.append(
+                "shape mismatch: "
+                + ", ".join(
+                    f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                    for k in wrong_shape[:5]
+                )
+            )
+        raise WeightsError(
+            f"weights {source} do not fit backbone {spec.name!r}: "
+            + "; ".join(parts)
+            + ". Check that the file was saved from the same "
+            "architecture"
+        )
     model.load_state_dict(state, strict=False)  # every key was checked above
 
 
-def build_classifier(spec: BackboneSpec, weights_file: Path | None, num_classes: int,
-                     dropout: float = 0.0, hidden: int = 0) -> nn.Module:
+def build_classifier(
+    spec: BackboneSpec,
+    weights_file: Path | None,
+    num_classes: int,
+    dropout: float = 0.0,
+    hidden: int = 0,
+) -> nn.Module:
     """Backbone + new head for ``num_classes``: the module every classification method trains."""
     backbone = build_backbone(spec, weights_file)
     return ClassifierModel(backbone, make_head(spec.feature_dim, num_classes, hidden, dropout))

@@ -15,8 +15,11 @@ import torch
 from transferstudio.core.experiment import TrainSettings
 
 
-def build_optimizer(groups: list[dict[str, Any]], settings: TrainSettings,
-                    previous: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    groups: list[dict[str, Any]],
+    settings: TrainSettings,
+    previous: torch.optim.Optimizer | None = None,
+) -> torch.optim.Optimizer:
     """An optimizer over ``groups`` (each group's ``lr`` becomes its ``base_lr``). Per-parameter
     state (momentum, Adam moments) of ``previous`` carries over for parameters still trained."""
     groups = [dict(g, base_lr=g.get("lr", settings.lr)) for g in groups if g["params"]]
@@ -24,8 +27,12 @@ def build_optimizer(groups: list[dict[str, Any]], settings: TrainSettings,
         raise ValueError("no trainable parameters: the freeze plan freezes everything")
     if settings.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            groups, lr=settings.lr, momentum=settings.momentum,
-            nesterov=settings.nesterov and settings.momentum > 0, weight_decay=settings.weight_decay)
+            groups,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.nesterov and settings.momentum > 0,
+            weight_decay=settings.weight_decay,
+        )
     else:
         opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     if previous is not None:

@@ -45,7 +45,12 @@ def fields_of(cls: type) -> list[FieldInfo]:
         meta = f.metadata
         out.append(
             FieldInfo(
-                f.name, kind, default, meta.get("help", ""), meta.get("min"), meta.get("max"),
+                f.name,
+                kind,
+                default,
+                meta.get("help", ""),
+                meta.get("min"),
+                meta.get("max"),
                 meta.get("choices"),
             )
         )
@@ -67,8 +72,13 @@ def _base_type(hint: Any) -> type:
 def _describe(info: FieldInfo) -> str:
     if info.choices:
         return "one of " + ", ".join(repr(c) for c in info.choices)
-    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             list: "a list"}
+    kinds = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+    }
     text = kinds[info.kind]
     if info.min is not None and info.max is not None:
         text += f" from {info.min} to {info.max}"

@@ -82,8 +82,11 @@ class PluginHost:
             dist = getattr(ep, "dist", None)
             name = dist.name if dist is not None else ep.name
             version = dist.version if dist is not None else "?"
-            record = PluginRecord(name=f"{name}:{ep.name}" if ep.name != "builtins" else name,
-                                  version=version, module=ep.value)
+            record = PluginRecord(
+                name=f"{name}:{ep.name}" if ep.name != "builtins" else name,
+                version=version,
+                module=ep.value,
+            )
             try:
                 module = ep.load()
             except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the app
@@ -94,8 +97,9 @@ class PluginHost:
                 continue
             self.register(module, record)
 
-    def load_module(self, module_name: str, version: str | None = None,
-                    name: str | None = None) -> None:
+    def load_module(
+        self, module_name: str, version: str | None = None, name: str | None = None
+    ) -> None:
         """Import a plugin module by name and register it, guarded like an entry point."""
         record = PluginRecord(name=name or module_name, version=version or "?", module=module_name)
         try:
@@ -119,13 +123,19 @@ class PluginHost:
         declared = getattr(plugin, "TRANSFERSTUDIO_API_VERSION", None)
         record.api_version = declared
         if declared is None:
-            record.fail("refused", f"{record.name} does not declare TRANSFERSTUDIO_API_VERSION; "
-                        f"add TRANSFERSTUDIO_API_VERSION = \"{API_VERSION}\" to the plugin module")
+            record.fail(
+                "refused",
+                f"{record.name} does not declare TRANSFERSTUDIO_API_VERSION; "
+                f'add TRANSFERSTUDIO_API_VERSION = "{API_VERSION}" to the plugin module',
+            )
             return record
         if not is_compatible(str(declared)):
-            record.fail("refused", f"{record.name} was written for plugin API {declared}; this "
-                        f"TransferStudio provides API {API_VERSION}. Install a version of the "
-                        f"plugin made for API {API_VERSION.split('.')[0]}.x")
+            record.fail(
+                "refused",
+                f"{record.name} was written for plugin API {declared}; this "
+                f"TransferStudio provides API {API_VERSION}. Install a version of the "
+                f"plugin made for API {API_VERSION.split('.')[0]}.x",
+            )
             return record
         try:
             self.pm.register(plugin, name=record.name)
@@ -151,18 +161,24 @@ class PluginHost:
                 record.errors.append(_format_exc(f"{record.name} raised in {hook_name}", exc))
                 continue
             if not isinstance(specs, Iterable) or isinstance(specs, str | bytes):
-                record.errors.append(f"{record.name}: {hook_name} must return a list of "
-                                     f"{spec_cls.__name__}, got {type(specs).__name__}")
+                record.errors.append(
+                    f"{record.name}: {hook_name} must return a list of "
+                    f"{spec_cls.__name__}, got {type(specs).__name__}"
+                )
                 continue
             for spec in specs:
                 if not isinstance(spec, spec_cls):
-                    record.errors.append(f"{record.name}: {hook_name} returned "
-                                         f"{type(spec).__name__}, expected {spec_cls.__name__}")
+                    record.errors.append(
+                        f"{record.name}: {hook_name} returned "
+                        f"{type(spec).__name__}, expected {spec_cls.__name__}"
+                    )
                     continue
                 key = getattr(spec, key_attr)
                 if key in registry:
-                    record.errors.append(f"{record.name}: {kind[:-1]} {key!r} is already provided "
-                                         "by another plugin; this one is ignored")
+                    record.errors.append(
+                        f"{record.name}: {kind[:-1]} {key!r} is already provided "
+                        "by another plugin; this one is ignored"
+                    )
                     continue
                 registry[key] = spec
                 record.provides.setdefault(kind, []).append(key)
@@ -173,9 +189,12 @@ class PluginHost:
         registry: dict[str, Any] = getattr(self, kind)
         if name not in registry:
             known = ", ".join(sorted(registry)) or "none loaded"
-            raise ExperimentError(f"no {kind[:-1]} plugin named {name!r}; available: {known}. "
-                                  "Run 'transferstudio plugins' to see what is installed and why "
-                                  "a plugin may have failed", key)
+            raise ExperimentError(
+                f"no {kind[:-1]} plugin named {name!r}; available: {known}. "
+                "Run 'transferstudio plugins' to see what is installed and why "
+                "a plugin may have failed",
+                key,
+            )
         return registry[name]
 
     def backbone(self, name: str) -> BackboneSpec:
@@ -231,7 +250,9 @@ def _dist_version() -> str:
         return __version__
 
 
-def plugin_from_namespace(name: str, api_version: str = API_VERSION, **hooks: Any) -> types.ModuleType:
+def plugin_from_namespace(
+    name: str, api_version: str = API_VERSION, **hooks: Any
+) -> types.ModuleType:
     """A module-like plugin object built from hook functions (handy in tests and scripts)."""
     module = types.ModuleType(name)
     module.TRANSFERSTUDIO_API_VERSION = api_version  # type: ignore[attr-defined]

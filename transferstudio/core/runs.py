@@ -124,41 +124,68 @@ class RunStore:
             db.execute(
                 "INSERT INTO runs (id, name, created, backbone, method, status, metric_name, folder)"
                 " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                (run_id, name, dt.datetime.now().isoformat(timespec="seconds"), backbone, method,
-                 metric_name, str(folder)),
+                (
+                    run_id,
+                    name,
+                    dt.datetime.now().isoformat(timespec="seconds"),
+                    backbone,
+                    method,
+                    metric_name,
+                    str(folder),
+                ),
             )
         return folder
 
-    def record_epoch(self, run_id: str, epoch: int, metrics: dict[str, dict[str, float]],
-                     best_metric: float | None, best_epoch: int | None, duration_s: float) -> None:
+    def record_epoch(
+        self,
+        run_id: str,
+        epoch: int,
+        metrics: dict[str, dict[str, float]],
+        best_metric: float | None,
+        best_epoch: int | None,
+        duration_s: float,
+    ) -> None:
         """Store one epoch's metrics (``{split: {name: value}}``) and update the run row."""
-        rows = [(run_id, epoch, split, name, float(value))
-                for split, values in metrics.items() for name, value in values.items()]
+        rows = [
+            (run_id, epoch, split, name, float(value))
+            for split, values in metrics.items()
+            for name, value in values.items()
+        ]
         with self._connect() as db:
             db.executemany("INSERT OR REPLACE INTO epoch_metrics VALUES (?, ?, ?, ?, ?)", rows)
-            db.execute("UPDATE runs SET epochs_done=?, best_metric=?, best_epoch=?, duration_s=?,"
-                       " status='running' WHERE id=?",
-                       (epoch + 1, best_metric, best_epoch, duration_s, run_id))
+            db.execute(
+                "UPDATE runs SET epochs_done=?, best_metric=?, best_epoch=?, duration_s=?,"
+                " status='running' WHERE id=?",
+                (epoch + 1, best_metric, best_epoch, duration_s, run_id),
+            )
 
-    def set_status(self, run_id: str, status: str, message: str | None = None,
-                   duration_s: float | None = None) -> None:
+    def set_status(
+        self, run_id: str, status: str, message: str | None = None, duration_s: float | None = None
+    ) -> None:
         with self._connect() as db:
             if duration_s is None:
-                db.execute("UPDATE runs SET status=?, message=? WHERE id=?", (status, message, run_id))
+                db.execute(
+                    "UPDATE runs SET status=?, message=? WHERE id=?", (status, message, run_id)
+                )
             else:
-                db.execute("UPDATE runs SET status=?, message=?, duration_s=? WHERE id=?",
-                           (status, message, duration_s, run_id))
+                db.execute(
+                    "UPDATE runs SET status=?, message=?, duration_s=? WHERE id=?",
+                    (status, message, duration_s, run_id),
+                )
 
     def get(self, run_id: str) -> RunRecord:
         """A run by id (or unique id prefix)."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id",
-                              (run_id, run_id.replace("%", "") + "%")).fetchall()
+            rows = db.execute(
+                "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id",
+                (run_id, run_id.replace("%", "") + "%"),
+            ).fetchall()
         exact = [r for r in rows if r[0] == run_id]
         rows = exact or rows
         if not rows:
-            raise TransferStudioError(f"no run {run_id!r} in workspace {self.workspace}; "
-                                      "'transferstudio runs' lists them")
+            raise TransferStudioError(
+                f"no run {run_id!r} in workspace {self.workspace}; 'transferstudio runs' lists them"
+            )
         if len(rows) > 1:
             raise TransferStudioError(f"{run_id!r} matches {len(rows)} runs; give more of the id")
         return RunRecord(*rows[0])
@@ -183,7 +210,9 @@ class RunStore:
     def truncate_epochs(self, run_id: str, from_epoch: int) -> None:
         """Forget metrics of epochs ``>= from_epoch`` (a resumed run redoes them)."""
         with self._connect() as db:
-            db.execute("DELETE FROM epoch_metrics WHERE run_id=? AND epoch>=?", (run_id, from_epoch))
+            db.execute(
+                "DELETE FROM epoch_metrics WHERE run_id=? AND epoch>=?", (run_id, from_epoch)
+            )
 
     def delete(self, run_id: str) -> None:
         """Remove a run from the index (its folder is left to the caller)."""

@@ -91,8 +91,9 @@ def resolve_weights(spec: BackboneSpec, weights: str, base_dir: str | Path) -> P
     if not path.is_absolute():
         path = Path(base_dir) / path
     if path.suffix not in (".pt", ".pth", ".safetensors"):
-        raise WeightsError(f"model.weights: {path} must be a .pt, .pth or .safetensors file, "
-                           "or 'none' or 'cache'")
+        raise WeightsError(
+            f"model.weights: {path} must be a .pt, .pth or .safetensors file, or 'none' or 'cache'"
+        )
     if not path.is_file():
         raise WeightsError(f"model.weights: {path} does not exist")
     return path

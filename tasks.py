@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Set up and run TransferStudio with nothing but Python 3.11+.
+
+    python3 tasks.py demo    # create .venv, install, run the built-in demo
+    python3 tasks.py test    # create .venv, install with the dev tools, lint, run every test
+
+The virtual environment lives in ``.venv`` (``TRANSFERSTUDIO_VENV`` chooses another folder).
+Installing is skipped when ``pyproject.toml`` has not changed since the last install. Extra
+arguments are passed on: ``python3 tasks.py test -k engine``, ``python3 tasks.py demo --epochs 3``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("TRANSFERSTUDIO_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def _say(message: str) -> None:
+    print(f"[tasks] {message}", flush=True)
+
+
+def ensure_environment() -> None:
+    """Create the virtual environment and install the project (with dev tools) into it."""
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script may be started by an old Python
+        sys.exit(f"TransferStudio needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        _say(f"creating virtual environment {VENV}")
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    stamp = VENV / ".transferstudio-installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    _say(
+        "installing TransferStudio and its dependencies (torch is large; first time takes a few minutes)"
+    )
+    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
+    subprocess.run(
+        [str(PYTHON), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"], check=True, cwd=ROOT
+    )
+    stamp.write_text(wanted)
+
+
+def run(args: list[str]) -> int:
+    return subprocess.run(args, cwd=ROOT).returncode
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    task, extra = argv[0], argv[1:]
+    ensure_environment()
+    if task == "demo":
+        return run([str(BIN / "transferstudio"), "demo", *extra])
+    _say("ruff check")
+    if (
+        run(
+            [
+                str(PYTHON),
+                "-m",
+                "ruff",
+                "check",
+                "transferstudio",
+                "plugins",
+                "tests",
+                "benchmarks",
+                "tasks.py",
+            ]
+        )
+        != 0
+    ):
+        return 1
+    _say("pytest")
+    return run([str(PYTHON), "-m", "pytest", *extra])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

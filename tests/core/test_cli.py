@@ -1,0 +1,78 @@
+"""The headless commands, run as a user would run them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.helpers import tiny_experiment
+
+
+def _run(*args, workspace, check=True):
+    env = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "transferstudio", "--workspace", str(workspace), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if check:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def test_demo_generates_data_and_trains(tmp_path):
+    out = _run("demo", "--epochs", "1", "--set", "train.epochs=1", workspace=tmp_path)
+    assert "epoch 1/1" in out.stdout
+    assert "validation (best epoch)" in out.stdout and "test (best checkpoint)" in out.stdout
+    assert len(list((tmp_path / "demo" / "data").glob("*/*.png"))) == 4 * 350
+    runs = _run("runs", workspace=tmp_path).stdout
+    assert "demo" in runs and "completed" in runs
+
+
+def test_run_with_overrides_then_list_and_show(tmp_path, make_images):
+    exp_file = tmp_path / "exp.toml"
+    exp_file.write_text(tiny_experiment(make_images({"a": 6, "b": 6})).to_toml())
+    out = _run(
+        "run",
+        str(exp_file),
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "name=override-check",
+        workspace=tmp_path / "ws",
+    )
+    assert "epoch 1/1" in out.stdout
+    listing = _run("runs", workspace=tmp_path / "ws").stdout
+    run_id = next(line.split()[0] for line in listing.splitlines() if "override-check" in line)
+    shown = _run("runs", "show", run_id[:20], workspace=tmp_path / "ws").stdout
+    assert "status       completed" in shown and "val_acc" in shown
+
+
+def test_bad_experiment_is_a_clear_error_not_a_traceback(tmp_path):
+    exp_file = tmp_path / "exp.toml"
+    exp_file.write_text('[method]\nname = "fine-tune"\n[train]\nepochs = -3\n')
+    out = _run("run", str(exp_file), workspace=tmp_path, check=False)
+    assert out.returncode == 2
+    assert "error: train.epochs: -3 is out of range" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_data_folder_names_the_key(tmp_path):
+    exp_file = tmp_path / "exp.toml"
+    exp_file.write_text('[data]\npath = "nowhere"\n[method]\nname = "fine-tune"\n')
+    out = _run("run", str(exp_file), workspace=tmp_path, check=False)
+    assert out.returncode == 2 and "data.path" in out.stderr and "nowhere" in out.stderr
+
+
+def test_unknown_run_id_is_a_clear_error(tmp_path):
+    out = _run("runs", "show", "nope", workspace=tmp_path, check=False)
+    assert out.returncode == 2 and "no run 'nope'" in out.stderr
+
+
+def test_version_and_help(tmp_path):
+    assert "transferstudio 0.1.0" in _run("--version", workspace=tmp_path).stdout
+    help_text = _run("--help", workspace=tmp_path).stdout
+    for command in ("demo", "run", "init", "plugins", "runs"):
+        assert command in help_text
