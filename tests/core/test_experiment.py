@@ -166,3 +166,15 @@ def test_newer_schema_is_refused_with_advice(tmp_path, host):
 def test_missing_migration_is_an_error(tmp_path, host):
     with pytest.raises(ExperimentError, match="no migration from schema 0"):
         _load_text(tmp_path, host, BASE.replace("schema_version = 1", "schema_version = 0"))
+
+
+def test_every_setting_is_documented(host):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "experiments.md").read_text()
+    from transferstudio.core.params import fields_of
+
+    classes = [*X.SECTIONS.values(), *(spec.params for spec in host.methods.values())]
+    missing = [f"{cls.__name__}.{info.name}" for cls in classes for info in fields_of(cls)
+               if f"\n{info.name} = " not in doc]
+    assert missing == [], "regenerate docs/experiments.md from 'transferstudio init'"
