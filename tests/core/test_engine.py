@@ -269,3 +269,11 @@ def test_a_method_raising_in_setup_is_a_plugin_error_naming_the_method(data, tmp
     host = _broken_host("setup")
     with pytest.raises(PluginError, match="method 'broken' failed .*head factory broke"):
         run_experiment(_broken_experiment(data, host), host, PlainState(), tmp_path / "ws")
+
+
+def test_deterministic_switch_runs_and_is_reset_afterwards(data, host, tmp_path):
+    exp = tiny_experiment(data, train__epochs=1, train__deterministic=True)
+    assert run_experiment(exp, host, PlainState(), tmp_path / "ws").status == "completed"
+    assert torch.are_deterministic_algorithms_enabled()
+    run_experiment(tiny_experiment(data, train__epochs=1), host, PlainState(), tmp_path / "ws")
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -113,12 +113,14 @@ def is_writer_process() -> bool:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every RNG; ``deterministic`` restricts torch to deterministic kernels (set either
+    way, since it is process-wide state a previous run may have changed)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
 
 
