@@ -5,6 +5,21 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+ISSUE_BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+    "densenet121",
+    "regnet_y_400mf",
+)
+"""The torchvision families the built-ins promise."""
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

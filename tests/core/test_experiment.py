@@ -175,6 +175,10 @@ def test_every_setting_is_documented(host):
     from transferstudio.core.params import fields_of
 
     classes = [*X.SECTIONS.values(), *(spec.params for spec in host.methods.values())]
-    missing = [f"{cls.__name__}.{info.name}" for cls in classes for info in fields_of(cls)
-               if f"\n{info.name} = " not in doc]
+    missing = [
+        f"{cls.__name__}.{info.name}"
+        for cls in classes
+        for info in fields_of(cls)
+        if f"\n{info.name} = " not in doc
+    ]
     assert missing == [], "regenerate docs/experiments.md from 'transferstudio init'"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ISSUE_BACKBONES
 from transferstudio.api import API_VERSION, BackboneSpec, hookimpl
 from transferstudio.core.plugins import PluginHost, load_plugins, plugin_from_namespace
 
@@ -35,19 +36,7 @@ def site(tmp_path, monkeypatch):
 
 
 def test_builtins_provide_the_promised_backbones_methods_and_sources(host):
-    expected = {
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "mobilenet_v2",
-        "mobilenet_v3_small",
-        "mobilenet_v3_large",
-        "efficientnet_b0",
-        "convnext_tiny",
-        "vit_b_16",
-        "densenet121",
-        "regnet_y_400mf",
-    }
+    expected = set(ISSUE_BACKBONES)
     assert expected <= set(host.backbones)
     assert {"fine-tune", "feature-extract"} <= set(host.methods)
     assert {"image-folder", "csv"} <= set(host.datasets)

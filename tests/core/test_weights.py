@@ -9,6 +9,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from tests.helpers import ISSUE_BACKBONES
 from transferstudio.api import WeightsError
 from transferstudio.core.models import build_backbone, build_classifier
 from transferstudio.core.weights import find_cached, read_state_dict, resolve_weights
@@ -95,22 +96,7 @@ def test_weights_setting_is_checked(tmp_path, host):
         resolve_weights(spec, "weights.bin", tmp_path)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "mobilenet_v2",
-        "mobilenet_v3_small",
-        "mobilenet_v3_large",
-        "efficientnet_b0",
-        "convnext_tiny",
-        "vit_b_16",
-        "densenet121",
-        "regnet_y_400mf",
-    ],
-)
+@pytest.mark.parametrize("name", ISSUE_BACKBONES)
 def test_every_builtin_backbone_yields_its_declared_feature_dimension(host, name):
     spec = host.backbone(name)
     model = build_classifier(spec, None, num_classes=5).eval()

@@ -84,13 +84,12 @@ def test_second_run_reuses_the_disk_cache_and_matches(make_images, host, tmp_pat
     features.clear_memory()  # a new process: only the disk cache is left
     second_state = PlainState()
     second = run_experiment(_exp(data, model__weights=weights), host, second_state, tmp_path / "ws")
+
     def computed(s):
         return [
-            e
-            for e in s.events
-            if isinstance(e, E.LogMessage)
-            and e.text.startswith("computing")
+            e for e in s.events if isinstance(e, E.LogMessage) and e.text.startswith("computing")
         ]
+
     assert len(computed(first_state)) == 2 and computed(second_state) == []
     assert first.report["val"] == second.report["val"]
 
