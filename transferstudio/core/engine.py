@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 import time
@@ -34,6 +35,7 @@ from transferstudio.api import (
 )
 from transferstudio.core import data as D
 from transferstudio.core import events as E
+from transferstudio.core.atomic import write_text_atomic
 from transferstudio.core.checkpoint import (
     CheckpointStore,
     load_module_weights,
@@ -351,7 +353,6 @@ class _Run:
     def open_run(self) -> None:
         exp = self.exp
         if self.resume_id:
-            assert self.store is not None or not self.writer
             record = self.store.get(self.resume_id) if self.store else None
             self.run_id = record.id if record else self.resume_id
             self.folder = (
@@ -379,8 +380,6 @@ class _Run:
         if self.writer:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not self.resume_id:
-                from transferstudio.core.atomic import write_text_atomic
-
                 write_text_atomic(
                     self.folder / "experiment.toml", exp.with_absolute_paths().to_toml()
                 )
@@ -659,8 +658,6 @@ class _Run:
         return epoch + 1
 
     def _write_metrics_csv(self) -> None:
-        from transferstudio.core.atomic import write_text_atomic
-
         keys: list[str] = []
         for row in self.history:
             for split in ("train", "val"):
@@ -701,10 +698,6 @@ class _Run:
         duration = self.elapsed_before + time.monotonic() - self.started
         report["duration_s"] = duration
         if self.writer:
-            import json
-
-            from transferstudio.core.atomic import write_text_atomic
-
             write_text_atomic(self.folder / "report.json", json.dumps(report, indent=2))
             self.store.set_status(self.run_id, "completed", None, duration)
         self.log(
