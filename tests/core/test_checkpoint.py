@@ -60,3 +60,12 @@ def test_atomic_text_write_never_leaves_a_partial_file(tmp_path):
         atomic.write_atomic(target, writer)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_best_shares_the_weights_file_of_last_and_survives_its_replacement(tmp_path):
+    store = CheckpointStore(tmp_path)
+    _save(store, 1, 0)
+    store.save("best", {}, {"epoch": 0}, {}, same_weights_as="last")
+    _save(store, 2, 1)  # last moves on; its old weights file is unlinked
+    assert torch.equal(store.load("best").weights["model.w"], torch.ones(3))
+    assert torch.equal(store.load("last").weights["model.w"], torch.full((3,), 2.0))

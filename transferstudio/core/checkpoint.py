@@ -11,6 +11,8 @@ are never half-replaced: the weights/state files are first written under a new g
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +65,14 @@ class CheckpointStore:
         weights: dict[str, torch.Tensor],
         meta: dict[str, Any],
         state: dict[str, Any],
+        same_weights_as: str | None = None,
     ) -> Path:
-        """Write checkpoint ``kind`` (``best`` or ``last``); returns the JSON path."""
+        """Write checkpoint ``kind`` (``best`` or ``last``); returns the JSON path.
+
+        ``same_weights_as="last"`` reuses that checkpoint's weights file (a hard link, else a
+        copy) instead of serialising identical weights twice; weights files are never modified
+        after they are written, so sharing them is safe.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         meta_path = self.folder / f"{kind}.json"
         previous = self._read_meta(meta_path)
@@ -72,9 +80,13 @@ class CheckpointStore:
         weights_name = f"{kind}-{generation}.safetensors"
         state_name = f"{kind}-{generation}.state.pt"
         str_meta = {"format": "transferstudio-checkpoint-1"}
-        write_atomic(
-            self.folder / weights_name, lambda p: save_file(weights, str(p), metadata=str_meta)
-        )
+        if same_weights_as is not None:
+            source = self.folder / self.meta(same_weights_as)["weights_file"]
+            write_atomic(self.folder / weights_name, lambda p: _link_or_copy(source, p))
+        else:
+            write_atomic(
+                self.folder / weights_name, lambda p: save_file(weights, str(p), metadata=str_meta)
+            )
         write_atomic(self.folder / state_name, lambda p: torch.save(state, p))
         full_meta = dict(
             meta, generation=generation, weights_file=weights_name, state_file=state_name
@@ -127,6 +139,14 @@ class CheckpointStore:
             self.folder / meta["weights_file"],
             self.folder / meta["state_file"],
         ]
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(source, target)
 
 
 def rng_state() -> dict[str, Any]:

@@ -616,9 +616,6 @@ class _Run:
             "rng": rng_state(),
             "elapsed": self.elapsed_before + time.monotonic() - self.started,
         }
-        if improved:
-            path = self.checkpoints.save("best", weights, meta, {})
-            self.state.emit(E.CheckpointSaved("best", str(path), epoch))
         path = self.checkpoints.save(
             "last",
             weights,
@@ -626,6 +623,9 @@ class _Run:
             state,
         )
         self.state.emit(E.CheckpointSaved("last", str(path), epoch))
+        if improved:
+            path = self.checkpoints.save("best", weights, meta, {}, same_weights_as="last")
+            self.state.emit(E.CheckpointSaved("best", str(path), epoch))
         self._write_metrics_csv()
         assert self.store is not None
         self.store.record_epoch(
