@@ -89,6 +89,12 @@ def cmd_demo(args) -> int:
     return _run_with_console(exp, host, workspace)
 
 
+def cmd_gui(args) -> int:
+    from transferstudio.gui.app import run_gui
+
+    return run_gui(args.experiment, _workspace(args))
+
+
 def cmd_init(args) -> int:
     from transferstudio.core import experiment as X
 
@@ -214,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or killed run")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("gui", help="open the window (the default without a command)")
+    p.add_argument("experiment", nargs="?", help="experiment .toml file (default: the demo)")
+    p.set_defaults(func=cmd_gui)
+
     p = sub.add_parser("init", help="print a complete, commented experiment file")
     p.add_argument("--method", required=True, help="method id, e.g. fine-tune")
     p.add_argument("--data", default="", help="image folder or CSV file")
@@ -237,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+        args.func, args.experiment = cmd_gui, None
     from transferstudio.api import TransferStudioError
 
     try:

@@ -51,7 +51,10 @@ class FineTuneParams:
     )
 
     def validate(self) -> None:
-        parse_unfreeze_schedule(self.unfreeze)
+        try:
+            parse_unfreeze_schedule(self.unfreeze)
+        except ValueError as exc:
+            raise ExperimentError(str(exc), "method.params.unfreeze") from None
 
     def plan(self) -> FreezePlan:
         return FreezePlan(

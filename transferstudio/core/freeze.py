@@ -6,7 +6,8 @@ uninterrupted one.
 
 Patterns name module paths of the model (``backbone.layer1``, ``head``). A glob pattern
 (``backbone.layer[12]``, ``backbone.features.*``) or a regular expression prefixed with ``re:``
-must match a module path in full; a parameter is frozen when any of its enclosing modules matches.
+must match a module path (or a parameter's full name) in full; a parameter is frozen when it or
+any of its enclosing modules matches.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def path_matches(path: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(path, pattern)
 
 
-def _ancestors(param_name: str) -> list[str]:
-    parts = param_name.split(".")[:-1]
+def _scopes(param_name: str) -> list[str]:
+    """The paths a pattern may name to reach a parameter: each enclosing module, and the
+    parameter itself (``backbone.class_token`` belongs to no module of its own)."""
+    parts = param_name.split(".")
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
@@ -83,15 +86,13 @@ class FreezePlan:
             last = max((i for i, n in enumerate(names) if n.startswith(prefix)), default=-1)
             frozen.update(names[: last + 1])
         for name in names:
-            if any(path_matches(a, p) for a in _ancestors(name) for p in self.patterns):
+            if any(path_matches(a, p) for a in _scopes(name) for p in self.patterns):
                 frozen.add(name)
         if self.bn_mode == "frozen":
             frozen.update(_batchnorm_param_names(model))
         for start, pattern in self.unfreeze:
             if epoch + 1 >= start:
-                frozen -= {
-                    n for n in frozen if any(path_matches(a, pattern) for a in _ancestors(n))
-                }
+                frozen -= {n for n in frozen if any(path_matches(a, pattern) for a in _scopes(n))}
         return frozen
 
     def apply(self, model: nn.Module, epoch: int = 0) -> set[str]:
@@ -116,8 +117,10 @@ class FreezePlan:
                 module.eval()
 
     def unknown_patterns(self, model: nn.Module) -> list[str]:
-        """Patterns (freeze and unfreeze) that match no module of ``model``: likely typos."""
-        paths = [p for p, _ in model.named_modules() if p]
+        """Patterns (freeze and unfreeze) that match no module or parameter: likely typos."""
+        paths = [p for p, _ in model.named_modules() if p] + [
+            n for n, _ in model.named_parameters()
+        ]
         candidates: Iterable[str] = list(self.patterns) + [p for _, p in self.unfreeze]
         return [pat for pat in candidates if not any(path_matches(p, pat) for p in paths)]
 
@@ -138,3 +141,27 @@ def _batchnorm_param_names(model: nn.Module) -> set[str]:
                 f"{path}.{n}" if path else n for n, _ in module.named_parameters(recurse=False)
             )
     return names
+
+
+def patterns_for(model: nn.Module, frozen: set[str]) -> list[str]:
+    """The fewest exact paths whose freezing yields exactly ``frozen`` (parameter names): whole
+    modules where every parameter below is frozen, single parameters otherwise. Used when the
+    layer tree edits a plan."""
+    out: list[str] = []
+
+    def visit(path: str, module: nn.Module) -> None:
+        names = [f"{path}.{n}" if path else n for n, _ in module.named_parameters()]
+        if not names:
+            return
+        if path and all(n in frozen for n in names):
+            out.append(path)
+            return
+        for own, _ in module.named_parameters(recurse=False):
+            name = f"{path}.{own}" if path else own
+            if name in frozen:
+                out.append(name)
+        for child_name, child in module.named_children():
+            visit(f"{path}.{child_name}" if path else child_name, child)
+
+    visit("", model)
+    return out

@@ -1,0 +1,136 @@
+"""The window driven as a user would: pick, freeze, run, watch, close."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
+
+from transferstudio.gui.layer_tree_model import TRAIN_COLUMN, QtLayerTreeModel
+
+
+def test_layer_tree_model_passes_qtmodeltester(qtmodeltester):
+    import torch
+
+    from transferstudio.core.layer_tree import build_tree
+    from transferstudio.core.models import ClassifierModel, make_head
+
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
+    model = ClassifierModel(backbone, make_head(4, 2))
+    tree = build_tree(model, torch.zeros(1, 3, 8, 8))
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    qt_model = QtLayerTreeModel(tree, sizes, {"backbone.0.weight"})
+    qtmodeltester.check(qt_model)
+    assert tree.find("backbone.0").output_shape == (4, 6, 6)
+
+
+def test_toggling_a_node_changes_the_summary_and_the_freeze_plan(window, tmp_path):
+    model = window.tree_model
+    before = window.tree_summary.text()
+    backbone = model.node_index("backbone").siblingAtColumn(TRAIN_COLUMN)
+    assert model.data(backbone, Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked.value
+    model.setData(backbone, Qt.CheckState.Unchecked.value, Qt.ItemDataRole.CheckStateRole)
+    after = window.tree_summary.text()
+    assert after != before and after.startswith("trainable 1,539 of 11,178,051")  # the head
+    assert window.method_form.values()["freeze"] == ["backbone"]
+    # a child back on: the parent shows a partial check and the plan names what stays frozen
+    layer4 = model.node_index("backbone.layer4").siblingAtColumn(TRAIN_COLUMN)
+    model.setData(layer4, Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
+    assert (
+        model.data(backbone, Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.PartiallyChecked.value
+    )
+    assert "backbone.layer3" in window.method_form.values()["freeze"]
+    assert "backbone.layer4" not in window.method_form.values()["freeze"]
+    # saved in the experiment file, and restored on open
+    path = tmp_path / "saved.toml"
+    assert window.save_to(path)
+    saved = tomllib.loads(path.read_text())["method"]["params"]["freeze"]
+    assert "backbone.layer4" not in saved and "backbone.layer3" in saved
+    window.tree_model.set_frozen(set())
+    assert window.open_file(path)
+    assert window.method_form.values()["freeze"] == saved
+
+
+def test_presets(window):
+    window._preset("head")
+    assert window.method_form.values()["freeze"] == ["backbone"]
+    window.last_blocks.setValue(1)
+    window._preset("last")
+    frozen = window.method_form.values()["freeze"]
+    assert "backbone.layer3" in frozen and "backbone.layer4" not in frozen
+    window._preset("all")
+    assert window.method_form.values()["freeze"] == []
+
+
+def test_invalid_setting_is_highlighted_and_start_disabled(window):
+    assert window.act_start.isEnabled()
+    window.method_form.widgets["unfreeze"].setText("layer4")
+    assert not window.act_start.isEnabled()
+    assert "EPOCH:PATTERN" in window.form_error.text()
+    assert window.method_form.widgets["unfreeze"].styleSheet()
+    window.method_form.widgets["unfreeze"].setText("2:backbone.layer4")
+    assert window.act_start.isEnabled()
+
+
+def test_a_run_trains_draws_curves_and_lands_in_the_runs_table(window, qtbot):
+    window.start_run()
+    assert window.controller.running and not window.act_start.isEnabled()
+    worker = window.controller.worker
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    assert window.curves.points("val_acc") == 2 and window.curves.points("train_loss") == 2
+    assert window.curves.points("batch_loss") == 2 * 5
+    assert window.runs_table.rowCount() == 1
+    assert window.runs_table.item(0, 6).text() == "completed"
+    assert window.class_table.rowCount() == 3
+    assert window.act_start.isEnabled()
+
+
+def test_closing_during_a_run_stops_it_and_waits(window, qtbot, monkeypatch):
+    from transferstudio.core.runs import RunStore
+
+    window.train_form.widgets["epochs"].setValue(50)
+    window.start_run()
+    with qtbot.waitSignal(window.controller.worker.batches_ended, timeout=60_000):
+        pass
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    thread = window.controller.thread
+    window.close()
+    assert not window.controller.running
+    assert thread is not None
+    (record,) = RunStore(window.workspace).list()
+    assert record.status == "cancelled"
+
+
+def test_a_raising_method_shows_an_error_and_the_app_stays_usable(window, qtbot, monkeypatch):
+    from transferstudio.core import engine
+
+    def broken_step(self, epoch):
+        raise RuntimeError("step exploded")
+
+    monkeypatch.setattr(engine._Run, "_train_epoch", broken_step)
+    window.start_run()
+    with qtbot.waitSignal(window.controller.worker.errored, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    assert window.last_error is not None and "step exploded" in window.last_error[0]
+    assert window.error_box is not None and window.error_box.isVisible()
+    assert window.act_start.isEnabled()
+    window.error_box.close()
+
+
+@pytest.mark.parametrize("method", ["feature-extract"])
+def test_switching_method_rebuilds_its_form_and_locks_the_tree(window, method):
+    window.method_combo.setCurrentIndex(window.method_combo.findData(method))
+    assert "cache" in window.method_form.widgets
+    assert not window.tree_model.editable
+    exp = window.current_experiment()
+    assert exp.method == method

@@ -1,0 +1,1 @@
+"""The PySide6 + pyqtgraph window: adapts core objects to widgets, never holds training logic."""

@@ -1,0 +1,178 @@
+"""The model's module tree as a Qt item model; the check column is "trainable"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+
+from transferstudio.core.layer_tree import LayerNode
+
+COLUMNS = ("Module", "Trainable", "Type", "Output", "Parameters")
+TRAIN_COLUMN = 1
+_NO_PARENT = QModelIndex()  # the invalid index: "top level"
+
+
+def _human(n: int) -> str:
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+class QtLayerTreeModel(QAbstractItemModel):
+    """Wraps a :class:`LayerNode` tree and a set of frozen parameter names.
+
+    Checking a node makes every parameter below it trainable; unchecking freezes them; parents
+    show a partial check when their subtree is mixed. ``freeze_changed`` fires after each edit.
+    """
+
+    freeze_changed = Signal()
+
+    def __init__(
+        self, root: LayerNode, param_sizes: dict[str, int], frozen: set[str], parent=None
+    ) -> None:
+        super().__init__(parent)
+        self.root = root
+        self.param_sizes = param_sizes
+        self.frozen = set(frozen)
+        self.editable = True
+        # Parameter names below each node, computed once.
+        self._below: dict[str, list[str]] = {}
+        for node in root.walk():
+            prefix = node.path + "." if node.path else ""
+            self._below[node.path] = [n for n in param_sizes if n.startswith(prefix)]
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def _node(self, index: QModelIndex | QPersistentModelIndex) -> LayerNode:
+        return index.internalPointer() if index.isValid() else self.root
+
+    def index(self, row: int, column: int, parent=_NO_PARENT) -> QModelIndex:
+        if not self.hasIndex(row, column, parent):
+            return QModelIndex()
+        return self.createIndex(row, column, self._node(parent).children[row])
+
+    def parent(self, index=_NO_PARENT) -> QModelIndex:  # type: ignore[override]
+        if not index.isValid():
+            return QModelIndex()
+        node = index.internalPointer().parent
+        if node is None or node is self.root:
+            return QModelIndex()
+        return self.createIndex(node.row, 0, node)
+
+    def rowCount(self, parent=_NO_PARENT) -> int:
+        if parent.isValid() and parent.column() != 0:
+            return 0
+        return len(self._node(parent).children)
+
+    def columnCount(self, parent=_NO_PARENT) -> int:
+        return len(COLUMNS)
+
+    def headerData(self, section: int, orientation, role=Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def check_state(self, node: LayerNode) -> Qt.CheckState | None:
+        names = self._below[node.path]
+        if not names:
+            return None
+        frozen = sum(1 for n in names if n in self.frozen)
+        if frozen == 0:
+            return Qt.CheckState.Checked
+        if frozen == len(names):
+            return Qt.CheckState.Unchecked
+        return Qt.CheckState.PartiallyChecked
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        node: LayerNode = index.internalPointer()
+        column = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            if column == 0:
+                return node.name
+            if column == 2:
+                return node.type_name
+            if column == 3:
+                return "x".join(map(str, node.output_shape)) if node.output_shape else ""
+            if column == 4:
+                return _human(node.params)
+        elif role == Qt.ItemDataRole.CheckStateRole and column == TRAIN_COLUMN:
+            state = self.check_state(node)
+            return state.value if state is not None else None
+        elif (
+            role == Qt.ItemDataRole.ToolTipRole
+            and column == 0
+            or role == Qt.ItemDataRole.AccessibleTextRole
+            and column == 0
+        ):
+            return node.path
+        return None
+
+    def flags(self, index) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        flags = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        node: LayerNode = index.internalPointer()
+        if index.column() == TRAIN_COLUMN and self._below[node.path] and self.editable:
+            flags |= Qt.ItemFlag.ItemIsUserCheckable
+        return flags
+
+    def setData(self, index, value, role=Qt.ItemDataRole.EditRole) -> bool:
+        if (
+            role != Qt.ItemDataRole.CheckStateRole
+            or index.column() != TRAIN_COLUMN
+            or not self.editable
+        ):
+            return False
+        node: LayerNode = index.internalPointer()
+        names = self._below[node.path]
+        if not names:
+            return False
+        state = Qt.CheckState(value) if not isinstance(value, Qt.CheckState) else value
+        if state == Qt.CheckState.Unchecked:
+            self.frozen.update(names)
+        else:  # checking (or a partial click) makes the whole subtree trainable
+            self.frozen.difference_update(names)
+        self._refresh_checks()
+        self.freeze_changed.emit()
+        return True
+
+    def set_frozen(self, frozen: set[str]) -> None:
+        """Replace the frozen set (presets, opening a file)."""
+        self.frozen = set(frozen) & set(self.param_sizes)
+        self._refresh_checks()
+        self.freeze_changed.emit()
+
+    def _refresh_checks(self, parent: QModelIndex = _NO_PARENT) -> None:
+        rows = self.rowCount(parent)
+        if rows:
+            self.dataChanged.emit(
+                self.index(0, TRAIN_COLUMN, parent),
+                self.index(rows - 1, TRAIN_COLUMN, parent),
+                [Qt.ItemDataRole.CheckStateRole],
+            )
+            for row in range(rows):
+                self._refresh_checks(self.index(row, 0, parent))
+
+    def summary(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts."""
+        total = sum(self.param_sizes.values())
+        frozen = sum(self.param_sizes[n] for n in self.frozen)
+        return total - frozen, total
+
+    def summary_text(self) -> str:
+        trainable, total = self.summary()
+        share = 100.0 * trainable / total if total else 0.0
+        return f"trainable {trainable:,} of {total:,} parameters ({share:.1f}%)"
+
+    def node_index(self, path: str) -> QModelIndex:
+        """The index (column 0) of a module path."""
+        node = self.root.find(path)
+        if node is None or node is self.root:
+            return QModelIndex()
+        return self.createIndex(node.row, 0, node)

@@ -1,0 +1,991 @@
+"""The main window: dock panels over one experiment, a run worker, live curves, a layer tree."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings, Qt, QUrl
+from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTreeView,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from transferstudio import __version__
+from transferstudio.api import API_VERSION, ExperimentError, TransferStudioError
+from transferstudio.core import events as E
+from transferstudio.core import experiment as X
+from transferstudio.core.atomic import write_text_atomic
+from transferstudio.core.plugins import PluginHost
+from transferstudio.gui.layer_tree_model import QtLayerTreeModel
+from transferstudio.gui.plots import TrainingCurves
+from transferstudio.gui.settings_form import SettingsForm
+from transferstudio.gui.worker import RunController, RunWorker, run_in_background
+
+MAX_RECENT = 8
+
+
+def _named(widget, name: str, accessible: str | None = None):
+    widget.setObjectName(name)
+    widget.setAccessibleName(accessible or name)
+    return widget
+
+
+class MainWindow(QMainWindow):
+    """TransferStudio's window. ``experiment_path`` is the file Save writes to."""
+
+    def __init__(
+        self,
+        host: PluginHost,
+        workspace: Path,
+        experiment: X.Experiment,
+        experiment_path: Path | None = None,
+        settings: QSettings | None = None,
+    ) -> None:
+        super().__init__()
+        self.host = host
+        self.workspace = Path(workspace)
+        self.settings = settings or QSettings("TransferStudio", "TransferStudio")
+        self.experiment_path = experiment_path
+        self.controller = RunController(self)
+        self.controller.state_changed.connect(self._update_actions)
+        self.tree_model: QtLayerTreeModel | None = None
+        self._tree_model_for: tuple | None = None
+        self._syncing = False
+        self.last_error: tuple[str, str] | None = None
+        self.error_box: QMessageBox | None = None
+        self._run_started_at = 0.0
+        self._epochs = 1
+        self._start_epoch = 0
+        self._last_result = None
+        self.setObjectName("MainWindow")
+        self.setWindowTitle("TransferStudio")
+        self.setDockNestingEnabled(True)
+        self.setAcceptDrops(True)
+
+        self._build_actions()
+        self._build_data_dock()
+        self._build_model_dock()
+        self._build_method_dock()
+        self._build_training_dock()
+        self._build_runs_dock()
+        self._build_evaluation_dock()
+        self._build_menus()
+        self.statusBar().showMessage("ready")
+        self.load_experiment(experiment, experiment_path)
+        geometry = self.settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        state = self.settings.value("window/state")
+        if state is not None:
+            self.restoreState(state)
+        self.refresh_runs()
+
+    # ------------------------------------------------------------------ building
+
+    def _action(self, name: str, text: str, slot, shortcut=None) -> QAction:
+        action = QAction(text, self)
+        action.setObjectName(name)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    def _build_actions(self) -> None:
+        self.act_new = self._action(
+            "action.new", "&New experiment", self.new_experiment, QKeySequence.StandardKey.New
+        )
+        self.act_open = self._action(
+            "action.open", "&Open experiment...", self.open_dialog, QKeySequence.StandardKey.Open
+        )
+        self.act_save = self._action(
+            "action.save", "&Save", self.save, QKeySequence.StandardKey.Save
+        )
+        self.act_save_as = self._action(
+            "action.save_as", "Save &As...", self.save_as, QKeySequence.StandardKey.SaveAs
+        )
+        self.act_quit = self._action(
+            "action.quit", "&Quit", self.close, QKeySequence.StandardKey.Quit
+        )
+        self.act_start = self._action("action.start", "&Start", self.start_run, "Ctrl+R")
+        self.act_pause = self._action("action.pause", "&Pause", self.toggle_pause, "Ctrl+P")
+        self.act_pause.setCheckable(True)
+        self.act_stop = self._action("action.stop", "S&top", self.stop_run, "Ctrl+.")
+        self.act_plugins = self._action("action.plugins", "&Plugins...", self.show_plugins)
+        self.act_about = self._action("action.about", "&About TransferStudio", self.show_about)
+        self.act_workspace = self._action(
+            "action.workspace",
+            "Open &workspace folder",
+            lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.workspace))),
+        )
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        for action in (self.act_new, self.act_open, self.act_save, self.act_save_as):
+            file_menu.addAction(action)
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        self.recent_menu.setObjectName("menu.recent")
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_workspace)
+        file_menu.addAction(self.act_quit)
+        run_menu = bar.addMenu("&Run")
+        for action in (self.act_start, self.act_pause, self.act_stop):
+            run_menu.addAction(action)
+        view_menu = bar.addMenu("&View")
+        for dock in self.findChildren(QDockWidget):
+            view_menu.addAction(dock.toggleViewAction())
+        bar.addMenu("&Plugins").addAction(self.act_plugins)
+        bar.addMenu("&Help").addAction(self.act_about)
+        self._refresh_recent()
+
+    def _dock(self, name: str, title: str, widget: QWidget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock.{name}")
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _build_data_dock(self) -> None:
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        row = QHBoxLayout()
+        self.data_path = _named(QLineEdit(), "data.path", "data folder or CSV")
+        self.data_path.setPlaceholderText("image folder or CSV file (or drop one here)")
+        self.data_path.editingFinished.connect(self._on_data_path_changed)
+        browse = _named(QPushButton("Folder..."), "data.browse_folder")
+        browse.clicked.connect(self._browse_folder)
+        browse_csv = _named(QPushButton("CSV..."), "data.browse_csv")
+        browse_csv.clicked.connect(self._browse_csv)
+        row.addWidget(self.data_path)
+        row.addWidget(browse)
+        row.addWidget(browse_csv)
+        layout.addLayout(row)
+        self.scan_label = _named(QLabel("no data scanned"), "data.scan_status")
+        layout.addWidget(self.scan_label)
+        self.counts_tree = _named(QTreeWidget(), "data.counts", "class counts per split")
+        self.counts_tree.setRootIsDecorated(True)
+        layout.addWidget(self.counts_tree)
+        self.data_form = SettingsForm(X.DataSettings, "data.")
+        self.data_form.widgets["path"].setVisible(False)
+        self.data_form.layout().labelForField(self.data_form.widgets["path"]).setVisible(False)
+        self.data_form.changed.connect(self._on_form_changed)
+        layout.addWidget(self.data_form)
+        self.augment_form = SettingsForm(X.AugmentSettings, "augment.")
+        self.augment_form.changed.connect(self._on_form_changed)
+        layout.addWidget(self.augment_form)
+        self._dock("data", "Data", panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+
+    def _build_model_dock(self) -> None:
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        self.backbone_combo = _named(QComboBox(), "model.backbone", "backbone")
+        by_family: dict[str, list] = {}
+        for spec in self.host.backbones.values():
+            by_family.setdefault(spec.family, []).append(spec)
+        for family in sorted(by_family):
+            self.backbone_combo.addItem(f"— {family} —")
+            item = self.backbone_combo.model().item(self.backbone_combo.count() - 1)
+            item.setEnabled(False)
+            for spec in by_family[family]:
+                size = f" ({spec.approx_params / 1e6:.1f}M)" if spec.approx_params else ""
+                self.backbone_combo.addItem(f"{spec.name}{size}", spec.name)
+        self.backbone_combo.currentIndexChanged.connect(self._on_model_changed)
+        layout.addWidget(self.backbone_combo)
+        self.weights_combo = _named(QComboBox(), "model.weights", "weights source")
+        self.weights_combo.addItem("none (random initialisation)", "none")
+        self.weights_combo.addItem("local torch cache", "cache")
+        self.weights_combo.addItem("file...", "file")
+        self.weights_combo.activated.connect(self._on_weights_chosen)
+        layout.addWidget(self.weights_combo)
+        self.model_form = SettingsForm(X.ModelSettings, "model.")
+        for hidden in ("backbone", "weights"):
+            self.model_form.widgets[hidden].setVisible(False)
+            self.model_form.layout().labelForField(self.model_form.widgets[hidden]).setVisible(
+                False
+            )
+        self.model_form.changed.connect(self._on_form_changed)
+        layout.addWidget(self.model_form)
+        presets = QHBoxLayout()
+        train_all = _named(QPushButton("Train all"), "tree.train_all")
+        train_all.clicked.connect(lambda: self._preset("all"))
+        head_only = _named(QPushButton("Head only"), "tree.head_only")
+        head_only.clicked.connect(lambda: self._preset("head"))
+        self.last_blocks = _named(QSpinBox(), "tree.last_blocks", "blocks to unfreeze")
+        self.last_blocks.setRange(1, 50)
+        last = _named(QPushButton("Unfreeze last N"), "tree.unfreeze_last")
+        last.clicked.connect(lambda: self._preset("last"))
+        for w in (train_all, head_only, self.last_blocks, last):
+            presets.addWidget(w)
+        layout.addLayout(presets)
+        self.tree_summary = _named(QLabel(""), "tree.summary")
+        layout.addWidget(self.tree_summary)
+        self.tree_view = _named(QTreeView(), "tree.view", "layer tree")
+        self.tree_view.setUniformRowHeights(True)
+        layout.addWidget(self.tree_view, 1)
+        self._dock("model", "Model", panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+
+    def _build_method_dock(self) -> None:
+        panel = QWidget()
+        self.method_layout = QVBoxLayout(panel)
+        self.method_combo = _named(QComboBox(), "method.name", "method")
+        for spec in self.host.methods.values():
+            self.method_combo.addItem(spec.name, spec.name)
+            self.method_combo.setItemData(
+                self.method_combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole
+            )
+        self.method_combo.currentIndexChanged.connect(self._on_method_changed)
+        self.method_layout.addWidget(self.method_combo)
+        self.method_form: SettingsForm | None = None
+        self.train_form = SettingsForm(X.TrainSettings, "train.")
+        self.train_form.changed.connect(self._on_form_changed)
+        self.method_layout.addWidget(self.train_form)
+        self.form_error = _named(QLabel(""), "method.error")
+        self.form_error.setStyleSheet("color: #b00000;")
+        self.form_error.setWordWrap(True)
+        self.method_layout.addWidget(self.form_error)
+        self._dock("method", "Method", panel, Qt.DockWidgetArea.RightDockWidgetArea)
+
+    def _build_training_dock(self) -> None:
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        buttons = QHBoxLayout()
+        for action in (self.act_start, self.act_pause, self.act_stop):
+            button = _named(
+                QPushButton(action.text().replace("&", "")), f"button.{action.objectName()[7:]}"
+            )
+            button.clicked.connect(action.trigger)
+            action.changed.connect(lambda b=button, a=action: b.setEnabled(a.isEnabled()))
+            buttons.addWidget(button)
+        self.device_label = _named(QLabel("device: -"), "training.device")
+        buttons.addWidget(self.device_label, 1)
+        layout.addLayout(buttons)
+        self.epoch_bar = _named(QProgressBar(), "training.epoch_progress", "epoch progress")
+        self.batch_bar = _named(QProgressBar(), "training.batch_progress", "batch progress")
+        self.eta_label = _named(QLabel(""), "training.eta")
+        for w in (self.epoch_bar, self.batch_bar, self.eta_label):
+            layout.addWidget(w)
+        self.curves = TrainingCurves()
+        layout.addWidget(self.curves, 3)
+        self.log_view = _named(QPlainTextEdit(), "training.log", "run log")
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        layout.addWidget(self.log_view, 1)
+        self.setCentralWidget(panel)
+
+    def _build_runs_dock(self) -> None:
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        self.runs_table = _named(QTableWidget(0, 7), "runs.table", "run history")
+        self.runs_table.setHorizontalHeaderLabels(
+            ["date", "name", "backbone", "method", "best val", "duration", "status"]
+        )
+        self.runs_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.runs_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.runs_table.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )
+        self.runs_table.itemSelectionChanged.connect(self._overlay_selected_runs)
+        layout.addWidget(self.runs_table)
+        row = QHBoxLayout()
+        for name, text, slot in (
+            ("runs.refresh", "Refresh", self.refresh_runs),
+            ("runs.open", "Open experiment", self.open_selected_run),
+            ("runs.delete", "Delete...", self.delete_selected_runs),
+        ):
+            button = _named(QPushButton(text), name)
+            button.clicked.connect(slot)
+            row.addWidget(button)
+        layout.addLayout(row)
+        import pyqtgraph as pg
+
+        self.overlay_plot = pg.PlotWidget(title="val accuracy of selected runs")
+        self.overlay_plot.setObjectName("runs.overlay")
+        self.overlay_plot.setBackground("w")
+        self.overlay_plot.addLegend()
+        layout.addWidget(self.overlay_plot)
+        self._dock("runs", "Runs", panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+
+    def _build_evaluation_dock(self) -> None:
+        import pyqtgraph as pg
+
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        self.confusion_plot = pg.PlotWidget(
+            title="confusion matrix (rows: true, columns: predicted)"
+        )
+        self.confusion_plot.setObjectName("evaluation.confusion")
+        self.confusion_plot.setBackground("w")
+        self.confusion_image = pg.ImageItem()
+        self.confusion_image.setColorMap(pg.colormap.get("viridis"))
+        self.confusion_plot.addItem(self.confusion_image)
+        self.confusion_plot.invertY(True)
+        self._confusion_labels: list = []
+        layout.addWidget(self.confusion_plot)
+        self.class_table = _named(QTableWidget(0, 5), "evaluation.per_class", "per-class metrics")
+        self.class_table.setHorizontalHeaderLabels(
+            ["class", "precision", "recall", "F1", "support"]
+        )
+        self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        layout.addWidget(self.class_table)
+        self._dock("evaluation", "Evaluation", panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+
+    # ------------------------------------------------------------------ experiment <-> window
+
+    def load_experiment(self, exp: X.Experiment, path: Path | None = None) -> None:
+        """Show ``exp`` in every panel (the window's whole state comes from the experiment)."""
+        self._syncing = True
+        try:
+            self.base_dir = Path(exp.base_dir)
+            self.experiment_path = path
+            self.experiment_name = exp.name
+            self.data_path.setText(exp.data.path)
+            self.data_form.set_values(dataclasses.asdict(exp.data))
+            self.augment_form.set_values(dataclasses.asdict(exp.augment))
+            self.model_form.set_values(dataclasses.asdict(exp.model))
+            self.train_form.set_values(dataclasses.asdict(exp.train))
+            index = self.backbone_combo.findData(exp.model.backbone)
+            self.backbone_combo.setCurrentIndex(max(index, 0))
+            self._set_weights(exp.model.weights)
+            self.method_combo.setCurrentIndex(max(self.method_combo.findData(exp.method), 0))
+            self._rebuild_method_form(exp.method_params)
+        finally:
+            self._syncing = False
+        self.setWindowTitle(f"TransferStudio - {path.name if path else exp.name}")
+        self._scan_data()
+        self._rebuild_tree()
+        self._update_actions()
+
+    def current_experiment(self) -> X.Experiment:
+        """The experiment the window shows (raises ExperimentError naming a bad key)."""
+        for form in (
+            self.data_form,
+            self.augment_form,
+            self.model_form,
+            self.train_form,
+            self.method_form,
+        ):
+            if form is not None and not form.validate():
+                raise ExperimentError(form.error)
+        data = self.data_form.build()
+        data.path = self.data_path.text().strip()
+        model = self.model_form.build()
+        model.backbone = self.backbone_combo.currentData() or model.backbone
+        model.weights = self.weights_value
+        assert self.method_form is not None
+        return X.Experiment(
+            name=self.experiment_name,
+            method=self.method_combo.currentData(),
+            method_params=self.method_form.build(),
+            data=data,
+            augment=self.augment_form.build(),
+            model=model,
+            train=self.train_form.build(),
+            base_dir=str(self.base_dir),
+        )
+
+    def _rebuild_method_form(self, params: Any | None = None) -> None:
+        spec = self.host.method(self.method_combo.currentData())
+        if self.method_form is not None:
+            self.method_layout.removeWidget(self.method_form)
+            self.method_form.deleteLater()
+        self.method_form = SettingsForm(spec.params, "method.params.")
+        self.method_form.setObjectName("method.params")
+        if params is not None and isinstance(params, spec.params):
+            self.method_form.set_values(dataclasses.asdict(params))
+        self.method_form.changed.connect(self._on_method_params_changed)
+        self.method_layout.insertWidget(1, self.method_form)
+
+    # ------------------------------------------------------------------ reactions
+
+    def _on_form_changed(self) -> None:
+        self._update_actions()
+
+    def _on_method_changed(self) -> None:
+        if self._syncing:
+            return
+        self._rebuild_method_form()
+        self._rebuild_tree()
+        self._update_actions()
+
+    def _on_method_params_changed(self) -> None:
+        if not self._syncing and self.tree_model is not None and self.method_form.validate():
+            self._apply_plan_to_tree()
+        self._update_actions()
+
+    def _on_model_changed(self) -> None:
+        if not self._syncing:
+            self._rebuild_tree()
+            self._update_actions()
+
+    def _set_weights(self, value: str) -> None:
+        self.weights_value = value
+        if value in ("none", "cache"):
+            self.weights_combo.setCurrentIndex(self.weights_combo.findData(value))
+            self.weights_combo.setItemText(2, "file...")
+        else:
+            self.weights_combo.setCurrentIndex(2)
+            self.weights_combo.setItemText(2, f"file: {Path(value).name}")
+            self.weights_combo.setItemData(2, value, Qt.ItemDataRole.ToolTipRole)
+
+    def _on_weights_chosen(self) -> None:
+        choice = self.weights_combo.currentData()
+        if choice == "file":
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Weights file", str(self.base_dir), "Weights (*.safetensors *.pth *.pt)"
+            )
+            if not path:
+                self._set_weights(self.weights_value)
+                return
+            choice = path
+        self._set_weights(choice)
+        self._update_actions()
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Image folder", str(self.base_dir))
+        if path:
+            self.set_data_path(path)
+
+    def _browse_csv(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "CSV file", str(self.base_dir), "CSV (*.csv)")
+        if path:
+            self.set_data_path(path)
+
+    def set_data_path(self, path: str) -> None:
+        self.data_path.setText(path)
+        self._on_data_path_changed()
+
+    def _on_data_path_changed(self) -> None:
+        self._scan_data()
+        self._update_actions()
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if event.mimeData().hasUrls() and event.mimeData().urls()[0].isLocalFile():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.set_data_path(event.mimeData().urls()[0].toLocalFile())
+
+    # ------------------------------------------------------------------ data scan
+
+    def _scan_data(self) -> None:
+        text = self.data_path.text().strip()
+        self.counts_tree.clear()
+        self.scan_result = None
+        if not text:
+            self.scan_label.setText("choose an image folder or CSV file")
+            return
+        from transferstudio.core import data as D
+
+        path = Path(text) if Path(text).is_absolute() else self.base_dir / text
+        settings = self.data_form.build() if self.data_form.validate() else X.DataSettings()
+        self.scan_label.setText(f"scanning {path} ...")
+
+        def scan():
+            spec = D.choose_source(self.host.datasets, settings, path)
+            return D.scan(spec, settings, path)
+
+        run_in_background(scan, self._show_scan, self._scan_failed, self)
+
+    def _show_scan(self, result) -> None:
+        self.scan_result = result
+        counts = result.counts()
+        splits = list(counts)
+        self.counts_tree.setColumnCount(1 + len(splits))
+        self.counts_tree.setHeaderLabels(["class", *splits])
+        for name in result.classes:
+            QTreeWidgetItem(self.counts_tree, [name, *[str(counts[s][name]) for s in splits]])
+        if result.skipped:
+            skipped = QTreeWidgetItem(self.counts_tree, [f"skipped files ({len(result.skipped)})"])
+            for path, reason in result.skipped:
+                QTreeWidgetItem(skipped, [f"{Path(path).name}: {reason}"]).setToolTip(0, path)
+        total = sum(len(v) for v in result.splits.values())
+        self.scan_label.setText(
+            f"{len(result.classes)} classes, {total} images"
+            + (f", {len(result.skipped)} skipped" if result.skipped else "")
+        )
+        self._rebuild_tree()
+
+    def _scan_failed(self, message: str, details: str) -> None:
+        self.scan_label.setText(f"cannot use this data: {message}")
+
+    # ------------------------------------------------------------------ layer tree
+
+    def _tree_key(self) -> tuple:
+        classes = len(self.scan_result.classes) if getattr(self, "scan_result", None) else 2
+        return (
+            self.backbone_combo.currentData(),
+            classes,
+            self.model_form.values()["head_dropout"],
+        )
+
+    def _rebuild_tree(self) -> None:
+        backbone = self.backbone_combo.currentData()
+        if not backbone:
+            return
+        key = self._tree_key()
+        if key == self._tree_model_for and self.tree_model is not None:
+            self._apply_plan_to_tree()
+            return
+        spec = self.host.backbone(backbone)
+        crop = self.data_form.values()["image_size"] or spec.preprocessing.crop
+        self.tree_summary.setText(f"building {backbone} ...")
+
+        def build():
+            import torch
+
+            from transferstudio.core.layer_tree import build_tree
+            from transferstudio.core.models import build_classifier
+
+            model = build_classifier(spec, None, key[1], dropout=key[2])
+            tree = build_tree(model, torch.zeros(1, 3, crop, crop))
+            return key, model, tree
+
+        run_in_background(build, self._show_tree, self._tree_failed, self)
+
+    def _show_tree(self, value) -> None:
+        key, model, tree = value
+        if key != self._tree_key():
+            return  # the user picked something else meanwhile
+        self.tree_torch_model = model
+        sizes = {n: p.numel() for n, p in model.named_parameters()}
+        self.tree_model = QtLayerTreeModel(tree, sizes, set(), self)
+        self.tree_model.freeze_changed.connect(self._on_tree_edited)
+        self._tree_model_for = key
+        self.tree_view.setModel(self.tree_model)
+        self.tree_view.expandToDepth(0)
+        self.tree_view.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self._apply_plan_to_tree()
+
+    def _tree_failed(self, message: str, details: str) -> None:
+        self.tree_summary.setText(f"cannot build the model: {message}")
+
+    def _freeze_params(self) -> dict[str, Any] | None:
+        """The method's freeze settings, when the method has them (fine-tune does)."""
+        if self.method_form is None:
+            return None
+        values = self.method_form.values()
+        return values if "freeze" in values else None
+
+    def _apply_plan_to_tree(self) -> None:
+        """Method settings -> tree (opening a file, editing patterns by hand)."""
+        if self.tree_model is None:
+            return
+        values = self._freeze_params()
+        model = self.tree_torch_model
+        if values is None:  # feature extraction: the backbone is frozen, the tree is read-only
+            frozen = {n for n, _ in model.named_parameters() if n.startswith("backbone.")}
+            self.tree_model.editable = False
+        else:
+            from transferstudio.api import FreezePlan
+
+            self.tree_model.editable = True
+            plan = FreezePlan(
+                patterns=list(values["freeze"]),
+                up_to=values["freeze_up_to"],
+                bn_mode=values["bn_mode"],
+            )
+            try:
+                frozen = plan.frozen_names(model, 0)
+            except KeyError:
+                frozen = set()
+        self._syncing = True
+        try:
+            self.tree_model.set_frozen(frozen)
+        finally:
+            self._syncing = False
+        self.tree_summary.setText(self.tree_model.summary_text())
+
+    def _on_tree_edited(self) -> None:
+        """Tree -> method settings: the edit becomes the experiment's freeze plan."""
+        assert self.tree_model is not None
+        self.tree_summary.setText(self.tree_model.summary_text())
+        if self._syncing or self._freeze_params() is None:
+            return
+        from transferstudio.core.freeze import patterns_for
+
+        patterns = patterns_for(self.tree_torch_model, self.tree_model.frozen)
+        self._syncing = True
+        try:
+            self.method_form.set_values({"freeze": patterns, "freeze_up_to": ""})
+        finally:
+            self._syncing = False
+        self._update_actions()
+
+    def _preset(self, kind: str) -> None:
+        if self.tree_model is None or not self.tree_model.editable:
+            return
+        names = list(self.tree_model.param_sizes)
+        if kind == "all":
+            frozen: set[str] = set()
+        elif kind == "head":
+            frozen = {n for n in names if n.startswith("backbone.")}
+        else:
+            blocks = _blocks(self.tree_model.root.find("backbone"))
+            keep = {b.path for b in blocks[-self.last_blocks.value() :]}
+            frozen = {
+                n
+                for n in names
+                if n.startswith("backbone.") and not any(n.startswith(k + ".") for k in keep)
+            }
+        self.tree_model.set_frozen(frozen)
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self) -> None:
+        if self.controller.running:
+            return
+        try:
+            exp = self.current_experiment()
+        except TransferStudioError as exc:
+            self.show_error("Cannot start", str(exc))
+            return
+        self.curves.clear()
+        self.log_view.clear()
+        self.epoch_bar.setValue(0)
+        self.batch_bar.setValue(0)
+        self._run_started_at = time.monotonic()
+        worker = RunWorker(exp, self.host, self.workspace)
+        worker.run_started.connect(self._on_run_started)
+        worker.batches_ended.connect(self._on_batches)
+        worker.epoch_ended.connect(self._on_epoch)
+        worker.logged.connect(self.log_view.appendPlainText)
+        worker.finished.connect(self._on_run_finished)
+        # Bound methods, never lambdas: a lambda would run in the worker's thread.
+        worker.errored.connect(self._on_run_error)
+        self.controller.start(worker)
+        self.statusBar().showMessage("training ...")
+
+    def toggle_pause(self) -> None:
+        self.controller.pause(self.act_pause.isChecked())
+
+    def stop_run(self) -> None:
+        self.controller.stop()
+        self.statusBar().showMessage("stopping after this batch ...")
+
+    def _on_run_started(self, event: E.RunStarted) -> None:
+        self._epochs, self._start_epoch = event.epochs, event.start_epoch
+        self._run_started_at = time.monotonic()
+        self.device_label.setText(f"device: {event.device_detail} ({event.precision})")
+        self.epoch_bar.setRange(0, event.epochs)
+        self.epoch_bar.setValue(event.start_epoch)
+        self.batch_bar.setRange(0, event.batches_per_epoch)
+
+    def _on_batches(self, events: list) -> None:
+        for ev in events:
+            x = ev.epoch + (ev.batch + 1) / max(ev.batches, 1)
+            self.curves.append("batch_loss", x, ev.loss)
+            self.curves.append("lr", x, ev.lr)
+        last = events[-1]
+        self.batch_bar.setRange(0, last.batches)
+        self.batch_bar.setValue(last.batch + 1)
+        done = (last.epoch - self._start_epoch) + (last.batch + 1) / max(last.batches, 1)
+        total = max(self._epochs - self._start_epoch, 1)
+        elapsed = time.monotonic() - self._run_started_at
+        eta = elapsed * (total - done) / done if done > 0 else 0
+        self.eta_label.setText(
+            f"epoch {last.epoch + 1}/{self._epochs}, batch {last.batch + 1}/"
+            f"{last.batches}, loss {last.loss:.4f}, ETA {int(eta) // 60:d}:{int(eta) % 60:02d}"
+        )
+        self.curves.redraw(["batch_loss", "lr"])
+
+    def _on_epoch(self, ev: E.EpochEnded) -> None:
+        x = ev.epoch + 1
+        self.curves.append("train_loss", x, ev.train["loss"])
+        self.curves.append("val_loss", x, ev.val.get("loss", float("nan")))
+        self.curves.append("train_acc", x, ev.train.get("accuracy", float("nan")))
+        self.curves.append("val_acc", x, ev.val.get("accuracy", float("nan")))
+        self.curves.redraw(["train_loss", "val_loss", "train_acc", "val_acc"])
+        self.epoch_bar.setValue(ev.epoch + 1)
+
+    def _on_run_error(self, message: str, details: str) -> None:
+        self.show_error("The run stopped with an error", message, details)
+
+    def _on_run_finished(self, result) -> None:
+        self._last_result = result
+        self.statusBar().showMessage(
+            f"run {result.run_id}: {result.status}"
+            + (f", best val {result.best_metric:.4f}" if result.best_metric is not None else "")
+        )
+        if result.report:
+            self.show_evaluation(result.report)
+        self.refresh_runs()
+
+    def show_evaluation(self, report: dict) -> None:
+        section = report.get("test") or report.get("val")
+        if not section:
+            return
+        import numpy as np
+        import pyqtgraph as pg
+
+        matrix = np.array(section["confusion"], dtype=float)
+        self.confusion_image.setImage(matrix.T, autoLevels=True)
+        for label in self._confusion_labels:
+            self.confusion_plot.removeItem(label)
+        self._confusion_labels = []
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                text = pg.TextItem(str(int(matrix[i, j])), color="w", anchor=(0.5, 0.5))
+                text.setPos(j + 0.5, i + 0.5)
+                self.confusion_plot.addItem(text)
+                self._confusion_labels.append(text)
+        rows = section["per_class"]
+        self.class_table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            values = [
+                row["class"],
+                f"{row['precision']:.3f}",
+                f"{row['recall']:.3f}",
+                f"{row['f1']:.3f}",
+                str(row["support"]),
+            ]
+            for c, value in enumerate(values):
+                self.class_table.setItem(r, c, QTableWidgetItem(value))
+
+    def refresh_runs(self) -> None:
+        from transferstudio.core.runs import RunStore
+
+        self.run_records = RunStore(self.workspace).list()
+        self.runs_table.setRowCount(len(self.run_records))
+        for r, rec in enumerate(self.run_records):
+            best = f"{rec.best_metric:.4f}" if rec.best_metric is not None else "-"
+            values = [
+                rec.created.replace("T", " "),
+                rec.name,
+                rec.backbone,
+                rec.method,
+                best,
+                f"{rec.duration_s:.0f} s",
+                rec.status,
+            ]
+            for c, value in enumerate(values):
+                item = QTableWidgetItem(value)
+                item.setData(Qt.ItemDataRole.UserRole, rec.id)
+                self.runs_table.setItem(r, c, item)
+
+    def _selected_run_ids(self) -> list[str]:
+        rows = sorted({i.row() for i in self.runs_table.selectedIndexes()})
+        return [self.run_records[r].id for r in rows]
+
+    def _overlay_selected_runs(self) -> None:
+        import pyqtgraph as pg
+
+        from transferstudio.core.runs import RunStore
+
+        self.overlay_plot.clear()
+        store = RunStore(self.workspace)
+        for k, run_id in enumerate(self._selected_run_ids()):
+            points = store.epoch_metrics(run_id).get("val", {}).get("accuracy", [])
+            if points:
+                xs, ys = zip(*points, strict=True)
+                self.overlay_plot.plot(
+                    [x + 1 for x in xs],
+                    list(ys),
+                    name=run_id,
+                    pen=pg.mkPen(pg.intColor(k), width=2),
+                )
+
+    def open_selected_run(self) -> None:
+        ids = self._selected_run_ids()
+        if ids:
+            record = next(r for r in self.run_records if r.id == ids[0])
+            self.open_file(Path(record.folder) / "experiment.toml")
+
+    def delete_selected_runs(self) -> None:
+        import shutil
+
+        from transferstudio.core.runs import RunStore
+
+        ids = self._selected_run_ids()
+        if not ids:
+            return
+        answer = QMessageBox.question(
+            self,
+            "Delete runs",
+            f"Delete {len(ids)} run(s) and their folders? This cannot be undone.",
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        store = RunStore(self.workspace)
+        for run_id in ids:
+            record = store.get(run_id)
+            store.delete(run_id)
+            shutil.rmtree(record.folder, ignore_errors=True)
+        self.refresh_runs()
+
+    # ------------------------------------------------------------------ files
+
+    def new_experiment(self) -> None:
+        spec = self.host.method(self.method_combo.currentData() or "fine-tune")
+        self.load_experiment(X.new_experiment(spec.name, spec.params), None)
+
+    def open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open experiment", str(self.base_dir), "Experiments (*.toml)"
+        )
+        if path:
+            self.open_file(Path(path))
+
+    def open_file(self, path: Path) -> bool:
+        try:
+            exp = X.load(path, self.host.method_params)
+        except TransferStudioError as exc:
+            self.show_error("Cannot open the experiment", str(exc))
+            return False
+        self.load_experiment(exp, path)
+        self._remember_recent(path)
+        return True
+
+    def save(self) -> bool:
+        if self.experiment_path is None:
+            return self.save_as()
+        return self.save_to(self.experiment_path)
+
+    def save_as(self) -> bool:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save experiment", str(self.base_dir / "experiment.toml"), "Experiments (*.toml)"
+        )
+        return self.save_to(Path(path)) if path else False
+
+    def save_to(self, path: Path) -> bool:
+        try:
+            exp = self.current_experiment()
+        except TransferStudioError as exc:
+            self.show_error("Cannot save", str(exc))
+            return False
+        if path.resolve().parent != self.base_dir.resolve():
+            exp = exp.with_absolute_paths()
+        write_text_atomic(path, exp.to_toml())
+        self.experiment_path = path
+        self.base_dir = path.resolve().parent
+        self.setWindowTitle(f"TransferStudio - {path.name}")
+        self._remember_recent(path)
+        self.statusBar().showMessage(f"saved {path}")
+        return True
+
+    def _remember_recent(self, path: Path) -> None:
+        recent = [p for p in (self.settings.value("recent", []) or []) if p != str(path)]
+        self.settings.setValue("recent", [str(path), *recent][:MAX_RECENT])
+        self._refresh_recent()
+
+    def _refresh_recent(self) -> None:
+        if not hasattr(self, "recent_menu"):
+            return
+        self.recent_menu.clear()
+        for entry in self.settings.value("recent", []) or []:
+            action = self.recent_menu.addAction(entry)
+            action.triggered.connect(lambda _=False, p=entry: self.open_file(Path(p)))
+
+    # ------------------------------------------------------------------ dialogs and state
+
+    def show_error(self, title: str, message: str, details: str = "") -> None:
+        """A non-blocking error dialog; the window stays usable."""
+        self.last_error = (message, details)
+        box = QMessageBox(QMessageBox.Icon.Warning, title, message, parent=self)
+        box.setObjectName("dialog.error")
+        if details:
+            box.setDetailedText(details)
+        box.open()
+        self.error_box = box
+        self.statusBar().showMessage(message.splitlines()[0] if message else title)
+
+    def show_plugins(self) -> None:
+        lines = []
+        for r in self.host.records:
+            lines.append(f"{r.name} {r.version} [{r.status}], API {r.api_version or '?'}")
+            lines += [f"    {k}: {', '.join(v)}" for k, v in r.provides.items()]
+        details = "\n\n".join(e for r in self.host.records for e in r.errors)
+        box = QMessageBox(QMessageBox.Icon.Information, "Plugins", "\n".join(lines), parent=self)
+        box.setObjectName("dialog.plugins")
+        if details:
+            box.setDetailedText(details)
+        box.open()
+
+    def show_about(self) -> None:
+        import platform
+
+        import torch
+
+        from transferstudio.core.device import choose_device, describe
+
+        text = (
+            f"TransferStudio {__version__} (plugin API {API_VERSION})\n"
+            f"Python {platform.python_version()}, torch {torch.__version__}\n"
+            f"device: {describe(choose_device('auto'))}\nworkspace: {self.workspace}"
+        )
+        box = QMessageBox(QMessageBox.Icon.Information, "About TransferStudio", text, parent=self)
+        box.setObjectName("dialog.about")
+        box.open()
+
+    def _update_actions(self, *_: Any) -> None:
+        running = self.controller.running
+        error = ""
+        for form in (
+            self.data_form,
+            self.augment_form,
+            self.model_form,
+            self.train_form,
+            self.method_form,
+        ):
+            if form is not None and not form.validate():
+                error = form.error
+                break
+        if not error and not self.data_path.text().strip():
+            error = "data.path: choose an image folder or CSV file"
+        self.form_error.setText(error)
+        self.act_start.setEnabled(not running and not error)
+        self.act_pause.setEnabled(running)
+        self.act_stop.setEnabled(running and self.controller.state != "stopping")
+        if not running:
+            self.act_pause.setChecked(False)
+        for widget in (self.data_path, self.backbone_combo, self.method_combo):
+            widget.setEnabled(not running)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if self.controller.running:
+            answer = QMessageBox.question(
+                self,
+                "A run is in progress",
+                "Stop the run and quit? Its checkpoints are kept and it can be resumed later.",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+            self.controller.stop_and_wait()
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        event.accept()
+
+
+def _blocks(backbone_node) -> list:
+    """The backbone's block list: descend while there is a single child with parameters."""
+    node = backbone_node
+    while node is not None:
+        with_params = [c for c in node.children if c.params]
+        if len(with_params) != 1:
+            return with_params
+        node = with_params[0]
+    return []

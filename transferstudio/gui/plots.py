@@ -1,0 +1,83 @@
+"""Live training curves: one curve item per series, appended to growing arrays, redrawn on
+demand (the worker already limits updates to ~20 a second)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+
+class Series:
+    """A growing (x, y) array pair with amortised O(1) appends."""
+
+    def __init__(self) -> None:
+        self.x = np.empty(256)
+        self.y = np.empty(256)
+        self.n = 0
+
+    def append(self, x: float, y: float) -> None:
+        if self.n == len(self.x):
+            self.x = np.resize(self.x, 2 * self.n)
+            self.y = np.resize(self.y, 2 * self.n)
+        self.x[self.n] = x
+        self.y[self.n] = y
+        self.n += 1
+
+    def clear(self) -> None:
+        self.n = 0
+
+
+class TrainingCurves(QWidget):
+    """Three plots: loss (per batch and per epoch), accuracy per epoch, learning rate."""
+
+    SERIES = {
+        "loss": [
+            ("train (batch)", "batch_loss", (150, 150, 150)),
+            ("train", "train_loss", "b"),
+            ("val", "val_loss", "r"),
+        ],
+        "accuracy": [("train", "train_acc", "b"), ("val", "val_acc", "r")],
+        "learning rate": [("lr", "lr", "g")],
+    }
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.series: dict[str, Series] = {}
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        self.plots: dict[str, pg.PlotWidget] = {}
+        for title, entries in self.SERIES.items():
+            plot = pg.PlotWidget(title=title)
+            plot.setObjectName(f"plot:{title}")
+            plot.setBackground("w")
+            plot.addLegend(offset=(-10, 10))
+            plot.setLabel("bottom", "epoch")
+            plot.showGrid(x=True, y=True, alpha=0.2)
+            for label, key, colour in entries:
+                curve = plot.plot(
+                    name=label, pen=pg.mkPen(colour, width=2 if key != "batch_loss" else 1)
+                )
+                curve.setDownsampling(auto=True, method="peak")
+                curve.setClipToView(True)
+                self.curves[key] = curve
+                self.series[key] = Series()
+            self.plots[title] = plot
+            layout.addWidget(plot)
+
+    def append(self, key: str, x: float, y: float) -> None:
+        self.series[key].append(x, y)
+
+    def redraw(self, keys=None) -> None:
+        for key in keys or self.series:
+            s = self.series[key]
+            self.curves[key].setData(s.x[: s.n], s.y[: s.n])
+
+    def clear(self) -> None:
+        for key, s in self.series.items():
+            s.clear()
+            self.curves[key].setData([], [])
+
+    def points(self, key: str) -> int:
+        return self.series[key].n

@@ -1,0 +1,207 @@
+"""Running the engine and other slow work off the GUI thread.
+
+:class:`RunWorker` is the engine's ``state``: the loop polls its stop/pause flags between batches
+(a plain flag, not a queued slot, so Stop works within one batch) and every event becomes a
+signal. Batch events are coalesced: at most one ``batches_ended`` signal per 50 ms carries every
+batch since the last one, so curves redraw at most ~20 times a second however fast batches go.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, Qt, QThread, QThreadPool, Signal, Slot
+
+from transferstudio.core import events as E
+
+EMIT_INTERVAL_S = 0.05
+
+
+class RunWorker(QObject):
+    """Runs one experiment in a QThread; signals are named for what happened."""
+
+    run_started = Signal(object)  # events.RunStarted
+    batches_ended = Signal(list)  # [events.BatchEnded, ...] since the last signal
+    epoch_ended = Signal(object)  # events.EpochEnded
+    logged = Signal(str)
+    finished = Signal(object)  # engine.RunResult
+    errored = Signal(str, str)  # message, details
+
+    def __init__(self, experiment, host, workspace: Path, resume: str | None = None) -> None:
+        super().__init__()
+        self.experiment = experiment
+        self.host = host
+        self.workspace = Path(workspace)
+        self.resume = resume
+        self._stop = threading.Event()
+        self._pause = threading.Event()
+        self._pending: list[E.BatchEnded] = []
+        self._last_emit = 0.0
+
+    # -- the engine's RunState -------------------------------------------------------------
+
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def pause_requested(self) -> bool:
+        return self._pause.is_set()
+
+    def emit(self, event: Any) -> None:
+        if isinstance(event, E.BatchEnded):
+            self._pending.append(event)
+            now = time.monotonic()
+            if now - self._last_emit >= EMIT_INTERVAL_S or event.batch + 1 == event.batches:
+                self._flush(now)
+            return
+        self._flush(time.monotonic())
+        if isinstance(event, E.RunStarted):
+            self.run_started.emit(event)
+        elif isinstance(event, E.EpochEnded):
+            self.epoch_ended.emit(event)
+        elif isinstance(event, E.LogMessage):
+            self.logged.emit(event.text)
+        elif isinstance(event, E.RunFailed):
+            self.logged.emit(f"run failed: {event.message}")
+
+    def _flush(self, now: float) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._last_emit = now
+            self.batches_ended.emit(batch)
+
+    # -- control (called from the GUI thread) ------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._pause.clear()
+
+    def set_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause.set()
+        else:
+            self._pause.clear()
+
+    @Slot()
+    def run(self) -> None:
+        from transferstudio.api import TransferStudioError
+        from transferstudio.core.engine import run_experiment
+
+        try:
+            result = run_experiment(
+                self.experiment, self.host, self, self.workspace, resume=self.resume
+            )
+        except TransferStudioError as exc:
+            self.errored.emit(str(exc), "")
+            return
+        except Exception as exc:  # noqa: BLE001 - shown in a dialog; the app stays usable
+            self.errored.emit(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            return
+        if result.status == "failed":
+            self.errored.emit(result.message, "")
+        self.finished.emit(result)
+
+
+class RunController(QObject):
+    """Owns the QThread of the current run. One run at a time."""
+
+    state_changed = Signal(str)  # idle | running | paused | stopping
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.thread: QThread | None = None
+        self.worker: RunWorker | None = None
+        self.state = "idle"
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None
+
+    def start(self, worker: RunWorker) -> None:
+        if self.running:
+            raise RuntimeError("a run is already in progress")
+        self.worker = worker
+        self.thread = QThread()
+        self.thread.setObjectName("transferstudio-run")
+        worker.moveToThread(self.thread)
+        self.thread.started.connect(worker.run)
+        # Direct: quit() is thread-safe, and a queued call would never arrive while the GUI
+        # thread waits for this thread (closing the window during a run).
+        worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
+        worker.errored.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
+        self.thread.finished.connect(self._cleanup)
+        self._set_state("running")
+        self.thread.start()
+
+    def _cleanup(self) -> None:
+        if self.thread is not None:
+            self.thread.wait()
+            self.thread.deleteLater()
+        if self.worker is not None:
+            self.worker.deleteLater()
+        self.thread = None
+        self.worker = None
+        self._set_state("idle")
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.state_changed.emit(state)
+
+    def pause(self, paused: bool) -> None:
+        if self.worker is not None:
+            self.worker.set_paused(paused)
+            self._set_state("paused" if paused else "running")
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.request_stop()
+            self._set_state("stopping")
+
+    def stop_and_wait(self, timeout_ms: int = 60_000) -> bool:
+        """Stop the run and block until its thread has ended (used when closing)."""
+        if self.thread is None:
+            return True
+        self.stop()
+        finished = self.thread.wait(timeout_ms)
+        self._cleanup()
+        return finished
+
+
+class _Signals(QObject):
+    done = Signal(object)
+    failed = Signal(str, str)
+
+
+class _Task(QRunnable):
+    def __init__(self, fn: Callable[[], Any], signals: _Signals) -> None:
+        super().__init__()
+        self.fn = fn
+        self.signals = signals
+
+    def run(self) -> None:
+        try:
+            value = self.fn()
+        except Exception as exc:  # noqa: BLE001 - delivered to the caller's error handler
+            self.signals.failed.emit(str(exc), traceback.format_exc())
+            return
+        self.signals.done.emit(value)
+
+
+def run_in_background(
+    fn: Callable[[], Any],
+    on_done: Callable[[Any], None],
+    on_error: Callable[[str, str], None],
+    parent: QObject,
+) -> _Signals:
+    """Run ``fn`` on the global thread pool; results come back on the GUI thread."""
+    signals = _Signals(parent)
+    signals.done.connect(on_done)
+    signals.failed.connect(on_error)
+    signals.done.connect(signals.deleteLater)
+    signals.failed.connect(signals.deleteLater)
+    QThreadPool.globalInstance().start(_Task(fn, signals))
+    return signals
