@@ -1,5 +1,5 @@
 """TransferStudio's built-in plugins: torchvision backbones, image-folder and CSV data sources,
-and the fine-tune and feature-extract methods.
+the fine-tune and feature-extract methods, and the safetensors, TorchScript and ONNX exporters.
 
 They are loaded through the ``transferstudio`` entry-point group like any third-party plugin and
 use only :mod:`transferstudio.api`.
@@ -9,6 +9,7 @@ from transferstudio.api import hookimpl
 
 from .backbones import torchvision_backbones
 from .datasets import csv_source, image_folder_source
+from .exporters import builtin_exporters
 from .feature_extract import FEATURE_EXTRACT
 from .fine_tune import FINE_TUNE
 
@@ -28,3 +29,8 @@ def transferstudio_datasets():
 @hookimpl
 def transferstudio_methods():
     return [FINE_TUNE, FEATURE_EXTRACT]
+
+
+@hookimpl
+def transferstudio_exporters():
+    return builtin_exporters()

@@ -134,3 +134,20 @@ def test_switching_method_rebuilds_its_form_and_locks_the_tree(window, method):
     assert not window.tree_model.editable
     exp = window.current_experiment()
     assert exp.method == method
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")
+def test_export_from_the_tree_writes_a_verified_file_that_reloads(window, qtbot, tmp_path):
+    import torch
+
+    window.start_run()
+    with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    assert window.tree_weights_source.startswith("run ")
+    target = tmp_path / "backbone.pt"
+    window.export_from_tree("backbone", "torchscript", target)
+    qtbot.waitUntil(lambda: getattr(window, "last_export", None) is not None, timeout=60_000)
+    assert window.last_export.max_abs_diff <= 1e-4
+    loaded = torch.jit.load(str(target))
+    assert loaded(torch.zeros(1, 3, 32, 32)).shape == (1, 512)

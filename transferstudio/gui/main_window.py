@@ -245,6 +245,8 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.tree_summary)
         self.tree_view = _named(QTreeView(), "tree.view", "layer tree")
         self.tree_view.setUniformRowHeights(True)
+        self.tree_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.tree_view.customContextMenuRequested.connect(self._tree_menu)
         layout.addWidget(self.tree_view, 1)
         self._dock("model", "Model", panel, Qt.DockWidgetArea.LeftDockWidgetArea)
 
@@ -571,6 +573,7 @@ class MainWindow(QMainWindow):
         if key != self._tree_key():
             return  # the user picked something else meanwhile
         self.tree_torch_model = model
+        self.tree_weights_source = "initial weights (no run finished in this window yet)"
         sizes = {n: p.numel() for n, p in model.named_parameters()}
         self.tree_model = QtLayerTreeModel(tree, sizes, set(), self)
         self.tree_model.freeze_changed.connect(self._on_tree_edited)
@@ -634,6 +637,83 @@ class MainWindow(QMainWindow):
         finally:
             self._syncing = False
         self._update_actions()
+
+    # ------------------------------------------------------------------ export from the tree
+
+    def _tree_menu(self, position) -> None:
+        from PySide6.QtWidgets import QMenu
+
+        index = self.tree_view.indexAt(position)
+        if self.tree_model is None:
+            return
+        node = index.internalPointer() if index.isValid() else self.tree_model.root
+        menu = QMenu(self)
+        menu.setObjectName("tree.export_menu")
+        title = node.path or "whole model"
+        for spec in self.host.exporters.values():
+            action = menu.addAction(f"Export {title} as {spec.format} ({spec.suffix})...")
+            action.triggered.connect(lambda _=False, p=node.path, f=spec.format: self._export_dialog(p, f))
+        menu.popup(self.tree_view.viewport().mapToGlobal(position))
+
+    def _export_dialog(self, module_path: str, fmt: str) -> None:
+        spec = self.host.exporters[fmt]
+        default = self.base_dir / f"{(module_path or 'model').replace('.', '_')}{spec.suffix}"
+        path, _ = QFileDialog.getSaveFileName(self, f"Export as {fmt}", str(default),
+                                              f"{fmt} (*{spec.suffix})")
+        if path:
+            self.export_from_tree(module_path, fmt, Path(path))
+
+    def export_from_tree(self, module_path: str, fmt: str, target: Path) -> None:
+        """Export a module of the model off the GUI thread, verify it, report the difference.
+        The weights are those of the last finished run in this window, else the initial ones.
+        (QFileDialog already asked before overwriting an existing file.)"""
+        import torch
+
+        from transferstudio.core.export import export_module, sample_input
+
+        spec = self.host.exporters[fmt]
+        model = self.tree_torch_model
+        crop = self.data_form.values()["image_size"] or self.host.backbone(
+            self.backbone_combo.currentData()).preprocessing.crop
+        batch = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+        module = model.get_submodule(module_path) if module_path else model
+        metadata = {"module": module_path or "(whole model)", "backbone": str(self._tree_key()[0]),
+                    "weights": self.tree_weights_source}
+        self.statusBar().showMessage(f"exporting {module_path or 'model'} as {fmt} ...")
+
+        def work():
+            example = sample_input(model, module_path, batch)
+            return export_module(spec, module, example, target, metadata)
+
+        run_in_background(work, self._export_done, self._export_failed, self)
+
+    def _export_done(self, result) -> None:
+        self.last_export = result
+        diff = f"{result.max_abs_diff:.3g}" if result.max_abs_diff is not None else "not checked"
+        box = QMessageBox(QMessageBox.Icon.Information, "Exported",
+                          f"{result.path}\nformat: {result.format}\nverified on a sample batch: "
+                          f"max abs difference {diff}", parent=self)
+        box.setObjectName("dialog.exported")
+        box.open()
+        self.statusBar().showMessage(f"exported {result.path} (max abs difference {diff})")
+
+    def _export_failed(self, message: str, details: str) -> None:
+        self.show_error("Export failed", message, details)
+
+    def _load_run_weights(self, result) -> None:
+        """Show the finished run's best weights in the tree (what the tree exports)."""
+        from transferstudio.core.checkpoint import CheckpointStore
+
+        store = CheckpointStore(Path(result.folder) / "checkpoints")
+        if self.tree_model is None or not store.exists("best"):
+            return
+        weights = store.load("best", with_state=False).weights
+        state = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+        try:
+            self.tree_torch_model.load_state_dict(state)
+        except RuntimeError:  # another architecture was picked meanwhile
+            return
+        self.tree_weights_source = f"run {result.run_id} (best checkpoint)"
 
     def _preset(self, kind: str) -> None:
         if self.tree_model is None or not self.tree_model.editable:
@@ -732,6 +812,8 @@ class MainWindow(QMainWindow):
         )
         if result.report:
             self.show_evaluation(result.report)
+        if result.status == "completed":
+            self._load_run_weights(result)
         self.refresh_runs()
 
     def show_evaluation(self, report: dict) -> None:

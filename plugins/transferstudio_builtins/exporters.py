@@ -1,0 +1,134 @@
+"""Built-in model exporters: safetensors weights, TorchScript, ONNX. Each verifies its file by
+reloading it and comparing outputs with the source module (max abs difference)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from pathlib import Path
+
+from transferstudio.api import ExporterSpec, PluginError
+
+
+def _max_diff(a, b) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def export_safetensors(module, example, path: Path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={k: str(v) for k, v in metadata.items()})
+
+
+def verify_safetensors(module, example, path: Path) -> float:
+    import torch
+    from safetensors.torch import load_file
+
+    clone = copy.deepcopy(module).eval()
+    clone.load_state_dict(load_file(str(path)))
+    with torch.no_grad():
+        return _max_diff(module(example), clone(example))
+
+
+@contextlib.contextmanager
+def _quiet_legacy_exporters():
+    # torch marks TorchScript and the TorchScript-based ONNX exporter deprecated in favour of
+    # torch.export; the files they write are still what C++, mobile and ONNX runtimes load, and
+    # each export here is verified, so the warnings are noise to the user.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, message=".*(TorchScript|torch.jit).*"
+        )
+        yield
+
+
+def export_torchscript(module, example, path: Path, metadata: dict) -> None:
+    import torch
+
+    with _quiet_legacy_exporters(), torch.no_grad():
+        try:
+            scripted = torch.jit.trace(module, example)
+        except Exception:  # noqa: BLE001 - some modules only script
+            scripted = torch.jit.script(module)
+        torch.jit.save(scripted, str(path), _extra_files={"transferstudio.json": _json(metadata)})
+
+
+def verify_torchscript(module, example, path: Path) -> float:
+    import torch
+
+    with _quiet_legacy_exporters(), torch.no_grad():
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        return _max_diff(module(example), loaded(example))
+
+
+def export_onnx(module, example, path: Path, metadata: dict) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise PluginError(
+            "ONNX export needs the onnx packages: pip install 'transferstudio[onnx]'"
+        ) from None
+    import torch
+
+    with _quiet_legacy_exporters():
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def verify_onnx(module, example, path: Path) -> float:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PluginError(
+            "ONNX verification needs onnxruntime: pip install 'transferstudio[onnx]'"
+        ) from None
+    import torch
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"input": example.cpu().numpy()})
+    with torch.no_grad():
+        return _max_diff(module(example), torch.from_numpy(output))
+
+
+def _json(metadata: dict) -> str:
+    import json
+
+    return json.dumps(metadata, sort_keys=True)
+
+
+def builtin_exporters() -> list[ExporterSpec]:
+    return [
+        ExporterSpec(
+            "safetensors",
+            ".safetensors",
+            export_safetensors,
+            "weights only, safe to load anywhere",
+            verify_safetensors,
+        ),
+        ExporterSpec(
+            "torchscript",
+            ".pt",
+            export_torchscript,
+            "TorchScript (trace, script as fallback); runs without Python code",
+            verify_torchscript,
+        ),
+        ExporterSpec(
+            "onnx", ".onnx", export_onnx, "ONNX opset 17, dynamic batch axis", verify_onnx
+        ),
+    ]
