@@ -343,7 +343,8 @@ class TransferMethod:
         return ctx.loader("train")
 
     def eval_batches(self, ctx: MethodContext, split: str) -> Iterable[Any]:
-        """The batches of an evaluation split. Default: ``ctx.loader(split)``."""
+        """The batches of an evaluation split, in dataset order (the engine pairs prediction i
+        with sample i for the misclassified gallery). Default: ``ctx.loader(split)``."""
         return ctx.loader(split)
 
     def training_step(self, batch: Any, ctx: MethodContext) -> StepOutput:

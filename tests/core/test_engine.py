@@ -277,3 +277,17 @@ def test_deterministic_switch_runs_and_is_reset_afterwards(data, host, tmp_path)
     assert torch.are_deterministic_algorithms_enabled()
     run_experiment(tiny_experiment(data, train__epochs=1), host, PlainState(), tmp_path / "ws")
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_report_lists_the_most_confident_mistakes_with_their_files(data, host, tmp_path):
+    exp = tiny_experiment(data, train__epochs=1, train__lr=0.0)  # an untrained model errs
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    mistakes = result.report["val"]["misclassified"]
+    confusion = result.report["val"]["confusion"]
+    wrong = sum(sum(row) for row in confusion) - sum(confusion[i][i] for i in range(3))
+    assert len(mistakes) == wrong > 0
+    first = mistakes[0]
+    assert first["true"] != first["predicted"] and first["true"] in first["path"]
+    assert [m["confidence"] for m in mistakes] == sorted(
+        (m["confidence"] for m in mistakes), reverse=True
+    )

@@ -91,6 +91,9 @@ def test_a_run_trains_draws_curves_and_lands_in_the_runs_table(window, qtbot):
     assert window.runs_table.rowCount() == 1
     assert window.runs_table.item(0, 6).text() == "completed"
     assert window.class_table.rowCount() == 3
+    mistakes = window._last_result.report["val"]["misclassified"]
+    qtbot.waitUntil(lambda: window.gallery.count() == min(len(mistakes), 24), timeout=10_000)
+    assert window.thumbnails.count() == 3 * 4  # four per class
     assert window.act_start.isEnabled()
 
 
@@ -151,3 +154,37 @@ def test_export_from_the_tree_writes_a_verified_file_that_reloads(window, qtbot,
     assert window.last_export.max_abs_diff <= 1e-4
     loaded = torch.jit.load(str(target))
     assert loaded(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
+
+
+def test_a_window_run_equals_a_headless_run_of_the_saved_file(window, qtbot, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    window._preset("last")  # a non-trivial freeze plan must survive the round trip too
+    path = tmp_path / "from-window.toml"
+    assert window.save_to(path)
+    window.start_run()
+    with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000) as blocker:
+        pass
+    gui_result = blocker.args[0]
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    env = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "transferstudio",
+            "--workspace",
+            str(tmp_path / "cli"),
+            "run",
+            str(path),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    (report_path,) = (tmp_path / "cli" / "runs").glob("*/report.json")
+    cli_report = json.loads(report_path.read_text())
+    assert cli_report["val"] == json.loads(json.dumps(gui_result.report["val"]))

@@ -571,6 +571,7 @@ class _Run:
     def _evaluate(self, split: str):
         self.method.eval()
         acc = MetricAccumulator(len(self.scan.classes), self.scan.classes)
+        predictions: list[torch.Tensor] = []
         with torch.no_grad():
             for batch in self.method.eval_batches(self.ctx, split):
                 self._check_stop()
@@ -579,7 +580,33 @@ class _Run:
                     logits, targets = self.method.validation_step(batch, self.ctx)
                 loss = F.cross_entropy(logits.float(), targets)
                 acc.update(logits, targets, float(loss))
-        return acc.report()
+                predictions.append(logits.float().softmax(dim=1).cpu())
+        report = acc.report()
+        report.misclassified = self._mistakes(split, predictions)
+        return report
+
+    def _mistakes(self, split: str, predictions: list[torch.Tensor], limit: int = 60) -> list:
+        """The most confident wrong predictions, for the window's gallery. Evaluation batches
+        come in dataset order (see ``TransferMethod.eval_batches``), so row i is sample i."""
+        samples = self.scan.splits[split]
+        if not predictions:
+            return []
+        probs = torch.cat(predictions)
+        if len(probs) != len(samples):
+            return []
+        confidence, predicted = probs.max(dim=1)
+        index = {c: i for i, c in enumerate(self.scan.classes)}
+        wrong = [i for i, s in enumerate(samples) if int(predicted[i]) != index[s.label]]
+        wrong.sort(key=lambda i: -float(confidence[i]))
+        return [
+            {
+                "path": samples[i].path,
+                "true": samples[i].label,
+                "predicted": self.scan.classes[int(predicted[i])],
+                "confidence": round(float(confidence[i]), 4),
+            }
+            for i in wrong[:limit]
+        ]
 
     # ----------------------------------------------------------- checkpoints and files
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,9 +16,16 @@ class ClassificationReport:
     metrics: dict[str, float]
     per_class: list[dict[str, Any]]
     confusion: list[list[int]]
+    misclassified: list[dict[str, Any]] = field(default_factory=list)
+    """The most confident mistakes: ``{"path", "true", "predicted", "confidence"}``."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "per_class": self.per_class, "confusion": self.confusion}
+        return {
+            "metrics": self.metrics,
+            "per_class": self.per_class,
+            "confusion": self.confusion,
+            "misclassified": self.misclassified,
+        }
 
 
 class MetricAccumulator:

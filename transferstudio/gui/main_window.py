@@ -45,6 +45,9 @@ from transferstudio.gui.settings_form import SettingsForm
 from transferstudio.gui.worker import RunController, RunWorker, run_in_background
 
 MAX_RECENT = 8
+THUMBNAILS_PER_CLASS = 4
+GALLERY_SIZE = 24
+THUMBNAIL_PX = 96
 
 
 def _named(widget, name: str, accessible: str | None = None):
@@ -155,6 +158,12 @@ class MainWindow(QMainWindow):
         run_menu = bar.addMenu("&Run")
         for action in (self.act_start, self.act_pause, self.act_stop):
             run_menu.addAction(action)
+        model_menu = bar.addMenu("&Model")
+        model_menu.setObjectName("menu.model")
+        for spec in self.host.exporters.values():
+            action = model_menu.addAction(f"Export model as {spec.format}...")
+            action.setObjectName(f"action.export.{spec.format}")
+            action.triggered.connect(lambda _=False, f=spec.format: self._export_dialog("", f))
         view_menu = bar.addMenu("&View")
         for dock in self.findChildren(QDockWidget):
             view_menu.addAction(dock.toggleViewAction())
@@ -189,6 +198,8 @@ class MainWindow(QMainWindow):
         self.counts_tree = _named(QTreeWidget(), "data.counts", "class counts per split")
         self.counts_tree.setRootIsDecorated(True)
         layout.addWidget(self.counts_tree)
+        self.thumbnails = _thumbnail_list("data.thumbnails", "sample images per class")
+        layout.addWidget(self.thumbnails)
         self.data_form = SettingsForm(X.DataSettings, "data.")
         self.data_form.widgets["path"].setVisible(False)
         self.data_form.layout().labelForField(self.data_form.widgets["path"]).setVisible(False)
@@ -353,6 +364,12 @@ class MainWindow(QMainWindow):
         )
         self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         layout.addWidget(self.class_table)
+        self.gallery_label = _named(
+            QLabel("misclassified validation images"), "evaluation.gallery_title"
+        )
+        layout.addWidget(self.gallery_label)
+        self.gallery = _thumbnail_list("evaluation.gallery", "misclassified validation images")
+        layout.addWidget(self.gallery)
         self._dock("evaluation", "Evaluation", panel, Qt.DockWidgetArea.BottomDockWidgetArea)
 
     # ------------------------------------------------------------------ experiment <-> window
@@ -530,6 +547,18 @@ class MainWindow(QMainWindow):
             + (f", {len(result.skipped)} skipped" if result.skipped else "")
         )
         self._rebuild_tree()
+        per_class: dict[str, list[str]] = {}
+        for sample in result.splits.get("train", []):
+            paths = per_class.setdefault(sample.label, [])
+            if len(paths) < THUMBNAILS_PER_CLASS:
+                paths.append(sample.path)
+        items = [(label, path) for label, paths in per_class.items() for path in paths]
+        run_in_background(
+            lambda: _load_thumbnails(items), self._show_thumbnails, self._scan_failed, self
+        )
+
+    def _show_thumbnails(self, images) -> None:
+        _fill_thumbnails(self.thumbnails, images)
 
     def _scan_failed(self, message: str, details: str) -> None:
         self.scan_label.setText(f"cannot use this data: {message}")
@@ -652,14 +681,17 @@ class MainWindow(QMainWindow):
         title = node.path or "whole model"
         for spec in self.host.exporters.values():
             action = menu.addAction(f"Export {title} as {spec.format} ({spec.suffix})...")
-            action.triggered.connect(lambda _=False, p=node.path, f=spec.format: self._export_dialog(p, f))
+            action.triggered.connect(
+                lambda _=False, p=node.path, f=spec.format: self._export_dialog(p, f)
+            )
         menu.popup(self.tree_view.viewport().mapToGlobal(position))
 
     def _export_dialog(self, module_path: str, fmt: str) -> None:
         spec = self.host.exporters[fmt]
         default = self.base_dir / f"{(module_path or 'model').replace('.', '_')}{spec.suffix}"
-        path, _ = QFileDialog.getSaveFileName(self, f"Export as {fmt}", str(default),
-                                              f"{fmt} (*{spec.suffix})")
+        path, _ = QFileDialog.getSaveFileName(
+            self, f"Export as {fmt}", str(default), f"{fmt} (*{spec.suffix})"
+        )
         if path:
             self.export_from_tree(module_path, fmt, Path(path))
 
@@ -673,12 +705,17 @@ class MainWindow(QMainWindow):
 
         spec = self.host.exporters[fmt]
         model = self.tree_torch_model
-        crop = self.data_form.values()["image_size"] or self.host.backbone(
-            self.backbone_combo.currentData()).preprocessing.crop
+        crop = (
+            self.data_form.values()["image_size"]
+            or self.host.backbone(self.backbone_combo.currentData()).preprocessing.crop
+        )
         batch = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
         module = model.get_submodule(module_path) if module_path else model
-        metadata = {"module": module_path or "(whole model)", "backbone": str(self._tree_key()[0]),
-                    "weights": self.tree_weights_source}
+        metadata = {
+            "module": module_path or "(whole model)",
+            "backbone": str(self._tree_key()[0]),
+            "weights": self.tree_weights_source,
+        }
         self.statusBar().showMessage(f"exporting {module_path or 'model'} as {fmt} ...")
 
         def work():
@@ -690,9 +727,13 @@ class MainWindow(QMainWindow):
     def _export_done(self, result) -> None:
         self.last_export = result
         diff = f"{result.max_abs_diff:.3g}" if result.max_abs_diff is not None else "not checked"
-        box = QMessageBox(QMessageBox.Icon.Information, "Exported",
-                          f"{result.path}\nformat: {result.format}\nverified on a sample batch: "
-                          f"max abs difference {diff}", parent=self)
+        box = QMessageBox(
+            QMessageBox.Icon.Information,
+            "Exported",
+            f"{result.path}\nformat: {result.format}\nverified on a sample batch: "
+            f"max abs difference {diff}",
+            parent=self,
+        )
         box.setObjectName("dialog.exported")
         box.open()
         self.statusBar().showMessage(f"exported {result.path} (max abs difference {diff})")
@@ -834,6 +875,17 @@ class MainWindow(QMainWindow):
                 text.setPos(j + 0.5, i + 0.5)
                 self.confusion_plot.addItem(text)
                 self._confusion_labels.append(text)
+        mistakes = (report.get("val") or {}).get("misclassified", [])
+        self.gallery_label.setText(
+            f"misclassified validation images, most confident first ({len(mistakes)})"
+        )
+        items = [
+            (f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})", m["path"])
+            for m in mistakes[:GALLERY_SIZE]
+        ]
+        run_in_background(
+            lambda: _load_thumbnails(items), self._show_gallery, lambda m, d: None, self
+        )
         rows = section["per_class"]
         self.class_table.setRowCount(len(rows))
         for r, row in enumerate(rows):
@@ -846,6 +898,9 @@ class MainWindow(QMainWindow):
             ]
             for c, value in enumerate(values):
                 self.class_table.setItem(r, c, QTableWidgetItem(value))
+
+    def _show_gallery(self, images) -> None:
+        _fill_thumbnails(self.gallery, images)
 
     def refresh_runs(self) -> None:
         from transferstudio.core.runs import RunStore
@@ -1071,3 +1126,49 @@ def _blocks(backbone_node) -> list:
             return with_params
         node = with_params[0]
     return []
+
+
+def _thumbnail_list(name: str, accessible: str):
+    from PySide6.QtCore import QSize
+    from PySide6.QtWidgets import QListView, QListWidget
+
+    widget = _named(QListWidget(), name, accessible)
+    widget.setViewMode(QListView.ViewMode.IconMode)
+    widget.setIconSize(QSize(THUMBNAIL_PX, THUMBNAIL_PX))
+    widget.setResizeMode(QListView.ResizeMode.Adjust)
+    widget.setWrapping(True)
+    widget.setMaximumHeight(2 * THUMBNAIL_PX + 60)
+    return widget
+
+
+def _load_thumbnails(items: list[tuple[str, str]]) -> list:
+    """``(caption, path)`` -> ``(caption, path, QImage)``, decoded off the GUI thread (QImage,
+    unlike QPixmap, may be built in any thread)."""
+    from PySide6.QtGui import QImage
+
+    from transferstudio.core.images import ImageProblem, load_rgb
+
+    out = []
+    for caption, path in items:
+        try:
+            image = load_rgb(path)
+        except ImageProblem:
+            continue
+        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        data = image.tobytes("raw", "RGB")
+        qimage = QImage(
+            data, image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888
+        ).copy()
+        out.append((caption, path, qimage))
+    return out
+
+
+def _fill_thumbnails(widget, images) -> None:
+    from PySide6.QtGui import QIcon, QPixmap
+    from PySide6.QtWidgets import QListWidgetItem
+
+    widget.clear()
+    for caption, path, qimage in images:
+        item = QListWidgetItem(QIcon(QPixmap.fromImage(qimage)), caption)
+        item.setToolTip(path)
+        widget.addItem(item)
