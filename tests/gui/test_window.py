@@ -94,6 +94,14 @@ def test_a_run_trains_draws_curves_and_lands_in_the_runs_table(window, qtbot):
     mistakes = window._last_result.report["val"]["misclassified"]
     qtbot.waitUntil(lambda: window.gallery.count() == min(len(mistakes), 24), timeout=10_000)
     assert window.thumbnails.count() == 3 * 4  # four per class
+    # weight drift and gradient norms reached the tree: the head moved, the frozen-free stem too
+    from transferstudio.gui.layer_tree_model import DRIFT_COLUMN
+
+    head = window.tree_model.root.find("head")
+    drift, grad = window.tree_model.node_stats(head)
+    assert drift > 0 and grad > 0
+    head_index = window.tree_model.node_index("head").siblingAtColumn(DRIFT_COLUMN)
+    assert window.tree_model.data(head_index).endswith("%")
     assert window.act_start.isEnabled()
 
 
@@ -188,3 +196,15 @@ def test_a_window_run_equals_a_headless_run_of_the_saved_file(window, qtbot, tmp
     (report_path,) = (tmp_path / "cli" / "runs").glob("*/report.json")
     cli_report = json.loads(report_path.read_text())
     assert cli_report["val"] == json.loads(json.dumps(gui_result.report["val"]))
+
+
+def test_frozen_layers_show_no_drift(window, qtbot):
+    window._preset("head")
+    window.start_run()
+    with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    model = window.tree_model
+    frozen_drift, frozen_grad = model.node_stats(model.root.find("backbone.layer1"))
+    assert frozen_drift == 0 and frozen_grad == 0
+    assert model.node_stats(model.root.find("head"))[0] > 0

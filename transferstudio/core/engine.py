@@ -54,6 +54,8 @@ from transferstudio.core.runs import RunStore
 from transferstudio.core.weights import file_digest, resolve_weights
 
 LOWER_IS_BETTER = {"loss"}
+STATS_PER_EPOCH = 4
+"""How often per epoch the layer statistics (weight drift, gradient norm) are emitted."""
 
 
 class RunState(Protocol):
@@ -396,6 +398,18 @@ class _Run:
         self.log("data:\n" + self.scan.report())
 
         self.optimizer: torch.optim.Optimizer | None = None
+        # Layer statistics cost a pass over every weight, so only a state that shows them
+        # (the window) asks for them; the reference is the weights the run started from.
+        self.wants_stats = bool(getattr(self.state, "wants_layer_stats", False))
+        self.initial_weights = (
+            {
+                f"{m}.{n}": p.detach().clone()
+                for m, module in self.modules.items()
+                for n, p in module.named_parameters()
+            }
+            if self.wants_stats
+            else {}
+        )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
@@ -563,10 +577,28 @@ class _Run:
             if out.logits is not None and out.targets is not None:
                 acc.update(out.logits, out.targets)
             self.state.emit(E.BatchEnded(epoch, i, n_batches, loss_value, lr, n, dict(out.logs)))
+            if self.wants_stats and (
+                (i + 1) % max(1, n_batches // STATS_PER_EPOCH) == 0 or i + 1 == n_batches
+            ):
+                self.state.emit(E.LayerStats(epoch, i, self._layer_stats()))
         metrics = {"loss": loss_sum / max(n_seen, 1), "lr": lr}
         if acc.count:
             metrics["accuracy"] = acc.report().metrics["accuracy"]
         return metrics
+
+    def _layer_stats(self) -> dict[str, tuple[float, float, float]]:
+        stats = {}
+        with torch.no_grad():
+            for m, module in self.modules.items():
+                for n, p in module.named_parameters():
+                    w0 = self.initial_weights[f"{m}.{n}"]
+                    grad = float(p.grad.float().pow(2).sum()) if p.grad is not None else 0.0
+                    stats[f"{m}.{n}"] = (
+                        float((p - w0).float().pow(2).sum()),
+                        float(w0.float().pow(2).sum()),
+                        grad,
+                    )
+        return stats
 
     def _evaluate(self, split: str):
         self.method.eval()

@@ -47,6 +47,17 @@ class EpochEnded:
 
 
 @dataclass(frozen=True)
+class LayerStats:
+    """How far each parameter tensor moved from its value at the start of the run, and its
+    latest gradient: ``stats[name] = (sum((w - w0)^2), sum(w0^2), sum(grad^2))``. Sums of
+    squares, so a viewer can aggregate any subtree exactly (norm = sqrt of the sum)."""
+
+    epoch: int
+    batch: int
+    stats: dict[str, tuple[float, float, float]]
+
+
+@dataclass(frozen=True)
 class CheckpointSaved:
     kind: str
     path: str

@@ -8,8 +8,10 @@ from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelInde
 
 from transferstudio.core.layer_tree import LayerNode
 
-COLUMNS = ("Module", "Trainable", "Type", "Output", "Parameters")
+COLUMNS = ("Module", "Trainable", "Type", "Output", "Parameters", "Drift", "Grad norm")
 TRAIN_COLUMN = 1
+DRIFT_COLUMN = 5
+GRAD_COLUMN = 6
 _NO_PARENT = QModelIndex()  # the invalid index: "top level"
 
 
@@ -37,6 +39,7 @@ class QtLayerTreeModel(QAbstractItemModel):
         self.param_sizes = param_sizes
         self.frozen = set(frozen)
         self.editable = True
+        self.stats: dict[str, tuple[float, float, float]] = {}
         # Parameter names below each node, computed once.
         self._below: dict[str, list[str]] = {}
         for node in root.walk():
@@ -101,6 +104,8 @@ class QtLayerTreeModel(QAbstractItemModel):
                 return "x".join(map(str, node.output_shape)) if node.output_shape else ""
             if column == 4:
                 return _human(node.params)
+            if column in (DRIFT_COLUMN, GRAD_COLUMN):
+                return self._stat_text(node, column)
         elif role == Qt.ItemDataRole.CheckStateRole and column == TRAIN_COLUMN:
             state = self.check_state(node)
             return state.value if state is not None else None
@@ -148,16 +153,38 @@ class QtLayerTreeModel(QAbstractItemModel):
         self._refresh_checks()
         self.freeze_changed.emit()
 
-    def _refresh_checks(self, parent: QModelIndex = _NO_PARENT) -> None:
+    def _refresh_checks(self) -> None:
+        self._refresh_columns((TRAIN_COLUMN,))
+
+    def set_stats(self, stats: dict[str, tuple[float, float, float]]) -> None:
+        """Live weight drift and gradient norms from the engine (keys are parameter names)."""
+        self.stats = stats
+        self._refresh_columns((DRIFT_COLUMN, GRAD_COLUMN))
+
+    def node_stats(self, node: LayerNode) -> tuple[float, float] | None:
+        """``(relative drift, gradient norm)`` of a subtree: ||w - w0|| / ||w0|| and ||grad||."""
+        rows = [self.stats[n] for n in self._below[node.path] if n in self.stats]
+        if not rows:
+            return None
+        delta, init, grad = (sum(r[i] for r in rows) for i in range(3))
+        return (delta / init) ** 0.5 if init > 0 else delta**0.5, grad**0.5
+
+    def _stat_text(self, node: LayerNode, column: int) -> str:
+        values = self.node_stats(node)
+        if values is None:
+            return ""
+        return f"{values[0]:.2%}" if column == DRIFT_COLUMN else f"{values[1]:.3g}"
+
+    def _refresh_columns(self, columns, parent: QModelIndex = _NO_PARENT) -> None:
         rows = self.rowCount(parent)
         if rows:
             self.dataChanged.emit(
-                self.index(0, TRAIN_COLUMN, parent),
-                self.index(rows - 1, TRAIN_COLUMN, parent),
-                [Qt.ItemDataRole.CheckStateRole],
+                self.index(0, min(columns), parent),
+                self.index(rows - 1, max(columns), parent),
+                [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.CheckStateRole],
             )
             for row in range(rows):
-                self._refresh_checks(self.index(row, 0, parent))
+                self._refresh_columns(columns, self.index(row, 0, parent))
 
     def summary(self) -> tuple[int, int]:
         """``(trainable, total)`` parameter counts."""

@@ -254,6 +254,14 @@ class MainWindow(QMainWindow):
         layout.addLayout(presets)
         self.tree_summary = _named(QLabel(""), "tree.summary")
         layout.addWidget(self.tree_summary)
+        from PySide6.QtWidgets import QCheckBox
+
+        self.show_stats = _named(
+            QCheckBox("show weight drift and gradient norm while training"), "tree.show_stats"
+        )
+        self.show_stats.setChecked(True)
+        self.show_stats.toggled.connect(self._apply_stats_columns)
+        layout.addWidget(self.show_stats)
         self.tree_view = _named(QTreeView(), "tree.view", "layer tree")
         self.tree_view.setUniformRowHeights(True)
         self.tree_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -608,9 +616,16 @@ class MainWindow(QMainWindow):
         self.tree_model.freeze_changed.connect(self._on_tree_edited)
         self._tree_model_for = key
         self.tree_view.setModel(self.tree_model)
+        self._apply_stats_columns()
         self.tree_view.expandToDepth(0)
         self.tree_view.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         self._apply_plan_to_tree()
+
+    def _apply_stats_columns(self) -> None:
+        from transferstudio.gui.layer_tree_model import DRIFT_COLUMN, GRAD_COLUMN
+
+        for column in (DRIFT_COLUMN, GRAD_COLUMN):
+            self.tree_view.setColumnHidden(column, not self.show_stats.isChecked())
 
     def _tree_failed(self, message: str, details: str) -> None:
         self.tree_summary.setText(f"cannot build the model: {message}")
@@ -793,6 +808,7 @@ class MainWindow(QMainWindow):
         worker.run_started.connect(self._on_run_started)
         worker.batches_ended.connect(self._on_batches)
         worker.epoch_ended.connect(self._on_epoch)
+        worker.layer_stats.connect(self._on_layer_stats)
         worker.logged.connect(self.log_view.appendPlainText)
         worker.finished.connect(self._on_run_finished)
         # Bound methods, never lambdas: a lambda would run in the worker's thread.
@@ -832,6 +848,13 @@ class MainWindow(QMainWindow):
             f"{last.batches}, loss {last.loss:.4f}, ETA {int(eta) // 60:d}:{int(eta) % 60:02d}"
         )
         self.curves.redraw(["batch_loss", "lr"])
+
+    def _on_layer_stats(self, ev: E.LayerStats) -> None:
+        if self.tree_model is None:
+            return
+        # The tree shows the classifier the method calls "model"; other modules are not in it.
+        stats = {k.removeprefix("model."): v for k, v in ev.stats.items() if k.startswith("model.")}
+        self.tree_model.set_stats(stats)
 
     def _on_epoch(self, ev: E.EpochEnded) -> None:
         x = ev.epoch + 1

@@ -28,6 +28,7 @@ class RunWorker(QObject):
     run_started = Signal(object)  # events.RunStarted
     batches_ended = Signal(list)  # [events.BatchEnded, ...] since the last signal
     epoch_ended = Signal(object)  # events.EpochEnded
+    layer_stats = Signal(object)  # events.LayerStats
     logged = Signal(str)
     finished = Signal(object)  # engine.RunResult
     errored = Signal(str, str)  # message, details
@@ -38,6 +39,7 @@ class RunWorker(QObject):
         self.host = host
         self.workspace = Path(workspace)
         self.resume = resume
+        self.wants_layer_stats = True  # the engine then emits weight drift and gradient norms
         self._stop = threading.Event()
         self._pause = threading.Event()
         self._pending: list[E.BatchEnded] = []
@@ -63,6 +65,8 @@ class RunWorker(QObject):
             self.run_started.emit(event)
         elif isinstance(event, E.EpochEnded):
             self.epoch_ended.emit(event)
+        elif isinstance(event, E.LayerStats):
+            self.layer_stats.emit(event)
         elif isinstance(event, E.LogMessage):
             self.logged.emit(event.text)
         elif isinstance(event, E.RunFailed):
