@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up and run TransferStudio with nothing but Python 3.11+.
 
-    python3 tasks.py demo    # create .venv, install, run the built-in demo
+    python3 tasks.py demo    # create .venv, install, open the window on the built-in demo
     python3 tasks.py test    # create .venv, install with the dev tools, lint, run every test
 
 The virtual environment lives in ``.venv`` (``TRANSFERSTUDIO_VENV`` chooses another folder).
@@ -49,6 +49,13 @@ def ensure_environment() -> None:
     stamp.write_text(wanted)
 
 
+def _has_display() -> bool:
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                or os.environ.get("QT_QPA_PLATFORM"))
+
+
 def run(args: list[str]) -> int:
     return subprocess.run(args, cwd=ROOT).returncode
 
@@ -60,6 +67,9 @@ def main(argv: list[str]) -> int:
     task, extra = argv[0], argv[1:]
     ensure_environment()
     if task == "demo":
+        if _has_display():
+            return run([str(BIN / "transferstudio"), "gui", *extra])
+        _say("no display found (DISPLAY/WAYLAND_DISPLAY unset): running the demo headless")
         return run([str(BIN / "transferstudio"), "demo", *extra])
     _say("ruff check")
     if (

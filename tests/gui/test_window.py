@@ -208,3 +208,26 @@ def test_frozen_layers_show_no_drift(window, qtbot):
     frozen_drift, frozen_grad = model.node_stats(model.root.find("backbone.layer1"))
     assert frozen_drift == 0 and frozen_grad == 0
     assert model.node_stats(model.root.find("head"))[0] > 0
+
+
+def test_documented_object_names_exist_and_controls_are_named(window):
+    import re
+    from pathlib import Path
+
+    from PySide6.QtCore import QObject
+    from PySide6.QtWidgets import QAbstractButton, QComboBox, QLineEdit
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gui.md").read_text()
+    table = doc[doc.index("## Object names"):]
+    found = re.findall(r"`([A-Za-z][A-Za-z0-9_.: ]*)`", table)
+    names = [n for n in found if ("." in n or ":" in n)
+             and not n.startswith(("dialog.", "tree.export_menu"))]
+    assert "setting:train.lr" in names and "plot:learning rate" in names
+    missing = [n for n in names if window.findChild(QObject, n) is None]
+    assert missing == []
+    unnamed = [w.objectName() or type(w).__name__
+               for cls in (QAbstractButton, QComboBox, QLineEdit)
+               for w in window.findChildren(cls)
+               if w.isVisibleTo(window) and not w.accessibleName()
+               and not w.objectName().startswith("qt_")]
+    assert unnamed == []
