@@ -95,6 +95,7 @@ class MainWindow(QMainWindow):
         self._build_training_dock()
         self._build_runs_dock()
         self._build_evaluation_dock()
+        self._arrange_default_layout()
         self._build_menus()
         self.statusBar().showMessage("ready")
         self.load_experiment(experiment, experiment_path)
@@ -170,6 +171,15 @@ class MainWindow(QMainWindow):
         bar.addMenu("&Plugins").addAction(self.act_plugins)
         bar.addMenu("&Help").addAction(self.act_about)
         self._refresh_recent()
+
+    def _arrange_default_layout(self) -> None:
+        # Data and Model share the left column as tabs so the layer tree gets the full height;
+        # Runs and Evaluation share the bottom. A saved layout (QSettings) overrides this.
+        dock = {d.objectName(): d for d in self.findChildren(QDockWidget)}
+        self.tabifyDockWidget(dock["dock.data"], dock["dock.model"])
+        self.tabifyDockWidget(dock["dock.runs"], dock["dock.evaluation"])
+        dock["dock.data"].raise_()
+        dock["dock.runs"].raise_()
 
     def _dock(self, name: str, title: str, widget: QWidget, area) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -907,7 +917,7 @@ class MainWindow(QMainWindow):
             for m in mistakes[:GALLERY_SIZE]
         ]
         run_in_background(
-            lambda: _load_thumbnails(items), self._show_gallery, lambda m, d: None, self
+            lambda: _load_thumbnails(items), self._show_gallery, self._gallery_failed, self
         )
         rows = section["per_class"]
         self.class_table.setRowCount(len(rows))
@@ -924,6 +934,9 @@ class MainWindow(QMainWindow):
 
     def _show_gallery(self, images) -> None:
         _fill_thumbnails(self.gallery, images)
+
+    def _gallery_failed(self, message: str, details: str) -> None:
+        self.gallery_label.setText(f"cannot show the misclassified images: {message}")
 
     def refresh_runs(self) -> None:
         from transferstudio.core.runs import RunStore
