@@ -48,6 +48,7 @@ MAX_RECENT = 8
 THUMBNAILS_PER_CLASS = 4
 GALLERY_SIZE = 24
 THUMBNAIL_PX = 96
+CURVE_REFRESH_MS = 500
 
 
 def _named(widget, name: str, accessible: str | None = None):
@@ -73,6 +74,13 @@ class MainWindow(QMainWindow):
         self.settings = settings or QSettings("TransferStudio", "TransferStudio")
         self.experiment_path = experiment_path
         self.controller = RunController(self)
+        from PySide6.QtCore import QTimer
+
+        self._dirty_curves: set[str] = set()
+        self._redraw_timer = QTimer(self)
+        self._redraw_timer.setSingleShot(True)
+        self._redraw_timer.setInterval(CURVE_REFRESH_MS)
+        self._redraw_timer.timeout.connect(self._redraw_curves)
         self.controller.state_changed.connect(self._update_actions)
         self.tree_model: QtLayerTreeModel | None = None
         self._tree_model_for: tuple | None = None
@@ -857,7 +865,18 @@ class MainWindow(QMainWindow):
             f"epoch {last.epoch + 1}/{self._epochs}, batch {last.batch + 1}/"
             f"{last.batches}, loss {last.loss:.4f}, ETA {int(eta) // 60:d}:{int(eta) % 60:02d}"
         )
-        self.curves.redraw(["batch_loss", "lr"])
+        self._schedule_redraw("batch_loss", "lr")
+
+    def _schedule_redraw(self, *keys: str) -> None:
+        # Curves repaint at most every CURVE_REFRESH_MS: pyqtgraph paints in Python and holds
+        # the GIL the training thread needs, so on small machines each repaint slows training.
+        self._dirty_curves.update(keys)
+        if not self._redraw_timer.isActive():
+            self._redraw_timer.start()
+
+    def _redraw_curves(self) -> None:
+        keys, self._dirty_curves = self._dirty_curves, set()
+        self.curves.redraw(sorted(keys))
 
     def _on_layer_stats(self, ev: E.LayerStats) -> None:
         if self.tree_model is None:
@@ -872,7 +891,7 @@ class MainWindow(QMainWindow):
         self.curves.append("val_loss", x, ev.val.get("loss", float("nan")))
         self.curves.append("train_acc", x, ev.train.get("accuracy", float("nan")))
         self.curves.append("val_acc", x, ev.val.get("accuracy", float("nan")))
-        self.curves.redraw(["train_loss", "val_loss", "train_acc", "val_acc"])
+        self._schedule_redraw("train_loss", "val_loss", "train_acc", "val_acc")
         self.epoch_bar.setValue(ev.epoch + 1)
 
     def _on_run_error(self, message: str, details: str) -> None:
@@ -880,6 +899,8 @@ class MainWindow(QMainWindow):
 
     def _on_run_finished(self, result) -> None:
         self._last_result = result
+        self._redraw_timer.stop()
+        self._redraw_curves()
         self.statusBar().showMessage(
             f"run {result.run_id}: {result.status}"
             + (f", best val {result.best_metric:.4f}" if result.best_metric is not None else "")
