@@ -426,15 +426,9 @@ class MainWindow(QMainWindow):
 
     def current_experiment(self) -> X.Experiment:
         """The experiment the window shows (raises ExperimentError naming a bad key)."""
-        for form in (
-            self.data_form,
-            self.augment_form,
-            self.model_form,
-            self.train_form,
-            self.method_form,
-        ):
-            if form is not None and not form.validate():
-                raise ExperimentError(form.error)
+        error = self._first_form_error()
+        if error:
+            raise ExperimentError(error)
         data = self.data_form.build()
         data.path = self.data_path.text().strip()
         model = self.model_form.build()
@@ -1134,19 +1128,23 @@ class MainWindow(QMainWindow):
         box.setObjectName("dialog.about")
         box.open()
 
-    def _update_actions(self, *_: Any) -> None:
-        running = self.controller.running
-        error = ""
-        for form in (
+    def _first_form_error(self) -> str:
+        """The message of the first invalid settings field (highlighting it), or ''."""
+        forms = (
             self.data_form,
             self.augment_form,
             self.model_form,
             self.train_form,
             self.method_form,
-        ):
+        )
+        for form in forms:
             if form is not None and not form.validate():
-                error = form.error
-                break
+                return form.error
+        return ""
+
+    def _update_actions(self, *_: Any) -> None:
+        running = self.controller.running
+        error = self._first_form_error()
         if not error and not self.data_path.text().strip():
             error = "data.path: choose an image folder or CSV file"
         self.form_error.setText(error)
