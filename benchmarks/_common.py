@@ -106,3 +106,29 @@ def own_cpu_seconds() -> float:
     """CPU seconds (user + system) of this process and its reaped children so far."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def alternate_rounds(
+    measure, first: str, second: str, rounds: int, max_other: float, budget_s: float, note_discarded
+) -> list[dict]:
+    """Run ``measure(kind, round)`` for ``first`` then ``second`` until ``rounds`` rounds were
+    clean (other processes used at most ``max_other`` cores in both runs), at most ``3 * rounds``
+    rounds or ``budget_s`` seconds. Each round is ``{first: ..., second: ..., "ratio":
+    second/first images per s, "clean": bool}``; ``note_discarded(n)`` is told of unclean ones."""
+    t_start = time.monotonic()
+    done: list[dict] = []
+    while (
+        sum(r["clean"] for r in done) < rounds
+        and len(done) < 3 * rounds
+        and time.monotonic() - t_start < budget_s
+    ):
+        pair = {first: measure(first, len(done) + 1), second: measure(second, len(done) + 1)}
+        pair["ratio"] = pair[second]["images_per_s"] / pair[first]["images_per_s"]
+        pair["clean"] = all(
+            pair[k]["other_load_cores"] is None or pair[k]["other_load_cores"] <= max_other
+            for k in (first, second)
+        )
+        if not pair["clean"]:
+            note_discarded(len(done) + 1)
+        done.append(pair)
+    return done

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import OtherLoad, describe_machine, machine, wait_quiet
+from _common import OtherLoad, alternate_rounds, describe_machine, machine, wait_quiet
 from _common import fmt_cores as _fmt
 
 from transferstudio.core import data as D
@@ -265,31 +265,21 @@ def main(argv=None) -> int:
             )
             return r
 
-        t_start = time.monotonic()
         measure("reference", 0)
         measure("engine", 0)
-        rounds: list[dict] = []
-        while (
-            sum(r["clean"] for r in rounds) < args.rounds
-            and len(rounds) < 3 * args.rounds
-            and time.monotonic() - t_start < args.budget_s
-        ):
-            pair = {
-                "reference": measure("reference", len(rounds) + 1),
-                "engine": measure("engine", len(rounds) + 1),
-            }
-            pair["ratio"] = pair["engine"]["images_per_s"] / pair["reference"]["images_per_s"]
-            pair["clean"] = all(
-                pair[k]["other_load_cores"] is None or pair[k]["other_load_cores"] <= args.max_other
-                for k in ("reference", "engine")
-            )
-            if not pair["clean"]:
-                print(
-                    f"    round {len(rounds) + 1} discarded: other processes used more than "
-                    f"{args.max_other} cores during it",
-                    flush=True,
-                )
-            rounds.append(pair)
+        rounds = alternate_rounds(
+            measure,
+            "reference",
+            "engine",
+            args.rounds,
+            args.max_other,
+            args.budget_s,
+            lambda n: print(
+                f"    round {n} discarded: other processes used more than "
+                f"{args.max_other} cores during it",
+                flush=True,
+            ),
+        )
 
     clean = [r for r in rounds if r["clean"]]
     used = clean or rounds

@@ -97,7 +97,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, OtherLoad, describe_machine, machine, wait_quiet
+from _common import ROOT, OtherLoad, alternate_rounds, describe_machine, machine, wait_quiet
 from _common import fmt_cores as _fmt
 
 BATCH = 32
@@ -695,26 +695,16 @@ def main(argv=None) -> int:
             )
             return r
 
-        t_start = time.monotonic()
         warmup = {"window": measure("window", 0), "headless": measure("headless", 0)}
-        rounds: list[dict] = []
-        while (
-            sum(r["clean"] for r in rounds) < args.rounds
-            and len(rounds) < 3 * args.rounds
-            and time.monotonic() - t_start < args.budget_s
-        ):
-            pair = {
-                "headless": measure("headless", len(rounds) + 1),
-                "window": measure("window", len(rounds) + 1),
-            }
-            pair["ratio"] = pair["window"]["images_per_s"] / pair["headless"]["images_per_s"]
-            pair["clean"] = all(
-                pair[k]["other_load_cores"] is None or pair[k]["other_load_cores"] <= args.max_other
-                for k in ("headless", "window")
-            )
-            if not pair["clean"]:
-                print(f"    round {len(rounds) + 1} set aside: other processes were busy")
-            rounds.append(pair)
+        rounds = alternate_rounds(
+            measure,
+            "headless",
+            "window",
+            args.rounds,
+            args.max_other,
+            args.budget_s,
+            lambda n: print(f"    round {n} set aside: other processes were busy"),
+        )
 
         # c'. coalescing at work: batches faster than the 50 ms emit interval (information):
         # the backbone frozen (only the head trains), batch 2, 16 px

@@ -28,7 +28,6 @@ from transferstudio.api import (
     ExperimentError,
     ExporterSpec,
     MethodSpec,
-    PluginError,
     is_compatible,
 )
 
@@ -261,11 +260,3 @@ def plugin_from_namespace(
 
         setattr(module, hook_name, hookimpl(fn))
     return module
-
-
-def require(host: PluginHost, kind: str, name: str) -> Any:
-    """Look up a spec by kind, raising :class:`PluginError` (for tools outside experiments)."""
-    try:
-        return host._get(kind, name, kind)
-    except ExperimentError as exc:
-        raise PluginError(str(exc)) from None
