@@ -291,3 +291,52 @@ def test_report_lists_the_most_confident_mistakes_with_their_files(data, host, t
     assert [m["confidence"] for m in mistakes] == sorted(
         (m["confidence"] for m in mistakes), reverse=True
     )
+
+
+class _StatsState(PlainState):
+    """A state that shows layer statistics only while ``wants_layer_stats`` is set (as the
+    window does while its layer tree is visible)."""
+
+    def __init__(self, wants: bool) -> None:
+        super().__init__()
+        self.wants_layer_stats = wants
+
+
+def test_layer_stats_measure_drift_and_gradients_only_when_wanted(data, host, tmp_path):
+    exp = tiny_experiment(data, train__epochs=1, method__params__freeze=["backbone.layer1.*"])
+    state = _StatsState(True)
+    assert run_experiment(exp, host, state, tmp_path / "ws").status == "completed"
+    stats = [e for e in state.events if isinstance(e, E.LayerStats)]
+    assert len(stats) >= 2
+    last = stats[-1].stats
+    frozen = last["model.backbone.layer1.0.conv1.weight"]
+    assert frozen[0] == 0 and frozen[2] == 0 and frozen[1] > 0
+    head = last["model.head.0.weight"]
+    assert head[0] > 0 and head[2] > 0
+    # a state that could show them but does not want them now gets none
+    quiet = _StatsState(False)
+    run_experiment(exp, host, quiet, tmp_path / "ws")
+    assert not [e for e in quiet.events if isinstance(e, E.LayerStats)]
+
+
+def test_stats_reference_equals_the_plain_sums_of_squares():
+    from transferstudio.core.engine import _StatsReference
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 2))
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reference = _StatsReference({"model": model})
+    model(torch.randn(3, 5)).sum().backward()
+    model[1].bias.grad = None  # a parameter without a gradient counts as 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    measured = reference.measure()
+    for name, p in model.named_parameters():
+        drift, start_sq, grad_sq = measured[f"model.{name}"]
+        p = p.detach()
+        assert drift == pytest.approx(float((p - start[name]).pow(2).sum()), rel=1e-5)
+        assert start_sq == pytest.approx(float(start[name].pow(2).sum()), rel=1e-5)
+        grad = dict(model.named_parameters())[name].grad
+        expected_grad = float(grad.pow(2).sum()) if grad is not None else 0.0
+        assert grad_sq == pytest.approx(expected_grad, rel=1e-5)

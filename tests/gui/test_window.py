@@ -8,6 +8,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
+from transferstudio.core import events as E
 from transferstudio.gui.layer_tree_model import TRAIN_COLUMN, QtLayerTreeModel
 
 
@@ -58,6 +59,12 @@ def test_toggling_a_node_changes_the_summary_and_the_freeze_plan(window, tmp_pat
     assert window.method_form.values()["freeze"] == saved
 
 
+def test_the_window_fits_a_laptop_screen(window):
+    # Panels scroll instead of stacking their full heights into the window's minimum size.
+    hint = window.minimumSizeHint()
+    assert hint.height() <= 768 and hint.width() <= 1366, hint
+
+
 def test_presets(window):
     window._preset("head")
     assert window.method_form.values()["freeze"] == ["backbone"]
@@ -79,7 +86,16 @@ def test_invalid_setting_is_highlighted_and_start_disabled(window):
     assert window.act_start.isEnabled()
 
 
+def _show_tree(window, qtbot):
+    """Raise the Model dock: the run measures drift and gradients only while the tree shows."""
+    from PySide6.QtWidgets import QDockWidget
+
+    window.findChild(QDockWidget, "dock.model").raise_()
+    qtbot.waitUntil(lambda: not window.tree_view.visibleRegion().isEmpty())
+
+
 def test_a_run_trains_draws_curves_and_lands_in_the_runs_table(window, qtbot):
+    _show_tree(window, qtbot)
     window.start_run()
     assert window.controller.running and not window.act_start.isEnabled()
     worker = window.controller.worker
@@ -89,6 +105,9 @@ def test_a_run_trains_draws_curves_and_lands_in_the_runs_table(window, qtbot):
     assert window.curves.points("val_acc") == 2 and window.curves.points("train_loss") == 2
     assert window.curves.points("batch_loss") == 2 * 5
     assert len(window.curves.curves["val_acc"].getData()[0]) == 2  # drawn, not only recorded
+    # the x axis spans the whole run (fixed, so redraws do not rescale it)
+    x_range = window.curves.plots["loss"].getViewBox().viewRange()[0]
+    assert x_range[0] <= 0 and 2 <= x_range[1] < 2.5
     assert window.runs_table.rowCount() == 1
     assert window.runs_table.item(0, 6).text() == "completed"
     assert window.class_table.rowCount() == 3
@@ -205,6 +224,7 @@ def test_a_window_run_equals_a_headless_run_of_the_saved_file(window, qtbot, tmp
 
 def test_frozen_layers_show_no_drift(window, qtbot):
     window._preset("head")
+    _show_tree(window, qtbot)
     window.start_run()
     with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000):
         pass
@@ -213,6 +233,22 @@ def test_frozen_layers_show_no_drift(window, qtbot):
     frozen_drift, frozen_grad = model.node_stats(model.root.find("backbone.layer1"))
     assert frozen_drift == 0 and frozen_grad == 0
     assert model.node_stats(model.root.find("head"))[0] > 0
+
+
+def test_a_tabbed_away_tree_is_refreshed_when_shown(window, qtbot):
+    from PySide6.QtWidgets import QDockWidget
+
+    docks = {d.objectName(): d for d in window.findChildren(QDockWidget)}
+    docks["dock.data"].raise_()
+    qtbot.waitUntil(lambda: window.tree_view.visibleRegion().isEmpty())
+    model = window.tree_model
+    head = model.root.find("head")
+    stats = E.LayerStats(epoch=0, batch=0, stats={"model.head.0.weight": (1, 4, 9)})
+    with qtbot.assertNotEmitted(model.dataChanged):
+        window._on_layer_stats(stats)
+    assert model.node_stats(head) == (0.5, 3.0)  # stored even while hidden
+    with qtbot.waitSignal(model.dataChanged, timeout=5_000):
+        docks["dock.model"].raise_()
 
 
 def test_documented_object_names_exist_and_controls_are_named(window):
@@ -240,3 +276,19 @@ def test_documented_object_names_exist_and_controls_are_named(window):
         if w.isVisibleTo(window) and not w.accessibleName() and not w.objectName().startswith("qt_")
     ]
     assert unnamed == []
+
+
+def test_a_run_measures_no_layer_stats_while_the_tree_is_hidden(window, qtbot):
+    from PySide6.QtWidgets import QDockWidget
+
+    window.findChild(QDockWidget, "dock.data").raise_()
+    qtbot.waitUntil(lambda: window.tree_view.visibleRegion().isEmpty())
+    window.start_run()
+    worker = window.controller.worker
+    assert worker.wants_layer_stats is False
+    received = []
+    worker.layer_stats.connect(received.append)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    assert received == []

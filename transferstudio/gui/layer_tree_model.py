@@ -45,6 +45,7 @@ class QtLayerTreeModel(QAbstractItemModel):
         for node in root.walk():
             prefix = node.path + "." if node.path else ""
             self._below[node.path] = [n for n in param_sizes if n.startswith(prefix)]
+        self._child_lists = [node.children for node in root.walk() if node.children]
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -156,9 +157,17 @@ class QtLayerTreeModel(QAbstractItemModel):
     def _refresh_checks(self) -> None:
         self._refresh_columns((TRAIN_COLUMN,))
 
-    def set_stats(self, stats: dict[str, tuple[float, float, float]]) -> None:
-        """Live weight drift and gradient norms from the engine (keys are parameter names)."""
+    def set_stats(self, stats: dict[str, tuple[float, float, float]], notify: bool = True) -> None:
+        """Live weight drift and gradient norms from the engine (keys are parameter names).
+
+        ``notify=False`` stores them without telling views (a hidden tree need not repaint);
+        call :meth:`refresh_stats` when it shows again."""
         self.stats = stats
+        if notify:
+            self.refresh_stats()
+
+    def refresh_stats(self) -> None:
+        """Tell views that the drift and gradient columns changed."""
         self._refresh_columns((DRIFT_COLUMN, GRAD_COLUMN))
 
     def node_stats(self, node: LayerNode) -> tuple[float, float] | None:
@@ -175,16 +184,18 @@ class QtLayerTreeModel(QAbstractItemModel):
             return ""
         return f"{values[0]:.2%}" if column == DRIFT_COLUMN else f"{values[1]:.3g}"
 
-    def _refresh_columns(self, columns, parent: QModelIndex = _NO_PARENT) -> None:
-        rows = self.rowCount(parent)
-        if rows:
+    def _refresh_columns(self, columns) -> None:
+        # One dataChanged per parent over all its children. The tree's shape never changes,
+        # so the parents are listed once and their first/last children indexed directly:
+        # going through index()/rowCount() cost ~13 ms per live stats update on ResNet-18.
+        first, last = min(columns), max(columns)
+        roles = [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.CheckStateRole]
+        for children in self._child_lists:
             self.dataChanged.emit(
-                self.index(0, min(columns), parent),
-                self.index(rows - 1, max(columns), parent),
-                [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.CheckStateRole],
+                self.createIndex(0, first, children[0]),
+                self.createIndex(len(children) - 1, last, children[-1]),
+                roles,
             )
-            for row in range(rows):
-                self._refresh_columns(columns, self.index(row, 0, parent))
 
     def summary(self) -> tuple[int, int]:
         """``(trainable, total)`` parameter counts."""
