@@ -7,7 +7,7 @@ error types whose messages are shown to users.
 
 A plugin module declares the API version it was written for::
 
-    TRANSFERSTUDIO_API_VERSION = "1.0"
+    TRANSFERSTUDIO_API_VERSION = "1.1"
 
 The host accepts a plugin when the major versions match and the plugin's minor version is not
 newer than the host's (:func:`is_compatible`). This module does not import torch, so listing
@@ -45,6 +45,12 @@ __all__ = [
     "MethodSpec",
     "PluginError",
     "Preprocessing",
+    "ROLE_EPISODES",
+    "ROLE_LABELED",
+    "ROLE_LABELED_TARGET",
+    "ROLE_MULTILABEL",
+    "ROLE_UNLABELED",
+    "ROLE_UNLABELED_TARGET",
     "Sample",
     "SourceListing",
     "StepOutput",
@@ -57,8 +63,35 @@ __all__ = [
     "parse_unfreeze_schedule",
 ]
 
-API_VERSION = "1.0"
-"""Version of this API. Minor bumps only add; a major bump may remove or change."""
+API_VERSION = "1.1"
+"""Version of this API. Minor bumps only add; a major bump may remove or change.
+
+1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
+``load_run_model``, ``episodes``, ``tasks``, ``has_role``, ``loader(role=, views=)``, and
+``TransferMethod.evaluate``, ``epoch_diagnostics`` and ``steps_per_epoch``."""
+
+ROLE_LABELED = "labeled"
+"""Labeled images from ``data.path`` (class folders or CSV), split train/val/test."""
+ROLE_UNLABELED_TARGET = "unlabeled_target"
+"""Unlabeled images of the target domain from ``data.target_path`` (domain adaptation)."""
+ROLE_LABELED_TARGET = "labeled_target"
+"""Labeled target images from ``data.target_eval_path``, used only for evaluation."""
+ROLE_EPISODES = "episodes"
+"""Class folders from ``data.path``, split by class, sampled as N-way K-shot episodes."""
+ROLE_MULTILABEL = "multilabel"
+"""A CSV at ``data.path`` with one label column per task (``data.label_columns``)."""
+ROLE_UNLABELED = "unlabeled"
+"""Images under ``data.path`` without labels (self-supervised pretraining)."""
+
+ROLE_KEYS = {
+    ROLE_LABELED: "data.path",
+    ROLE_UNLABELED_TARGET: "data.target_path",
+    ROLE_LABELED_TARGET: "data.target_eval_path",
+    ROLE_EPISODES: "data.path",
+    ROLE_MULTILABEL: "data.path",
+    ROLE_UNLABELED: "data.path",
+}
+"""The experiment key each data role reads."""
 
 PROJECT_NAME = "transferstudio"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -284,8 +317,9 @@ class MethodContext(Protocol):
     ) -> nn.Module:
         """A classification head (linear, or MLP when ``hidden`` > 0) for ``num_classes``."""
 
-    def loader(self, split: str) -> Iterable[Any]:
-        """Batches ``(images, targets)`` of a split (``train`` shuffles and augments)."""
+    def loader(self, split: str, role: str = ROLE_LABELED, views: int = 1) -> Iterable[Any]:
+        """Batches ``(images, targets)`` of a split (``train`` shuffles and augments). Other
+        roles: see ``docs/method-api.md``; ``views=2`` yields two augmented views per image."""
 
     def cached_features(self, backbone: nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of every (un-augmented) image of ``split`` with their targets, computed once
@@ -299,6 +333,31 @@ class MethodContext(Protocol):
 
     def log(self, message: str) -> None:
         """A line for the run's log."""
+
+    # -- added in API 1.1 ------------------------------------------------------------------
+
+    tasks: dict[str, list[str]]
+    """``{task: class names}`` for the ``multilabel`` role (empty otherwise)."""
+
+    def has_role(self, role: str) -> bool:
+        """True when the experiment provides data for ``role`` (required roles always do)."""
+
+    def build_backbone(
+        self, name: str | None = None, weights: str | None = None
+    ) -> tuple[nn.Module, int]:
+        """``(feature extractor, feature width)`` of any backbone plugin, with weights
+        ``"none"``, ``"cache"`` or a file path, on ``device``. ``None`` means the experiment's
+        own ``model.backbone`` / ``model.weights``."""
+
+    def load_run_model(self, ref: str) -> nn.Module:
+        """The predictor of a finished run (its best checkpoint), in eval mode on ``device``;
+        ``ref`` is a run id of this workspace or a run folder."""
+
+    def episodes(
+        self, split: str, n_way: int, k_shot: int, queries: int, count: int, seed: int = 0
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``count`` episodes ``(support, support_targets, query, query_targets)`` from the
+        classes of ``split`` (``episodes`` role); targets are ``0..n_way-1``."""
 
 
 class TransferMethod:
@@ -363,14 +422,35 @@ class TransferMethod:
         """JSON-serialisable facts saved with checkpoints (e.g. the current freeze state)."""
         return {}
 
+    # -- added in API 1.1 ------------------------------------------------------------------
+
+    def evaluate(self, ctx: MethodContext, split: str) -> dict[str, float] | None:
+        """Metrics of ``split`` for methods whose evaluation is not "logits against labels"
+        (episodic accuracy, a self-supervised loss). ``None`` (default): the engine runs
+        :meth:`validation_step` over :meth:`eval_batches` and builds the classification report."""
+        return None
+
+    def epoch_diagnostics(self, ctx: MethodContext) -> dict[str, float]:
+        """Extra scalars measured after each epoch's validation (target accuracy, MMD, ...);
+        stored with the validation metrics as ``diag_<name>`` and plotted by the window."""
+        return {}
+
+    def steps_per_epoch(self, ctx: MethodContext) -> int | None:
+        """Training steps per epoch when not the labeled train set over the batch size
+        (episodic training); used by the learning-rate schedule and progress."""
+        return None
+
 
 @dataclass(frozen=True)
 class MethodSpec:
     """A transfer method: its id, its parameter dataclass (every field made with :func:`param`),
-    the data roles it consumes, and ``factory(params) -> TransferMethod``."""
+    the data roles it requires and those it uses when given (``ROLE_*``), and
+    ``factory(params) -> TransferMethod``. The first required role decides how ``data.path``
+    is read."""
 
     name: str
     description: str
     params: type
     factory: Callable[[Any], TransferMethod]
-    data_roles: tuple[str, ...] = ("labeled",)
+    data_roles: tuple[str, ...] = (ROLE_LABELED,)
+    optional_roles: tuple[str, ...] = ()

@@ -13,7 +13,7 @@ from .exporters import builtin_exporters
 from .feature_extract import FEATURE_EXTRACT
 from .fine_tune import FINE_TUNE
 
-TRANSFERSTUDIO_API_VERSION = "1.0"
+TRANSFERSTUDIO_API_VERSION = "1.1"
 
 
 @hookimpl

@@ -119,18 +119,11 @@ def scan(
     skipped = list(listing.skipped)
 
     all_samples = [s for samples in listing.splits.values() for s in samples]
-    workers = workers or min(16, (os.cpu_count() or 2) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = dict(
-            zip(
-                (s.path for s in all_samples),
-                pool.map(check_image, (s.path for s in all_samples)),
-                strict=True,
-            )
-        )
-    skipped.extend((p, reason) for p, reason in problems.items() if reason)
+    _, bad = check_samples(all_samples, workers)
+    skipped.extend(bad)
+    problems = {p for p, _ in bad}
     good = {
-        split: [s for s in samples if not problems[s.path]]
+        split: [s for s in samples if s.path not in problems]
         for split, samples in listing.splits.items()
     }
 
@@ -155,6 +148,19 @@ def scan(
     )
     validate(result, path)
     return result
+
+
+def check_samples(
+    samples: Sequence[Sample], workers: int | None = None
+) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Open every image once (in threads: PIL releases the GIL while decoding); return the
+    usable samples in order and ``(path, reason)`` for the others."""
+    workers = workers or min(16, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(check_image, (s.path for s in samples)))
+    good = [s for s, r in zip(samples, reasons, strict=True) if not r]
+    bad = [(s.path, r) for s, r in zip(samples, reasons, strict=True) if r]
+    return good, bad
 
 
 def stratified_split(

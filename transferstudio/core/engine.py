@@ -27,8 +27,16 @@ import torch
 import torch.nn.functional as F
 
 from transferstudio.api import (
+    ROLE_EPISODES,
+    ROLE_KEYS,
+    ROLE_LABELED,
+    ROLE_LABELED_TARGET,
+    ROLE_MULTILABEL,
+    ROLE_UNLABELED,
+    ROLE_UNLABELED_TARGET,
     DataError,
     PluginError,
+    Sample,
     StepOutput,
     TransferMethod,
     TransferStudioError,
@@ -46,15 +54,29 @@ from transferstudio.core.checkpoint import (
 from transferstudio.core.device import choose_device, choose_precision, describe
 from transferstudio.core.experiment import Experiment
 from transferstudio.core.features import FeatureCache, cache_key
-from transferstudio.core.metrics import MetricAccumulator, format_report
-from transferstudio.core.models import build_classifier, make_head
+from transferstudio.core.metrics import ClassificationReport, MetricAccumulator, format_report
+from transferstudio.core.models import build_backbone, build_classifier, make_head
 from transferstudio.core.optim import build_optimizer, lr_factor, set_lr
 from transferstudio.core.plugins import PluginHost
+from transferstudio.core.roles import (
+    EpisodeLoader,
+    MultiLabelDataset,
+    UnlabeledDataset,
+    list_images,
+    require_path,
+    scan_labeled_target,
+    scan_multilabel,
+    scan_unlabeled,
+    split_classes,
+)
+from transferstudio.core.run_models import load_run_predictor
 from transferstudio.core.runs import RunStore
 from transferstudio.core.weights import file_digest, resolve_weights
 
 LOWER_IS_BETTER = {"loss"}
 STATS_PER_EPOCH = 4
+EPISODE_STREAMS = {"train": 1, "val": 2, "test": 3}
+"""Distinct random streams per split, so val and test episodes never repeat train's draws."""
 """How often per epoch the layer statistics (weight drift, gradient norm) are emitted."""
 
 
@@ -148,6 +170,7 @@ class EngineContext:
         self.feature_dim = engine.backbone_spec.feature_dim
         self.augmenting = engine.exp.augment.any_random
         self.seed = engine.exp.train.seed
+        self.tasks: dict[str, list[str]] = dict(engine.tasks)
 
     def build_classifier(self) -> torch.nn.Module:
         r = self._run
@@ -162,8 +185,45 @@ class EngineContext:
         d = self._run.exp.model.head_dropout if dropout is None else dropout
         return make_head(in_features, self.num_classes, hidden, d).to(self.device)
 
-    def loader(self, split: str) -> Iterable[Any]:
-        return self._run.loader(split)
+    def loader(self, split: str, role: str = ROLE_LABELED, views: int = 1) -> Iterable[Any]:
+        return self._run.loader(split, role, views)
+
+    def has_role(self, role: str) -> bool:
+        return role in self._run.role_samples or role == self._run.primary_role
+
+    def build_backbone(
+        self, name: str | None = None, weights: str | None = None
+    ) -> tuple[torch.nn.Module, int]:
+        r = self._run
+        spec = r.backbone_spec if name is None else r.host.backbone(name)
+        if name is None and weights is None:
+            weights_file = r.weights_file
+        else:
+            weights_file = resolve_weights(
+                spec, weights if weights is not None else "none", r.exp.base_dir
+            )
+        return build_backbone(spec, weights_file).to(self.device), spec.feature_dim
+
+    def load_run_model(self, ref: str) -> torch.nn.Module:
+        return load_run_predictor(ref, self._run.host, self._run.workspace).to(self.device)
+
+    def episodes(
+        self, split: str, n_way: int, k_shot: int, queries: int, count: int, seed: int = 0
+    ) -> Iterable[Any]:
+        r = self._run
+        if split not in r.scan.splits:
+            raise DataError(f"no {split} classes for episodes; see data.val_split/test_split")
+        return EpisodeLoader(
+            r.scan.splits[split],
+            r.eval_transform,
+            n_way,
+            k_shot,
+            queries,
+            count,
+            seed=_epoch_seed(self.seed + seed, EPISODE_STREAMS.get(split, 4)),
+            workers=r.workers,
+            split=split,
+        )
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
@@ -259,10 +319,13 @@ class _Run:
         if not quiet:
             self.state.emit(E.LogMessage(message))
 
-    def loader(self, split: str):
+    def loader(self, split: str, role: str = ROLE_LABELED, views: int = 1):
         train = split == "train"
-        dataset = self.datasets[split]
+        dataset = self._role_dataset(split, role, views)
         generator = torch.Generator().manual_seed(_epoch_seed(self.exp.train.seed, self.epoch))
+        # Unlabeled training batches (target domain, contrastive views) drop a short last batch:
+        # a batch of one breaks BatchNorm and pairs nothing. Labeled batches keep every image.
+        unlabeled = role in (ROLE_UNLABELED, ROLE_UNLABELED_TARGET) or views > 1
         return D.make_loader(
             dataset,
             self.exp.data.batch_size,
@@ -270,7 +333,27 @@ class _Run:
             workers=self.workers,
             pin_memory=self.device.type == "cuda",
             generator=generator,
+            drop_last=train and unlabeled and len(dataset) > self.exp.data.batch_size,
         )
+
+    def _role_dataset(self, split: str, role: str, views: int):
+        """The dataset a method asks for; the primary role's splits are ``self.datasets``."""
+        transform = self.train_transform if split == "train" else self.eval_transform
+        if role in (self.primary_role, ROLE_LABELED) and role not in self.role_samples:
+            if views > 1:
+                return UnlabeledDataset([s.path for s in self.scan.splits[split]], transform, views)
+            if split not in self.datasets:
+                raise DataError(f"the data has no {split} split")
+            return self.datasets[split]
+        if role not in self.role_samples:
+            raise DataError(
+                f"method {self.exp.method!r} asked for {role!r} data, which this experiment "
+                f"does not provide (set {ROLE_KEYS.get(role, 'the data settings')})"
+            )
+        samples = self.role_samples[role]
+        if role == ROLE_LABELED_TARGET:
+            return D.ImageDataset(samples, self.scan.classes, self.eval_transform)
+        return UnlabeledDataset([s.path for s in samples], transform, views)
 
     def cached_features(self, backbone: torch.nn.Module, split: str):
         weights_id = (
@@ -352,8 +435,40 @@ class _Run:
         data_path = exp.resolve(exp.data.path) if exp.data.path else None
         if data_path is None:
             raise DataError("data.path is empty: choose an image folder or CSV file")
-        source = D.choose_source(self.host.datasets, exp.data, data_path)
-        self.scan = D.scan(source, exp.data, data_path)
+        roles = self.method_spec.data_roles or (ROLE_LABELED,)
+        self.primary_role = roles[0]
+        for role in roles[1:]:
+            key = ROLE_KEYS[role]
+            require_path(getattr(exp.data, key.split(".")[1]), key, role, exp.method)
+        self.tasks: dict[str, list[str]] = {}
+        self.multilabels: dict[str, tuple[str, ...]] = {}
+        if self.primary_role == ROLE_UNLABELED:
+            self.scan = scan_unlabeled(data_path, exp.data)
+        elif self.primary_role == ROLE_MULTILABEL:
+            self.scan, self.tasks, self.multilabels = scan_multilabel(data_path, exp.data)
+        else:
+            source = D.choose_source(self.host.datasets, exp.data, data_path)
+            if self.primary_role == ROLE_EPISODES:
+                self.scan = split_classes(source, data_path, exp.data)
+            else:
+                self.scan = D.scan(source, exp.data, data_path)
+        self.role_samples: dict[str, list[Sample]] = {}
+        if ROLE_UNLABELED_TARGET in roles or (
+            ROLE_UNLABELED_TARGET in self.method_spec.optional_roles and exp.data.target_path
+        ):
+            paths, _ = list_images(exp.resolve(exp.data.target_path))
+            if not paths:
+                raise DataError(f"data.target_path: no usable images in {exp.data.target_path}")
+            self.role_samples[ROLE_UNLABELED_TARGET] = [Sample(p, "") for p in paths]
+        if exp.data.target_eval_path and ROLE_LABELED_TARGET in (
+            *roles,
+            *self.method_spec.optional_roles,
+        ):
+            target_path = exp.resolve(exp.data.target_eval_path)
+            source = D.choose_source(self.host.datasets, exp.data, target_path)
+            self.role_samples[ROLE_LABELED_TARGET] = scan_labeled_target(
+                source, target_path, self.scan.classes
+            )
         self.weights_file = resolve_weights(self.backbone_spec, exp.model.weights, exp.base_dir)
         self.weights_digest = file_digest(self.weights_file) if self.weights_file else None
         pre = self.backbone_spec.preprocessing
@@ -361,13 +476,21 @@ class _Run:
         self.workers = D.default_workers(exp.data.num_workers)
         train_tf = D.build_transform(self.preprocessing, exp.augment)
         eval_tf = D.build_transform(self.preprocessing, None)
+        self.train_transform, self.eval_transform = train_tf, eval_tf
+
+        def dataset(samples, transform):
+            if self.primary_role == ROLE_MULTILABEL:
+                return MultiLabelDataset(samples, self.multilabels, self.tasks, transform)
+            if self.primary_role == ROLE_UNLABELED:
+                return UnlabeledDataset([s.path for s in samples], transform)
+            return D.ImageDataset(samples, self.scan.classes, transform)
+
         self.datasets = {
-            s: D.ImageDataset(samples, self.scan.classes, train_tf if s == "train" else eval_tf)
+            s: dataset(samples, train_tf if s == "train" else eval_tf)
             for s, samples in self.scan.splits.items()
         }
         self.eval_datasets = {
-            s: D.ImageDataset(samples, self.scan.classes, eval_tf)
-            for s, samples in self.scan.splits.items()
+            s: dataset(samples, eval_tf) for s, samples in self.scan.splits.items()
         }
         self.feature_cache = FeatureCache(
             self.workspace / "cache" / "features" if self.writer else None
@@ -477,7 +600,7 @@ class _Run:
         train_batches = len(self.datasets["train"]) // exp.data.batch_size + (
             1 if len(self.datasets["train"]) % exp.data.batch_size else 0
         )
-        self.steps_per_epoch = max(1, train_batches)
+        self.steps_per_epoch = max(1, self.method.steps_per_epoch(self.ctx) or train_batches)
         self.state.emit(
             E.RunStarted(
                 self.run_id,
@@ -504,6 +627,11 @@ class _Run:
             train_metrics = self._train_epoch(epoch)
             val_report = self._evaluate("val")
             val_metrics = val_report.metrics
+            diagnostics = self.method.epoch_diagnostics(self.ctx)
+            val_metrics.update({f"diag_{k}": float(v) for k, v in diagnostics.items()})
+            if metric not in val_metrics and "loss" in val_metrics:
+                self.log(f"val {metric} is not measured by {exp.method}; using val loss")
+                metric = "loss"
             value = val_metrics.get(metric)
             improved = value is not None and (
                 self.best is None
@@ -576,7 +704,7 @@ class _Run:
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         exp = self.exp
         self.method.train()
-        acc = MetricAccumulator(len(self.scan.classes), self.scan.classes, topk=())
+        correct, counted = 0, 0
         total_steps = exp.train.epochs * self.steps_per_epoch
         loss_sum, n_seen = 0.0, 0
         batches = self.method.train_batches(self.ctx, epoch)
@@ -609,8 +737,9 @@ class _Run:
             n = out.targets.numel() if out.targets is not None else 1
             loss_sum += loss_value * n
             n_seen += n
-            if out.logits is not None and out.targets is not None:
-                acc.update(out.logits, out.targets)
+            if out.logits is not None and out.targets is not None and out.logits.dim() == 2:
+                correct += int((out.logits.detach().argmax(1) == out.targets).sum())
+                counted += out.targets.numel()
             self.state.emit(E.BatchEnded(epoch, i, n_batches, loss_value, lr, n, dict(out.logs)))
             if (
                 self.stats_reference is not None
@@ -619,12 +748,16 @@ class _Run:
             ):
                 self.state.emit(E.LayerStats(epoch, i, self.stats_reference.measure()))
         metrics = {"loss": loss_sum / max(n_seen, 1), "lr": lr}
-        if acc.count:
-            metrics["accuracy"] = acc.report().metrics["accuracy"]
+        if counted:
+            metrics["accuracy"] = correct / counted
         return metrics
 
     def _evaluate(self, split: str):
         self.method.eval()
+        with torch.no_grad():
+            custom = self.method.evaluate(self.ctx, split)
+        if custom is not None:
+            return ClassificationReport({k: float(v) for k, v in custom.items()}, [], [])
         acc = MetricAccumulator(len(self.scan.classes), self.scan.classes)
         predictions: list[torch.Tensor] = []
         with torch.no_grad():

@@ -55,6 +55,13 @@ class DataSettings:
     source: str = param(
         "auto", help="data-source plugin; 'auto' picks the one that recognises the path"
     )
+    target_path: str = param("", help="domain adaptation: folder of unlabeled target-domain images")
+    target_eval_path: str = param(
+        "",
+        help="optional labeled target folder (class subfolders), used only to evaluate "
+        "target accuracy",
+    )
+    label_columns: list[str] = param([], help="multi-task: the CSV's label columns, one task each")
     val_split: float = param(
         0.2,
         min=0.0,
@@ -173,8 +180,9 @@ class Experiment:
             data=dataclasses.replace(self.data),
             model=dataclasses.replace(self.model),
         )
-        if self.data.path:
-            copy.data.path = str(self.resolve(self.data.path))
+        for key in ("path", "target_path", "target_eval_path"):
+            if getattr(self.data, key):
+                setattr(copy.data, key, str(self.resolve(getattr(self.data, key))))
         if self.model.weights not in ("none", "cache"):
             copy.model.weights = str(self.resolve(self.model.weights))
         return copy

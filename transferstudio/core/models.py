@@ -71,7 +71,10 @@ def load_backbone_weights(model: nn.Module, spec: BackboneSpec, state: dict, sou
     """Load a state dict into a backbone whose classifier is already replaced."""
     if spec.convert_state_dict is not None:
         state = spec.convert_state_dict(state)
-    # Our own checkpoints store the backbone under "backbone."; accept them as weights too.
+    # Our own checkpoints store the classifier as module "model" with "backbone." and "head."
+    # children; accept them (and bare classifier state dicts) as backbone weights too.
+    if state and all(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items()}
     if state and all(k.startswith(("backbone.", "head.")) for k in state):
         state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     prefix = spec.classifier + "."

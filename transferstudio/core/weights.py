@@ -90,9 +90,15 @@ def resolve_weights(spec: BackboneSpec, weights: str, base_dir: str | Path) -> P
     path = Path(os.path.expanduser(weights))
     if not path.is_absolute():
         path = Path(base_dir) / path
+    if (path / "checkpoints").is_dir():
+        # A run folder: its best checkpoint's backbone (e.g. after self-supervised pretraining).
+        from transferstudio.core.run_models import best_weights_file
+
+        return best_weights_file(path)
     if path.suffix not in (".pt", ".pth", ".safetensors"):
         raise WeightsError(
-            f"model.weights: {path} must be a .pt, .pth or .safetensors file, or 'none' or 'cache'"
+            f"model.weights: {path} must be a .pt, .pth or .safetensors file, a run folder, "
+            "or 'none' or 'cache'"
         )
     if not path.is_file():
         raise WeightsError(f"model.weights: {path} does not exist")

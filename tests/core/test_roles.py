@@ -1,0 +1,227 @@
+"""Data roles and the API 1.1 context services, exercised through small test-only methods."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from tests.helpers import tiny_experiment, write_class_images
+from transferstudio.api import (
+    ROLE_EPISODES,
+    ROLE_LABELED,
+    ROLE_LABELED_TARGET,
+    ROLE_MULTILABEL,
+    ROLE_UNLABELED,
+    ROLE_UNLABELED_TARGET,
+    DataError,
+    ExperimentError,
+    MethodSpec,
+    StepOutput,
+    TransferMethod,
+)
+from transferstudio.core import events as E
+from transferstudio.core.engine import PlainState, run_experiment
+from transferstudio.core.experiment import from_mapping
+from transferstudio.core.plugins import load_plugins, plugin_from_namespace
+
+
+@dataclass
+class NoParams:
+    """No parameters."""
+
+
+class Probe(TransferMethod):
+    """Records what the context hands out for each role; trains a linear head on features."""
+
+    seen: dict = {}
+
+    def __init__(self, params) -> None:
+        self.params = params
+
+    def setup(self, ctx) -> None:
+        self.backbone, width = ctx.build_backbone()
+        self.head = torch.nn.Linear(width, max(ctx.num_classes, 2))
+        Probe.seen = {"tasks": ctx.tasks, "num_classes": ctx.num_classes}
+
+    def modules(self):
+        return {"model": torch.nn.ModuleDict({"backbone": self.backbone, "head": self.head})}
+
+    def training_step(self, batch, ctx) -> StepOutput:
+        images, targets = batch
+        if isinstance(images, list):  # two views
+            Probe.seen["views"] = len(images)
+            images = images[0]
+        logits = self.head(self.backbone(images))
+        Probe.seen.setdefault("targets", targets.detach().cpu())
+        return StepOutput(logits.pow(2).mean())
+
+    def evaluate(self, ctx, split):
+        return {"loss": 1.0, "custom": 0.5}
+
+    def epoch_diagnostics(self, ctx):
+        out = {"probe": 0.25}
+        if ctx.has_role(ROLE_LABELED_TARGET):
+            n = sum(len(t) for _, t in ctx.loader("eval", role=ROLE_LABELED_TARGET))
+            out["target_images"] = float(n)
+        if ctx.has_role(ROLE_UNLABELED_TARGET):
+            batch = next(iter(ctx.loader("train", role=ROLE_UNLABELED_TARGET)))
+            out["target_label"] = float(batch[1][0])
+        return out
+
+    def predictor(self):
+        return torch.nn.Sequential(self.backbone, self.head)
+
+
+class TwoViews(Probe):
+    def train_batches(self, ctx, epoch):
+        return ctx.loader("train", role=ROLE_UNLABELED, views=2)
+
+
+def _host(name, roles, optional=(), factory=Probe):
+    spec = MethodSpec(name, "test", NoParams, factory, data_roles=roles, optional_roles=optional)
+    return load_plugins(
+        autoload=False, extra=[plugin_from_namespace(name, transferstudio_methods=lambda: [spec])]
+    )
+
+
+def _experiment(host, name, data, **data_settings):
+    raw = tiny_experiment(data, train__epochs=1).to_dict()
+    raw["method"] = {"name": name, "params": {}}
+    raw["data"].update(data_settings)
+    return from_mapping(raw, host.method_params)
+
+
+def test_a_required_role_left_empty_is_named_before_the_run_exists(make_images, tmp_path):
+    host = _host("da", (ROLE_LABELED, ROLE_UNLABELED_TARGET))
+    exp = _experiment(host, "da", make_images({"a": 6, "b": 6}))
+    with pytest.raises(ExperimentError, match="data.target_path") as info:
+        run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert info.value.key == "data.target_path"
+    assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
+
+
+def test_target_roles_custom_evaluation_and_diagnostics_reach_events_and_files(
+    make_images, tmp_path
+):
+    host = _host("da", (ROLE_LABELED, ROLE_UNLABELED_TARGET), (ROLE_LABELED_TARGET,))
+    source = make_images({"a": 6, "b": 6}, name="source")
+    target = make_images({"x": 5}, name="target", seed=3)  # folder names are ignored
+    target_eval = make_images({"a": 2, "b": 3}, name="target_eval", seed=4)
+    exp = _experiment(
+        host, "da", source, target_path=str(target), target_eval_path=str(target_eval)
+    )
+    state = PlainState()
+    result = run_experiment(exp, host, state, tmp_path / "ws")
+    assert result.status == "completed", result.message
+    epoch = next(e for e in state.events if isinstance(e, E.EpochEnded))
+    assert epoch.val["custom"] == 0.5 and epoch.val["diag_probe"] == 0.25
+    assert epoch.val["diag_target_images"] == 5 and epoch.val["diag_target_label"] == -1
+    # accuracy is not measured by this method: early stopping fell back to the loss
+    assert result.best_metric == 1.0
+    header = (result.folder / "metrics.csv").read_text().splitlines()[0]
+    assert "val_diag_probe" in header
+
+
+def test_a_labeled_target_class_unknown_to_the_source_is_named(make_images, tmp_path):
+    host = _host("da", (ROLE_LABELED, ROLE_UNLABELED_TARGET), (ROLE_LABELED_TARGET,))
+    source = make_images({"a": 6, "b": 6}, name="source")
+    target_eval = make_images({"a": 2, "zebra": 2}, name="target_eval")
+    exp = _experiment(
+        host, "da", source, target_path=str(target_eval), target_eval_path=str(target_eval)
+    )
+    with pytest.raises(DataError, match="'zebra'.*not a source class"):
+        run_experiment(exp, host, PlainState(), tmp_path / "ws")
+
+
+def test_unlabeled_role_reads_every_image_and_yields_two_views(tmp_path):
+    host = _host("ssl", (ROLE_UNLABELED,), factory=TwoViews)
+    folder = write_class_images(tmp_path / "unlabeled", {"any": 6, "nested": 6})
+    (folder / "notes.txt").write_text("not an image")
+    exp = _experiment(host, "ssl", folder)
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert result.status == "completed", result.message
+    assert Probe.seen["views"] == 2 and Probe.seen["num_classes"] == 0
+    assert set(Probe.seen["targets"].tolist()) == {-1}
+
+
+def test_episodes_split_classes_and_repeat_for_the_same_seed(tmp_path):
+    from transferstudio.core.engine import EngineContext, _Run
+
+    data = write_class_images(tmp_path / "omni", {f"c{i:02d}": 6 for i in range(10)})
+    host = _host("fs", (ROLE_EPISODES,))
+    exp = _experiment(host, "fs", data, val_split=0.2, test_split=0.2)
+    run = _Run(exp, host, PlainState(), tmp_path / "ws", None, writer=False)
+    run.prepare()
+    splits = {s: {x.label for x in v} for s, v in run.scan.splits.items()}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    assert not (splits["train"] & splits["val"]) and not (splits["val"] & splits["test"])
+    ctx = EngineContext(run)
+    episodes = ctx.episodes("train", n_way=3, k_shot=2, queries=1, count=4, seed=5)
+    assert len(episodes) == 4
+    first = list(episodes)
+    support, support_y, query, query_y = first[0]
+    assert support.shape[0] == 6 and query.shape[0] == 3
+    assert support_y.tolist() == [0, 0, 1, 1, 2, 2] and query_y.tolist() == [0, 1, 2]
+    again = list(ctx.episodes("train", n_way=3, k_shot=2, queries=1, count=4, seed=5))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    with pytest.raises(DataError, match="3-way.*need 3 classes"):
+        list(ctx.episodes("val", n_way=3, k_shot=1, queries=1, count=1))
+
+
+def _multilabel_csv(tmp_path, columns=("colour", "size")):
+    images = write_class_images(tmp_path / "imgs", {"red": 6, "green": 6})
+    path = tmp_path / "labels.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *columns])
+        for i, image in enumerate(sorted(images.rglob("*.png"))):
+            writer.writerow(
+                [image.relative_to(tmp_path), image.parent.name, "big" if i % 2 else "small"]
+            )
+    return path
+
+
+def test_multilabel_csv_yields_one_target_per_task(tmp_path):
+    host = _host("mt", (ROLE_MULTILABEL,))
+    exp = _experiment(host, "mt", _multilabel_csv(tmp_path), label_columns=["colour", "size"])
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert result.status == "completed", result.message
+    assert Probe.seen["tasks"] == {"colour": ["green", "red"], "size": ["big", "small"]}
+    assert Probe.seen["targets"].shape[1] == 2
+
+
+def test_multilabel_missing_column_names_the_column_and_the_file(tmp_path):
+    host = _host("mt", (ROLE_MULTILABEL,))
+    exp = _experiment(host, "mt", _multilabel_csv(tmp_path), label_columns=["colour", "shape"])
+    with pytest.raises(ExperimentError, match="labels.csv has no column 'shape'"):
+        run_experiment(exp, host, PlainState(), tmp_path / "ws")
+
+
+def test_a_finished_run_reloads_as_predictor_and_as_backbone_weights(make_images, tmp_path):
+    from transferstudio.core.engine import EngineContext, _Run
+
+    data = make_images({"red": 8, "green": 8, "blue": 8})
+    host = load_plugins(autoload=False)
+    exp = tiny_experiment(data, train__epochs=1, model__head_dropout=0.2)
+    first = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    run = _Run(exp, host, PlainState(), tmp_path / "ws", None, writer=False)
+    run.prepare()
+    ctx = EngineContext(run)
+    teacher = ctx.load_run_model(first.run_id)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    from transferstudio.core.checkpoint import CheckpointStore, load_module_weights
+
+    trained = run.modules["model"]
+    load_module_weights(
+        run.modules, CheckpointStore(first.folder / "checkpoints").load("best").weights
+    )
+    trained.eval()
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(teacher(images), trained(images), atol=1e-6)
+    # the run folder as weights: the backbone of the best checkpoint
+    backbone, _ = ctx.build_backbone("resnet18", str(first.folder))
+    backbone.eval()
+    assert torch.allclose(backbone(images), trained.backbone(images), atol=1e-6)

@@ -1,0 +1,81 @@
+"""A finished run's model, rebuilt from its own folder: for distillation teachers and as a
+weights source for later runs.
+
+A run folder holds ``experiment.toml`` and ``checkpoints/`` (see ``core.checkpoint``). Methods
+that store their classifier as the module ``model`` (backbone + head, as ``fine-tune``,
+``feature-extract`` and most built-ins do) can be reloaded as a predictor here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from transferstudio.api import TransferStudioError, WeightsError
+from transferstudio.core.checkpoint import CheckpointStore
+from transferstudio.core.models import ClassifierModel, build_backbone, make_head
+
+
+def run_folder(ref: str | Path, workspace: str | Path) -> Path:
+    """The folder of a run given as a folder path or a run id (or unique prefix)."""
+    path = Path(ref).expanduser()
+    if (path / "checkpoints").is_dir():
+        return path
+    from transferstudio.core.runs import RunStore
+
+    try:
+        return Path(RunStore(workspace).get(str(ref)).folder)
+    except TransferStudioError as exc:
+        raise TransferStudioError(
+            f"{ref!r} is neither a run folder (with checkpoints/) nor a run id of the workspace "
+            f"{workspace}: {exc}"
+        ) from None
+
+
+def best_weights_file(folder: Path) -> Path:
+    """The weights file of a run's best checkpoint (else its last)."""
+    store = CheckpointStore(folder / "checkpoints")
+    for kind in ("best", "last"):
+        if store.exists(kind):
+            return store.folder / store.meta(kind)["weights_file"]
+    raise WeightsError(f"run {folder} has no checkpoint yet; let it finish an epoch")
+
+
+def load_run_predictor(ref: str | Path, host, workspace: str | Path) -> torch.nn.Module:
+    """The classifier (``backbone`` + ``head``) of a finished run, best checkpoint, eval mode,
+    frozen. The head's shape (hidden width, dropout) is read from the run's own files."""
+    folder = run_folder(ref, workspace)
+    store = CheckpointStore(folder / "checkpoints")
+    kind = "best" if store.exists("best") else "last"
+    ck = store.load(kind, with_state=False)
+    meta = ck.meta
+    state = {k[len("model.") :]: v for k, v in ck.weights.items() if k.startswith("model.")}
+    if not any(k.startswith("head.") for k in state):
+        raise WeightsError(
+            f"run {folder} (method {meta.get('method')!r}) stores no classifier as module "
+            "'model'; only such runs can be reloaded as a predictor"
+        )
+    spec = host.backbone(meta["backbone"])
+    linears = sorted(
+        (
+            k
+            for k, v in state.items()
+            if k.startswith("head.") and k.endswith("weight") and v.dim() == 2
+        ),
+        key=lambda k: int(k.split(".")[1]),
+    )
+    hidden = state[linears[0]].shape[0] if len(linears) == 2 else 0
+    dropout = float(meta.get("experiment", {}).get("model", {}).get("head_dropout", 0.0))
+    model = ClassifierModel(
+        build_backbone(spec, None),
+        make_head(spec.feature_dim, len(meta["class_names"]), hidden, dropout),
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"run {folder}: checkpoint does not fit its architecture: {exc}"
+        ) from None
+    model.class_names = list(meta["class_names"])  # type: ignore[assignment]
+    return model.eval().requires_grad_(False)
