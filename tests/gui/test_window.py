@@ -292,3 +292,43 @@ def test_a_run_measures_no_layer_stats_while_the_tree_is_hidden(window, qtbot):
         pass
     qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
     assert received == []
+
+
+def test_the_data_panel_shows_the_fields_of_the_methods_roles(window):
+    from transferstudio.api import (
+        ROLE_LABELED,
+        ROLE_LABELED_TARGET,
+        ROLE_UNLABELED_TARGET,
+        MethodSpec,
+    )
+
+    fields = window.data_form.widgets
+    assert not fields["target_path"].isVisibleTo(window)  # fine-tune reads data.path only
+    spec = MethodSpec(
+        "da", "", object, object, (ROLE_LABELED, ROLE_UNLABELED_TARGET), (ROLE_LABELED_TARGET,)
+    )
+    window._show_data_roles(spec)
+    assert fields["target_path"].isVisibleTo(window)
+    assert fields["target_eval_path"].isVisibleTo(window)
+    assert not fields["label_columns"].isVisibleTo(window)
+
+
+def test_method_diagnostics_get_their_own_plot_reset_per_run(window, qtbot):
+    from transferstudio.core import events as E
+
+    curves = window.curves
+    assert "diagnostics" not in curves.plots
+    window._epochs, window._start_epoch = 2, 0
+    window._on_batches([E.BatchEnded(0, 0, 2, 1.0, 0.1, 4, {"mmd": 0.3, "domain_acc": 0.6})])
+    window._on_epoch(
+        E.EpochEnded(
+            0, 2, {"loss": 1.0}, {"loss": 1.0, "diag_target_accuracy": 0.7}, 0.1, 1.0, True, 1.0, 0
+        )
+    )
+    window._redraw_curves()
+    assert set(curves.diagnostic_keys()) == {"mmd", "domain_acc", "val target_accuracy"}
+    assert curves.plots["diagnostics"].objectName() == "plot:diagnostics"
+    assert curves.points("val target_accuracy") == 1
+    assert len(curves.curves["mmd"].getData()[0]) == 1
+    curves.clear()
+    assert curves.diagnostic_keys() == [] and "diagnostics" not in curves.plots

@@ -470,6 +470,20 @@ class MainWindow(QMainWindow):
             self.method_form.set_values(dataclasses.asdict(params))
         self.method_form.changed.connect(self._on_method_params_changed)
         self.method_layout.insertWidget(1, self.method_form)
+        self._show_data_roles(spec)
+
+    def _show_data_roles(self, spec) -> None:
+        """The Data panel shows the fields of the roles the method declares (API 1.1 roles)."""
+        from transferstudio.api import ROLE_KEYS
+
+        roles = {*spec.data_roles, *spec.optional_roles}
+        wanted = {ROLE_KEYS[r].split(".")[1] for r in roles if r in ROLE_KEYS}
+        if "multilabel" in roles:
+            wanted.add("label_columns")
+        for key in ("target_path", "target_eval_path", "label_columns"):
+            widget = self.data_form.widgets[key]
+            widget.setVisible(key in wanted)
+            self.data_form.layout().labelForField(widget).setVisible(key in wanted)
 
     # ------------------------------------------------------------------ reactions
 
@@ -864,6 +878,8 @@ class MainWindow(QMainWindow):
             x = ev.epoch + (ev.batch + 1) / max(ev.batches, 1)
             self.curves.append("batch_loss", x, ev.loss)
             self.curves.append("lr", x, ev.lr)
+            for key, value in ev.logs.items():
+                self.curves.append_diagnostic(key, x, value)
         last = events[-1]
         self.batch_bar.setRange(0, last.batches)
         self.batch_bar.setValue(last.batch + 1)
@@ -875,7 +891,7 @@ class MainWindow(QMainWindow):
             f"epoch {last.epoch + 1}/{self._epochs}, batch {last.batch + 1}/"
             f"{last.batches}, loss {last.loss:.4f}, ETA {int(eta) // 60:d}:{int(eta) % 60:02d}"
         )
-        self._schedule_redraw("batch_loss", "lr")
+        self._schedule_redraw("batch_loss", "lr", *self.curves.diagnostic_keys())
 
     def _schedule_redraw(self, *keys: str) -> None:
         # Curves repaint at most every CURVE_REFRESH_MS: pyqtgraph paints in Python and holds
@@ -916,7 +932,12 @@ class MainWindow(QMainWindow):
         self.curves.append("val_loss", x, ev.val.get("loss", float("nan")))
         self.curves.append("train_acc", x, ev.train.get("accuracy", float("nan")))
         self.curves.append("val_acc", x, ev.val.get("accuracy", float("nan")))
-        self._schedule_redraw("train_loss", "val_loss", "train_acc", "val_acc")
+        for key, value in ev.val.items():
+            if key.startswith("diag_"):
+                self.curves.append_diagnostic(f"val {key[len('diag_') :]}", x, value)
+        self._schedule_redraw(
+            "train_loss", "val_loss", "train_acc", "val_acc", *self.curves.diagnostic_keys()
+        )
         self.epoch_bar.setValue(ev.epoch + 1)
 
     def _on_run_error(self, message: str, details: str) -> None:

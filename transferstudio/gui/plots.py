@@ -47,6 +47,8 @@ class TrainingCurves(QWidget):
         "learning rate": [("lr", "lr", "g")],
     }
 
+    FIXED_KEYS = frozenset(key for entries in SERIES.values() for _, key, _ in entries)
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
@@ -79,6 +81,38 @@ class TrainingCurves(QWidget):
             plot.enableAutoRange(x=False)
             plot.setXRange(0, max(epochs, 1), padding=0.02)
 
+    DIAGNOSTIC_COLOURS = ("m", "c", (200, 120, 0), (0, 130, 90), (120, 60, 200), "k")
+
+    def append_diagnostic(self, key: str, x: float, y: float) -> None:
+        """A method's own scalar (``StepOutput.logs``, ``epoch_diagnostics``): a series of the
+        *diagnostics* plot, created on first use; the plot shows once it has one."""
+        plot = self.plots.get("diagnostics")
+        if plot is None:
+            plot = pg.PlotWidget(title="diagnostics")
+            plot.setObjectName("plot:diagnostics")
+            plot.setBackground("w")
+            plot.addLegend(offset=(-10, 10))
+            plot.setLabel("bottom", "epoch")
+            x_range = self.plots["loss"].getViewBox().viewRange()[0]
+            if not self.plots["loss"].getViewBox().autoRangeEnabled()[0]:
+                plot.enableAutoRange(x=False)
+                plot.setXRange(*x_range, padding=0)
+            self.plots["diagnostics"] = plot
+            self.layout().addWidget(plot)
+        if key not in self.series:
+            colour = self.DIAGNOSTIC_COLOURS[
+                sum(k not in self.FIXED_KEYS for k in self.series) % len(self.DIAGNOSTIC_COLOURS)
+            ]
+            curve = plot.plot(name=key, pen=pg.mkPen(colour, width=2), symbol=None)
+            curve.setDownsampling(auto=True, method="peak")
+            self.curves[key] = curve
+            self.series[key] = Series()
+        self.append(key, x, y)
+
+    def diagnostic_keys(self) -> list[str]:
+        """The method-specific series received so far."""
+        return [k for k in self.series if k not in self.FIXED_KEYS]
+
     def append(self, key: str, x: float, y: float) -> None:
         self.series[key].append(x, y)
 
@@ -93,6 +127,13 @@ class TrainingCurves(QWidget):
             self.curves[key].setData([], [])
         for plot in self.plots.values():
             plot.enableAutoRange(x=True)
+        # Diagnostics belong to one run's method: drop their series and the plot.
+        for key in self.diagnostic_keys():
+            del self.series[key], self.curves[key]
+        plot = self.plots.pop("diagnostics", None)
+        if plot is not None:
+            plot.setParent(None)
+            plot.deleteLater()
 
     def points(self, key: str) -> int:
         return self.series[key].n
