@@ -86,6 +86,7 @@ def main(argv: list[str]) -> int:
                 "plugins",
                 "tests",
                 "benchmarks",
+                "docs/generate.py",
                 "tasks.py",
             ]
         )

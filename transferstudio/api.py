@@ -57,6 +57,7 @@ __all__ = [
     "TransferMethod",
     "TransferStudioError",
     "WeightsError",
+    "draw_episodes",
     "hookimpl",
     "is_compatible",
     "param",
@@ -67,7 +68,8 @@ API_VERSION = "1.1"
 """Version of this API. Minor bumps only add; a major bump may remove or change.
 
 1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
-``load_run_model``, ``episodes``, ``tasks``, ``has_role``, ``loader(role=, views=)``, and
+``load_run_model``, ``episodes``, ``tasks``, ``has_role``, ``backbone_name``,
+``preprocessing``, ``loader(role=, views=)``, :func:`draw_episodes`, and
 ``TransferMethod.evaluate``, ``epoch_diagnostics`` and ``steps_per_epoch``."""
 
 ROLE_LABELED = "labeled"
@@ -139,6 +141,43 @@ class WeightsError(TransferStudioError):
 
 class PluginError(TransferStudioError):
     """A plugin is missing, broken or incompatible."""
+
+
+# --------------------------------------------------------------------------- episodes
+
+
+def draw_episodes(
+    labels: Sequence[Any],
+    way: int,
+    shot: int,
+    queries: int,
+    count: int,
+    seed: int,
+    split: str = "this",
+) -> list[list[int]]:
+    """``count`` few-shot episodes over items with class ``labels``: each a list of item indices,
+    class by class, ``shot`` support items then ``queries`` query items per class (so
+    ``way * (shot + queries)`` long). Classes and items are drawn from ``random.Random(seed)``:
+    the same labels and seed give the same episodes. Raises :class:`DataError` naming ``split``
+    when fewer than ``way`` classes have ``shot + queries`` items."""
+    import random
+
+    by_class: dict[Any, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    need = shot + queries
+    usable = sorted(c for c, members in by_class.items() if len(members) >= need)
+    if len(usable) < way:
+        raise DataError(
+            f"{split} split: {way}-way {shot}-shot episodes with {queries} queries need {way} "
+            f"classes with at least {need} images; {len(usable)} have that. Lower the episode "
+            "sizes (ways, shots, queries) or add classes or images"
+        )
+    rng = random.Random(seed)
+    return [
+        [i for c in rng.sample(usable, way) for i in rng.sample(by_class[c], need)]
+        for _ in range(count)
+    ]
 
 
 # --------------------------------------------------------------------------- parameters
@@ -338,6 +377,11 @@ class MethodContext(Protocol):
 
     tasks: dict[str, list[str]]
     """``{task: class names}`` for the ``multilabel`` role (empty otherwise)."""
+    backbone_name: str
+    """Id of the experiment's backbone (``model.backbone``)."""
+    preprocessing: Preprocessing
+    """How the loaders prepare images (size, normalisation): what a method needs to undo the
+    normalisation, for example to augment batches in pixel space."""
 
     def has_role(self, role: str) -> bool:
         """True when the experiment provides data for ``role`` (required roles always do)."""
@@ -345,13 +389,16 @@ class MethodContext(Protocol):
     def build_backbone(
         self, name: str | None = None, weights: str | None = None
     ) -> tuple[nn.Module, int]:
-        """``(feature extractor, feature width)`` of any backbone plugin, with weights
-        ``"none"``, ``"cache"`` or a file path, on ``device``. ``None`` means the experiment's
-        own ``model.backbone`` / ``model.weights``."""
+        """``(feature extractor, feature width)`` of any backbone plugin, on ``device``.
+        ``weights``: ``"none"``, ``"cache"``, a weights file or a run folder (relative paths are
+        read against the experiment file's folder). ``name=None`` is the experiment's
+        ``model.backbone``; ``weights=None`` is its ``model.weights`` when the backbone is the
+        experiment's, else random initialisation."""
 
     def load_run_model(self, ref: str) -> nn.Module:
         """The predictor of a finished run (its best checkpoint), in eval mode on ``device``;
-        ``ref`` is a run id of this workspace or a run folder."""
+        ``ref`` is a run id of this workspace or a run folder (relative to the experiment
+        file's folder)."""
 
     def episodes(
         self, split: str, n_way: int, k_shot: int, queries: int, count: int, seed: int = 0

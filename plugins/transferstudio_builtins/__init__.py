@@ -9,16 +9,24 @@ from transferstudio.api import hookimpl
 
 from .backbones import torchvision_backbones
 from .datasets import csv_source, image_folder_source
+from .distill import DISTILL
+from .domain_adapt import DAN, DANN
 from .exporters import builtin_exporters
 from .feature_extract import FEATURE_EXTRACT
 from .fine_tune import FINE_TUNE
+from .fusion import FUSION
+from .maml import MAML
+from .multitask import MULTITASK
+from .protonet import PROTONET
+from .simclr import SIMCLR
+from .small_backbones import small_backbones
 
 TRANSFERSTUDIO_API_VERSION = "1.1"
 
 
 @hookimpl
 def transferstudio_backbones():
-    return torchvision_backbones()
+    return torchvision_backbones() + small_backbones()
 
 
 @hookimpl
@@ -28,7 +36,18 @@ def transferstudio_datasets():
 
 @hookimpl
 def transferstudio_methods():
-    return [FINE_TUNE, FEATURE_EXTRACT]
+    return [
+        FINE_TUNE,
+        FEATURE_EXTRACT,
+        DAN,
+        DANN,
+        DISTILL,
+        FUSION,
+        PROTONET,
+        MAML,
+        MULTITASK,
+        SIMCLR,
+    ]
 
 
 @hookimpl

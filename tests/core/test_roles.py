@@ -225,3 +225,137 @@ def test_a_finished_run_reloads_as_predictor_and_as_backbone_weights(make_images
     backbone, _ = ctx.build_backbone("resnet18", str(first.folder))
     backbone.eval()
     assert torch.allclose(backbone(images), trained.backbone(images), atol=1e-6)
+
+
+def test_each_role_shuffles_in_its_own_order(tmp_path):
+    """Source and target folders of equal size must not be shuffled identically: with one
+    shared seed, image i of the source always met image i of the target in a batch."""
+    from transferstudio.core.engine import _Run
+
+    source = tmp_path / "source"
+    write_class_images(source / "train", {"a": 10, "b": 10})
+    write_class_images(source / "val", {"a": 2, "b": 2})
+    target = write_class_images(tmp_path / "target", {"x": 20}, seed=5)
+    host = _host("da", (ROLE_LABELED, ROLE_UNLABELED_TARGET))
+    run = _Run(
+        _experiment(host, "da", source, target_path=str(target)),
+        host,
+        PlainState(),
+        tmp_path / "ws",
+        None,
+        writer=False,
+    )
+    run.prepare()
+    run.epoch = 0
+    labeled = list(run.loader("train").sampler)
+    unlabeled = list(run.loader("train", ROLE_UNLABELED_TARGET).sampler)
+    assert sorted(labeled) == sorted(unlabeled) == list(range(20))
+    assert labeled != unlabeled
+    assert labeled == list(run.loader("train").sampler)  # each stream is still seeded
+
+
+class StopsWhileEvaluating(Probe):
+    """Requests Stop as its own evaluation loop starts, then keeps looping."""
+
+    state: PlainState | None = None
+    batches_after_stop = 0
+
+    def evaluate(self, ctx, split):
+        StopsWhileEvaluating.state.stop = True
+        for _ in range(50):
+            for _batch in ctx.loader(split):
+                StopsWhileEvaluating.batches_after_stop += 1
+        return {"loss": 0.0}
+
+
+def test_stop_interrupts_a_methods_own_evaluation_loop(make_images, tmp_path):
+    host = _host("slow-eval", (ROLE_LABELED,), factory=StopsWhileEvaluating)
+    state = PlainState()
+    StopsWhileEvaluating.state = state
+    result = run_experiment(
+        _experiment(host, "slow-eval", make_images({"a": 6, "b": 6})), host, state, tmp_path / "ws"
+    )
+    assert result.status == "cancelled"
+    assert StopsWhileEvaluating.batches_after_stop == 0
+
+
+class DomainHead(Probe):
+    """A predictor with a bottleneck head and a second module, as domain adaptation has."""
+
+    def setup(self, ctx) -> None:
+        from transferstudio.core.models import ClassifierModel
+
+        backbone, width = ctx.build_backbone()
+        head = torch.nn.Sequential(
+            torch.nn.Linear(width, 8),
+            torch.nn.BatchNorm1d(8),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.3),
+            torch.nn.Linear(8, ctx.num_classes),
+        )
+        self.model = ClassifierModel(backbone, head)
+        self.discriminator = torch.nn.Linear(8, 1)
+
+    def modules(self):
+        return {"discriminator": self.discriminator, "model": self.model}
+
+    def training_step(self, batch, ctx) -> StepOutput:
+        images, targets = batch
+        logits = self.model(images)
+        return StepOutput(ctx.loss(logits, targets) + 0 * self.discriminator.weight.sum())
+
+    def evaluate(self, ctx, split):
+        return None
+
+    def validation_step(self, batch, ctx):
+        return self.model(batch[0]), batch[1]
+
+    def predictor(self):
+        return self.model
+
+
+def test_a_run_with_any_head_and_extra_modules_reloads_from_its_recipe(make_images, tmp_path):
+    """The head is rebuilt from the recipe in the checkpoint (not guessed from weight shapes),
+    and the backbone is found next to other modules when the run is used as weights."""
+    host = _host("bottleneck", (ROLE_LABELED,), factory=DomainHead)
+    exp = _experiment(host, "bottleneck", make_images({"a": 6, "b": 6, "c": 6}))
+    first = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert first.status == "completed", first.message
+    from transferstudio.core.checkpoint import CheckpointStore
+    from transferstudio.core.engine import EngineContext, _Run
+
+    meta = CheckpointStore(first.folder / "checkpoints").meta("best")
+    assert meta["predictor_module"] == "model"
+    assert [layer["type"] for layer in meta["head_recipe"]["layers"]] == [
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+    ]
+    run = _Run(exp, host, PlainState(), tmp_path / "ws", None, writer=False)
+    run.prepare()
+    ctx = EngineContext(run)
+    reloaded = ctx.load_run_model(str(first.folder))
+    weights = CheckpointStore(first.folder / "checkpoints").load("best").weights
+    images = torch.randn(3, 3, 32, 32)
+    trained = DomainHead(None)
+    trained.setup(ctx)
+    trained.model.load_state_dict(
+        {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
+    )
+    trained.model.eval()
+    assert torch.allclose(reloaded(images), trained.model(images), atol=1e-6)
+    backbone, _ = ctx.build_backbone("resnet18", str(first.folder))
+    assert torch.allclose(backbone.eval()(images), trained.model.backbone(images), atol=1e-6)
+
+
+def test_a_run_whose_predictor_is_not_a_classifier_is_refused_as_teacher(make_images, tmp_path):
+    host = _host("probe", (ROLE_LABELED,))
+    exp = _experiment(host, "probe", make_images({"a": 6, "b": 6}))
+    first = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    from transferstudio.api import WeightsError
+    from transferstudio.core.run_models import load_run_predictor
+
+    with pytest.raises(WeightsError, match="backbone \\+ head classifier"):
+        load_run_predictor(str(first.folder), host, tmp_path / "ws")

@@ -17,7 +17,7 @@ import os
 import random
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,7 +55,7 @@ from transferstudio.core.device import choose_device, choose_precision, describe
 from transferstudio.core.experiment import Experiment
 from transferstudio.core.features import FeatureCache, cache_key
 from transferstudio.core.metrics import ClassificationReport, MetricAccumulator, format_report
-from transferstudio.core.models import build_backbone, build_classifier, make_head
+from transferstudio.core.models import build_backbone, build_classifier, describe_head, make_head
 from transferstudio.core.optim import build_optimizer, lr_factor, set_lr
 from transferstudio.core.plugins import PluginHost
 from transferstudio.core.roles import (
@@ -154,6 +154,17 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 1) % 2**63
 
 
+# Offsets that give each data role its own shuffling stream (see ``_Run.loader``).
+_ROLE_STREAMS = {
+    ROLE_LABELED: 0,
+    ROLE_UNLABELED_TARGET: 1,
+    ROLE_LABELED_TARGET: 2,
+    ROLE_EPISODES: 3,
+    ROLE_MULTILABEL: 4,
+    ROLE_UNLABELED: 5,
+}
+
+
 # --------------------------------------------------------------------------- method context
 
 
@@ -171,6 +182,8 @@ class EngineContext:
         self.augmenting = engine.exp.augment.any_random
         self.seed = engine.exp.train.seed
         self.tasks: dict[str, list[str]] = dict(engine.tasks)
+        self.backbone_name = engine.exp.model.backbone
+        self.preprocessing = engine.preprocessing
 
     def build_classifier(self) -> torch.nn.Module:
         r = self._run
@@ -186,7 +199,7 @@ class EngineContext:
         return make_head(in_features, self.num_classes, hidden, d).to(self.device)
 
     def loader(self, split: str, role: str = ROLE_LABELED, views: int = 1) -> Iterable[Any]:
-        return self._run.loader(split, role, views)
+        return _StopChecked(self._run.loader(split, role, views), self._run._check_stop)
 
     def has_role(self, role: str) -> bool:
         return role in self._run.role_samples or role == self._run.primary_role
@@ -196,7 +209,7 @@ class EngineContext:
     ) -> tuple[torch.nn.Module, int]:
         r = self._run
         spec = r.backbone_spec if name is None else r.host.backbone(name)
-        if name is None and weights is None:
+        if weights is None and spec.name == r.backbone_spec.name:
             weights_file = r.weights_file
         else:
             weights_file = resolve_weights(
@@ -205,6 +218,9 @@ class EngineContext:
         return build_backbone(spec, weights_file).to(self.device), spec.feature_dim
 
     def load_run_model(self, ref: str) -> torch.nn.Module:
+        # A relative run folder is read against the experiment file's folder, as data paths are.
+        folder = self._run.exp.resolve(ref)
+        ref = folder if (Path(folder) / "checkpoints").is_dir() else ref
         return load_run_predictor(ref, self._run.host, self._run.workspace).to(self.device)
 
     def episodes(
@@ -213,7 +229,7 @@ class EngineContext:
         r = self._run
         if split not in r.scan.splits:
             raise DataError(f"no {split} classes for episodes; see data.val_split/test_split")
-        return EpisodeLoader(
+        loader = EpisodeLoader(
             r.scan.splits[split],
             r.eval_transform,
             n_way,
@@ -224,6 +240,7 @@ class EngineContext:
             workers=r.workers,
             split=split,
         )
+        return _StopChecked(loader, r._check_stop)
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
@@ -238,6 +255,26 @@ class EngineContext:
 
     def log(self, message: str) -> None:
         self._run.log(message)
+
+
+class _StopChecked:
+    """A loader that honours Stop and Pause between batches, so that a method's own loops
+    (custom evaluation over hundreds of episodes, feature caching) stay interruptible. Other
+    attributes (``dataset``, ``batch_size``) are the wrapped loader's."""
+
+    def __init__(self, loader: Any, check_stop: Callable[[], None]) -> None:
+        self._loader, self._check_stop = loader, check_stop
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self._loader:
+            self._check_stop()
+            yield batch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
 
 # --------------------------------------------------------------------------- layer statistics
@@ -322,7 +359,13 @@ class _Run:
     def loader(self, split: str, role: str = ROLE_LABELED, views: int = 1):
         train = split == "train"
         dataset = self._role_dataset(split, role, views)
-        generator = torch.Generator().manual_seed(_epoch_seed(self.exp.train.seed, self.epoch))
+        # Each role shuffles with its own stream: with one shared seed, a source and a target
+        # folder of equal size would be shuffled identically, pairing image i with image i in
+        # every batch. The labeled role keeps offset 0 so its order is that of earlier versions.
+        stream = _ROLE_STREAMS.get(role, len(_ROLE_STREAMS)) + (views > 1) * 101
+        generator = torch.Generator().manual_seed(
+            _epoch_seed(self.exp.train.seed + stream * 1_000_000_007, self.epoch)
+        )
         # Unlabeled training batches (target domain, contrastive views) drop a short last batch:
         # a batch of one breaks BatchNorm and pairs nothing. Labeled batches keep every image.
         unlabeled = role in (ROLE_UNLABELED, ROLE_UNLABELED_TARGET) or views > 1
@@ -814,7 +857,20 @@ class _Run:
             "dataset_fingerprint": self.scan.fingerprint(),
             "seed": self.exp.train.seed,
             "method_state": self.method.state_summary(),
+            **self._predictor_recipe(),
         }
+
+    def _predictor_recipe(self) -> dict[str, Any]:
+        """Where the predictor's weights are and how its head is built, when the predictor is a
+        ``backbone`` + ``head`` module of its own: what lets a finished run serve as a teacher or
+        a weights source without its method (``core.run_models``)."""
+        predictor = self.method.predictor()
+        name = next((n for n, m in self.modules.items() if m is predictor), None)
+        head = getattr(predictor, "head", None)
+        recipe = describe_head(head) if head is not None else None
+        if name is None or recipe is None or not hasattr(predictor, "backbone"):
+            return {}
+        return {"predictor_module": name, "head_recipe": recipe}
 
     def _save_epoch(self, epoch: int, improved: bool, val_report: dict[str, Any]) -> None:
         if not self.writer:

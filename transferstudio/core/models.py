@@ -41,6 +41,51 @@ def make_head(
     return nn.Sequential(*layers)
 
 
+# Layer types a head may be rebuilt from (see ``describe_head``): enough for the built-ins'
+# heads, bottlenecks included; a head with any other layer is not described.
+_HEAD_LAYERS = {
+    nn.Linear: lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None},
+    nn.BatchNorm1d: lambda m: {"features": m.num_features, "affine": m.affine},
+    nn.ReLU: lambda m: {},
+    nn.GELU: lambda m: {},
+    nn.Identity: lambda m: {},
+    nn.Flatten: lambda m: {},
+    nn.Dropout: lambda m: {"p": m.p},
+}
+
+
+def describe_head(head: nn.Module) -> dict | None:
+    """A JSON recipe of a head made only of common layers (a ``Sequential`` of them, or one),
+    stored in checkpoints so that a run's classifier can be rebuilt without its method;
+    ``None`` when the head holds anything else."""
+    sequential = isinstance(head, nn.Sequential)
+    layers = []
+    for layer in head if sequential else [head]:
+        describe = _HEAD_LAYERS.get(type(layer))
+        if describe is None:
+            return None
+        layers.append({"type": type(layer).__name__, **describe(layer)})
+    return {"sequential": sequential, "layers": layers}
+
+
+def head_from_recipe(recipe: dict) -> nn.Module:
+    """The (untrained) head a :func:`describe_head` recipe describes."""
+    build = {
+        "Linear": lambda d: nn.Linear(d["in"], d["out"], bias=d["bias"]),
+        "BatchNorm1d": lambda d: nn.BatchNorm1d(d["features"], affine=d["affine"]),
+        "ReLU": lambda d: nn.ReLU(),
+        "GELU": lambda d: nn.GELU(),
+        "Identity": lambda d: nn.Identity(),
+        "Flatten": lambda d: nn.Flatten(),
+        "Dropout": lambda d: nn.Dropout(d["p"]),
+    }
+    try:
+        layers = [build[d["type"]](d) for d in recipe["layers"]]
+    except (KeyError, TypeError) as exc:
+        raise WeightsError(f"unreadable head recipe {recipe!r}: missing {exc}") from None
+    return nn.Sequential(*layers) if recipe.get("sequential", True) else layers[0]
+
+
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
@@ -67,19 +112,37 @@ def build_backbone(spec: BackboneSpec, weights_file: Path | None) -> nn.Module:
     return model
 
 
+def _backbone_part(state: dict, expected: dict, classifier_prefix: str) -> dict:
+    """The part of ``state`` that holds the backbone. Besides a bare backbone's state dict this
+    accepts our own checkpoints, which store modules by name: a classifier as ``model.backbone.``
+    and ``model.head.`` (next to other modules such as a discriminator), or an encoder that is a
+    backbone itself (``encoder.``). The first reading whose keys cover the backbone's wins."""
+
+    def covers(candidate: dict) -> bool:
+        keys = {k for k in candidate if not k.startswith(classifier_prefix)}
+        return bool(keys) and all(
+            k in keys for k in expected if not k.endswith("num_batches_tracked")
+        )
+
+    if covers(state):
+        return state
+    modules = sorted({k.split(".", 1)[0] for k in state if "." in k})
+    prefixes = ["backbone."] + [f"{m}.backbone." for m in modules] + [f"{m}." for m in modules]
+    for p in prefixes:
+        candidate = {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
+        if covers(candidate):
+            return candidate
+    return state  # reported key by key by the caller
+
+
 def load_backbone_weights(model: nn.Module, spec: BackboneSpec, state: dict, source: str) -> None:
     """Load a state dict into a backbone whose classifier is already replaced."""
     if spec.convert_state_dict is not None:
         state = spec.convert_state_dict(state)
-    # Our own checkpoints store the classifier as module "model" with "backbone." and "head."
-    # children; accept them (and bare classifier state dicts) as backbone weights too.
-    if state and all(k.startswith("model.") for k in state):
-        state = {k[len("model.") :]: v for k, v in state.items()}
-    if state and all(k.startswith(("backbone.", "head.")) for k in state):
-        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     prefix = spec.classifier + "."
-    state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     expected = model.state_dict()
+    state = _backbone_part(state, expected, prefix)
+    state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     # Checkpoints from before BatchNorm counted its batches lack num_batches_tracked; torch
     # itself accepts that, and the counter does not affect inference or training with momentum.
     missing = sorted(

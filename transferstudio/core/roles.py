@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transferstudio.api import IMAGE_SUFFIXES, DataError, ExperimentError, Sample
+from transferstudio.api import IMAGE_SUFFIXES, DataError, ExperimentError, Sample, draw_episodes
 from transferstudio.core import data as D
 from transferstudio.core.images import ImageProblem, load_rgb
 
@@ -166,8 +166,8 @@ def split_classes(spec, root: Path, settings: DataSettings, key: str = "data.pat
 class EpisodeLoader:
     """``count`` N-way K-shot episodes of one split: ``(support, support_y, query, query_y)``.
 
-    Each episode draws ``n_way`` classes and ``k_shot + queries`` images of each from a
-    ``random.Random(seed)``, so the same seed gives the same episodes. Images are decoded by a
+    Episodes are drawn by :func:`transferstudio.api.draw_episodes`, so the same seed gives the
+    same episodes. Images are decoded by a
     DataLoader over per-episode index batches (worker processes when configured)."""
 
     def __init__(
@@ -182,22 +182,8 @@ class EpisodeLoader:
         workers: int = 0,
         split: str = "train",
     ) -> None:
-        by_class: dict[str, list[int]] = {}
-        for i, s in enumerate(samples):
-            by_class.setdefault(s.label, []).append(i)
-        need = k_shot + queries
-        usable = sorted(c for c, idx in by_class.items() if len(idx) >= need)
-        if len(usable) < n_way:
-            raise DataError(
-                f"{split} split: {n_way}-way {k_shot}-shot episodes with {queries} queries "
-                f"need {n_way} classes with at least {need} images; {len(usable)} have that. "
-                "Lower n_way, k_shot or queries, or add images"
-            )
-        rng = random.Random(seed)
-        self.batches: list[list[int]] = []
-        for _ in range(count):
-            chosen = rng.sample(usable, n_way)
-            self.batches.append([i for c in chosen for i in rng.sample(by_class[c], need)])
+        labels = [s.label for s in samples]
+        self.batches = draw_episodes(labels, n_way, k_shot, queries, count, seed, split)
         self.dataset = _IndexedImages([s.path for s in samples], transform)
         self.n_way, self.k_shot, self.queries, self.workers = n_way, k_shot, queries, workers
 

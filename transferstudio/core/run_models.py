@@ -14,7 +14,7 @@ import torch
 
 from transferstudio.api import TransferStudioError, WeightsError
 from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.models import ClassifierModel, build_backbone, make_head
+from transferstudio.core.models import ClassifierModel, build_backbone, head_from_recipe
 
 
 def run_folder(ref: str | Path, workspace: str | Path) -> Path:
@@ -44,32 +44,23 @@ def best_weights_file(folder: Path) -> Path:
 
 def load_run_predictor(ref: str | Path, host, workspace: str | Path) -> torch.nn.Module:
     """The classifier (``backbone`` + ``head``) of a finished run, best checkpoint, eval mode,
-    frozen. The head's shape (hidden width, dropout) is read from the run's own files."""
+    frozen. Its head is rebuilt from the recipe the engine stores in every checkpoint whose
+    method predicts with such a classifier (``head_recipe``, see ``core.models.describe_head``)."""
     folder = run_folder(ref, workspace)
     store = CheckpointStore(folder / "checkpoints")
     kind = "best" if store.exists("best") else "last"
     ck = store.load(kind, with_state=False)
     meta = ck.meta
-    state = {k[len("model.") :]: v for k, v in ck.weights.items() if k.startswith("model.")}
-    if not any(k.startswith("head.") for k in state):
+    name, recipe = meta.get("predictor_module"), meta.get("head_recipe")
+    if not name or not recipe:
         raise WeightsError(
-            f"run {folder} (method {meta.get('method')!r}) stores no classifier as module "
-            "'model'; only such runs can be reloaded as a predictor"
+            f"run {folder} (method {meta.get('method')!r}) does not predict with a backbone + "
+            "head classifier, so it cannot serve as a teacher or be reloaded as a predictor"
         )
-    spec = host.backbone(meta["backbone"])
-    linears = sorted(
-        (
-            k
-            for k, v in state.items()
-            if k.startswith("head.") and k.endswith("weight") and v.dim() == 2
-        ),
-        key=lambda k: int(k.split(".")[1]),
-    )
-    hidden = state[linears[0]].shape[0] if len(linears) == 2 else 0
-    dropout = float(meta.get("experiment", {}).get("model", {}).get("head_dropout", 0.0))
+    prefix = name + "."
+    state = {k[len(prefix) :]: v for k, v in ck.weights.items() if k.startswith(prefix)}
     model = ClassifierModel(
-        build_backbone(spec, None),
-        make_head(spec.feature_dim, len(meta["class_names"]), hidden, dropout),
+        build_backbone(host.backbone(meta["backbone"]), None), head_from_recipe(recipe)
     )
     try:
         model.load_state_dict(state)
