@@ -395,6 +395,11 @@ class MethodContext(Protocol):
         ``model.backbone``; ``weights=None`` is its ``model.weights`` when the backbone is the
         experiment's, else random initialisation."""
 
+    def load_classifier(self, name: str, weights: str) -> nn.Module:
+        """Backbone plugin ``name``'s whole network, classifier included, from a weights file
+        trained elsewhere on this experiment's classes (frozen, eval mode, on ``device``); a
+        file for another number of classes is a ``WeightsError``."""
+
     def load_run_model(self, ref: str) -> nn.Module:
         """The predictor of a finished run (its best checkpoint), in eval mode on ``device``;
         ``ref`` is a run id of this workspace or a run folder (relative to the experiment

@@ -39,6 +39,15 @@ class DistillParams:
         help="the teacher: a finished run's id (from the workspace) or its run folder; it must "
         "classify this experiment's classes and take the same preprocessed images",
     )
+    teacher_backbone: str = param(
+        "",
+        help="or a teacher trained elsewhere: its backbone plugin id (with teacher_weights)",
+    )
+    teacher_weights: str = param(
+        "",
+        help="the whole teacher network's weights file (.pt/.pth/.safetensors in the backbone "
+        "plugin's own layout, classifier trained on this experiment's classes)",
+    )
     alpha: float = param(
         0.5,
         min=0.0,
@@ -73,6 +82,22 @@ class DistillParams:
 
     def validate(self) -> None:
         parse_hint_layers(self.hint_layers)
+        run, backbone, weights = (
+            self.teacher_run.strip(),
+            self.teacher_backbone.strip(),
+            self.teacher_weights.strip(),
+        )
+        if run and (backbone or weights):
+            raise ExperimentError(
+                "name one teacher: teacher_run, or teacher_backbone with teacher_weights",
+                "method.params.teacher_run",
+            )
+        if bool(backbone) != bool(weights):
+            missing = "teacher_weights" if backbone else "teacher_backbone"
+            raise ExperimentError(
+                "a teacher trained elsewhere needs both teacher_backbone and teacher_weights",
+                f"method.params.{missing}",
+            )
 
 
 def parse_hint_layers(entries: list[str]) -> list[tuple[str, str]]:
@@ -237,12 +262,18 @@ class Distill(TransferMethod):
     def setup(self, ctx) -> None:
         from torch import nn
 
-        if not self.params.teacher_run.strip():
+        p = self.params
+        if p.teacher_run.strip():
+            teacher = ctx.load_run_model(p.teacher_run.strip())
+        elif p.teacher_backbone.strip():
+            teacher = ctx.load_classifier(p.teacher_backbone.strip(), p.teacher_weights.strip())
+        else:
             raise ExperimentError(
-                "name the teacher: a finished run's id or run folder", "method.params.teacher_run"
+                "name the teacher: a finished run's id or run folder, or teacher_backbone with "
+                "teacher_weights",
+                "method.params.teacher_run",
             )
         self.model = ctx.build_classifier()
-        teacher = ctx.load_run_model(self.params.teacher_run.strip())
         teacher.to(ctx.device)
         teacher.requires_grad_(False)
         self.teacher = teacher.eval()
@@ -446,7 +477,10 @@ class Distill(TransferMethod):
         return self.model
 
     def state_summary(self):
-        summary: dict[str, Any] = {"teacher_run": self.params.teacher_run}
+        p = self.params
+        summary: dict[str, Any] = {"teacher_run": p.teacher_run}
+        if p.teacher_backbone:
+            summary["teacher"] = {"backbone": p.teacher_backbone, "weights": p.teacher_weights}
         if getattr(self, "cache", None) is not None:
             summary["teacher_cache"] = {"hits": self.cache.hits, "misses": self.cache.misses}
         return summary

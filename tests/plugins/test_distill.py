@@ -8,6 +8,7 @@ teacher learns them from 60 images a class; a ``lenet`` student gets 8 a class.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +242,41 @@ def test_augmented_images_turn_the_teacher_cache_off_with_a_log_line(stripes, tm
     assert any(
         line.startswith("teacher cache off: training images are augmented") for line in lines
     )
+
+
+def test_a_teacher_trained_elsewhere_is_a_backbone_plus_its_weights_file(stripes, tmp_path):
+    """The teacher run re-saved in the backbone plugin's own layout (lenet: ``fc`` is the
+    classifier), as a network trained outside TransferStudio would be: it teaches exactly as
+    the run does, and a file for another number of classes is refused naming both counts."""
+    from transferstudio.api import WeightsError
+    from transferstudio.core.checkpoint import CheckpointStore
+    from transferstudio.core.run_models import load_run_predictor
+
+    weights = CheckpointStore(Path(stripes["teacher"]) / "checkpoints").load("best").weights
+    own_layout = {
+        k[len("model.backbone.") :]: v
+        for k, v in weights.items()
+        if k.startswith("model.backbone.")
+    }
+    own_layout["fc.weight"] = weights["model.head.0.weight"]
+    own_layout["fc.bias"] = weights["model.head.0.bias"]
+    teacher_file = tmp_path / "teacher.pt"
+    torch.save(own_layout, teacher_file)
+
+    instances: list = []
+    host = _probe_host(instances)
+    params = {"teacher_backbone": "lenet", "teacher_weights": str(teacher_file)}
+    exp = replace(_experiment(stripes["small"], "distill", params, 1), method="distill-probe")
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert result.status == "completed", result.message
+    images = torch.randn(5, 3, 28, 28)
+    run_teacher = load_run_predictor(stripes["teacher"], host, tmp_path / "ws")
+    torch.testing.assert_close(instances[0].teacher(images), run_teacher(images))
+
+    own_layout["fc.weight"] = torch.zeros(4, own_layout["fc.weight"].shape[1])
+    own_layout["fc.bias"] = torch.zeros(4)
+    torch.save(own_layout, teacher_file)
+    with pytest.raises(WeightsError, match="classifies 4 classes.*this experiment has 3"):
+        run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    with pytest.raises(ExperimentError, match="method.params.teacher_weights"):
+        _experiment(stripes["small"], "distill", {"teacher_backbone": "lenet"}, 1)

@@ -40,6 +40,7 @@ from transferstudio.api import (
     StepOutput,
     TransferMethod,
     TransferStudioError,
+    WeightsError,
 )
 from transferstudio.core import data as D
 from transferstudio.core import events as E
@@ -55,7 +56,13 @@ from transferstudio.core.device import choose_device, choose_precision, describe
 from transferstudio.core.experiment import Experiment
 from transferstudio.core.features import FeatureCache, cache_key
 from transferstudio.core.metrics import ClassificationReport, MetricAccumulator, format_report
-from transferstudio.core.models import build_backbone, build_classifier, describe_head, make_head
+from transferstudio.core.models import (
+    build_backbone,
+    build_classifier,
+    build_trained_classifier,
+    describe_head,
+    make_head,
+)
 from transferstudio.core.optim import build_optimizer, lr_factor, set_lr
 from transferstudio.core.plugins import PluginHost
 from transferstudio.core.roles import (
@@ -216,6 +223,15 @@ class EngineContext:
                 spec, weights if weights is not None else "none", r.exp.base_dir
             )
         return build_backbone(spec, weights_file).to(self.device), spec.feature_dim
+
+    def load_classifier(self, name: str, weights: str) -> torch.nn.Module:
+        r = self._run
+        spec = r.host.backbone(name)
+        weights_file = resolve_weights(spec, weights, r.exp.base_dir)
+        if weights_file is None:
+            raise WeightsError(f"a trained classifier needs a weights file, not {weights!r}")
+        model = build_trained_classifier(spec, weights_file, self.num_classes)
+        return model.to(self.device).eval().requires_grad_(False)
 
     def load_run_model(self, ref: str) -> torch.nn.Module:
         # A relative run folder is read against the experiment file's folder, as data paths are.

@@ -189,3 +189,47 @@ def build_classifier(
     """Backbone + new head for ``num_classes``: the module every classification method trains."""
     backbone = build_backbone(spec, weights_file)
     return ClassifierModel(backbone, make_head(spec.feature_dim, num_classes, hidden, dropout))
+
+
+def build_trained_classifier(spec: BackboneSpec, weights_file: Path, num_classes: int) -> nn.Module:
+    """A backbone plugin's whole network, classifier included, from a weights file trained
+    elsewhere on ``num_classes`` classes (the plugin's own layout, e.g. a torchvision state dict
+    whose ``fc`` has ``num_classes`` outputs): a teacher that is not a TransferStudio run.
+
+    The last ``nn.Linear`` of the plugin's ``classifier`` module is resized to the file's shape;
+    a file without that layer's weights, or for another number of classes, is a
+    :class:`WeightsError` saying so."""
+    net = spec.build()
+    state = read_state_dict(weights_file)
+    if spec.convert_state_dict is not None:
+        state = spec.convert_state_dict(state)
+    classifier = net.get_submodule(spec.classifier)
+    linears = [(n, m) for n, m in classifier.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise WeightsError(
+            f"backbone {spec.name!r}: its classifier {spec.classifier!r} has no Linear layer"
+        )
+    name, last = linears[-1]
+    path = f"{spec.classifier}.{name}" if name else spec.classifier
+    weight = state.get(f"{path}.weight")
+    if weight is None or weight.dim() != 2:
+        raise WeightsError(
+            f"{weights_file} holds no classifier weights '{path}.weight' for backbone "
+            f"{spec.name!r}: a teacher file must hold the whole network trained on this "
+            "experiment's classes (use a TransferStudio run as teacher_run otherwise)"
+        )
+    if weight.shape[0] != num_classes:
+        raise WeightsError(
+            f"{weights_file} classifies {weight.shape[0]} classes ('{path}.weight' is "
+            f"{tuple(weight.shape)}); this experiment has {num_classes}"
+        )
+    resized = nn.Linear(weight.shape[1], weight.shape[0], bias=f"{path}.bias" in state)
+    _set_submodule(net, path, resized)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise WeightsError(
+            f"weights {weights_file} do not fit backbone {spec.name!r}: {first}"
+        ) from None
+    return net
