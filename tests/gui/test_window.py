@@ -334,3 +334,37 @@ def test_method_diagnostics_get_their_own_plot_reset_per_run(window, qtbot):
     assert len(curves.curves["mmd"].getData()[0]) == 1
     curves.clear()
     assert curves.diagnostic_keys() == [] and "diagnostics" not in curves.plots
+
+
+def test_every_builtin_method_can_be_chosen_with_its_form_and_data_fields(window, host):
+    from transferstudio.api import ROLE_KEYS
+    from transferstudio.core.params import fields_of
+
+    combo = window.method_combo
+    assert {combo.itemData(i) for i in range(combo.count())} == set(host.methods)
+    for name, spec in host.methods.items():
+        combo.setCurrentIndex(combo.findData(name))
+        assert set(window.method_form.widgets) == {f.name for f in fields_of(spec.params)}
+        roles = {*spec.data_roles, *spec.optional_roles}
+        shown = {
+            key
+            for key in ("target_path", "target_eval_path", "label_columns")
+            if window.data_form.widgets[key].isVisibleTo(window)
+        }
+        expected = {ROLE_KEYS[r].split(".")[1] for r in roles if r in ROLE_KEYS}
+        expected |= {"label_columns"} if "multilabel" in roles else set()
+        assert shown == expected - {"path"}, name
+
+
+def test_a_domain_adaptation_run_from_the_window_plots_its_diagnostics(window, qtbot, make_images):
+    target = make_images({"any": 10}, name="target", seed=7)
+    window.method_combo.setCurrentIndex(window.method_combo.findData("dann"))
+    window.method_form.set_values({"bottleneck": 16, "discriminator_hidden": 16})
+    window.data_form.set_values({"target_path": str(target)})
+    window.start_run()
+    with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    assert window.runs_table.item(0, 6).text() == "completed"
+    assert {"domain_acc", "domain_loss", "grl_lambda"} <= set(window.curves.diagnostic_keys())
+    assert window.curves.points("domain_acc") > 0
