@@ -190,6 +190,12 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(dock["dock.runs"], dock["dock.evaluation"])
         dock["dock.data"].raise_()
         dock["dock.runs"].raise_()
+        # The live curves get most of the height; the runs table and its comparison plot take
+        # about a quarter of it (left to Qt, the bottom docks took nearly half).
+        self.resizeDocks([dock["dock.runs"]], [300], Qt.Orientation.Vertical)
+        self.resizeDocks(
+            [dock["dock.data"], dock["dock.method"]], [340, 320], Qt.Orientation.Horizontal
+        )
 
     def _dock(self, name: str, title: str, widget: QWidget, area) -> QDockWidget:
         dock = QDockWidget(title, self)
