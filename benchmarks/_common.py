@@ -18,6 +18,22 @@ for _p in (ROOT, ROOT / "plugins"):
         sys.path.insert(0, str(_p))
 
 
+SHARED_DATA = ROOT.parent / "shared" / "data"
+"""The reference data beside the project (``../shared/data``), never copied into it."""
+
+
+def missing_shared_data(*paths: Path) -> bool:
+    """True (after printing why) when one of ``paths`` is absent: benchmarks on the shared
+    reference data exit 0 with this message instead of failing."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(
+            f"SKIPPED: the shared reference data is not available ({missing[0]} is missing; "
+            f"expected under {SHARED_DATA}, beside the project). Nothing was measured."
+        )
+    return bool(missing)
+
+
 def machine() -> dict:
     """CPU count, torch version and threads, Python, platform, CPU model."""
     import torch

@@ -139,15 +139,10 @@ def main(argv=None) -> int:
     if args.quick:
         args.epochs = 2
 
-    missing = [p for p in (DATA / "train", DATA / "val", WEIGHTS) if not p.exists()]
-    if missing:
-        print(
-            f"SKIPPED: the shared reference data is not available ({missing[0]} is missing; "
-            f"expected under {SHARED_DATA}, beside the project). Nothing was measured."
-        )
-        return 0
+    from _common import describe_machine, fmt_cores, machine, missing_shared_data, wait_quiet
 
-    from _common import describe_machine, fmt_cores, machine, wait_quiet
+    if missing_shared_data(DATA / "train", DATA / "val", WEIGHTS):
+        return 0
 
     info = machine()
     print(describe_machine(info))

@@ -24,6 +24,8 @@ from transferstudio.api import (
     param,
 )
 
+from .target_eval import target_diagnostics
+
 # --------------------------------------------------------------------------- MK-MMD
 
 
@@ -229,22 +231,8 @@ class _DomainAdaptation(TransferMethod):
 
     def epoch_diagnostics(self, ctx) -> dict[str, float]:
         out = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
-        if ctx.has_role(ROLE_LABELED_TARGET):
-            out["target_accuracy"] = self.target_accuracy(ctx)
-        return out
-
-    def target_accuracy(self, ctx) -> float:
-        """Accuracy of the predictor on the labeled target evaluation set."""
-        import torch
-
         self.eval()
-        correct = seen = 0
-        with torch.no_grad():
-            for images, targets in ctx.loader("eval", role=ROLE_LABELED_TARGET):
-                logits = self.model(images.to(ctx.device))
-                correct += int((logits.argmax(1).cpu() == targets).sum())
-                seen += len(targets)
-        return correct / max(seen, 1)
+        return out | target_diagnostics(ctx, self.model)
 
 
 # --------------------------------------------------------------------------- dan
@@ -279,7 +267,8 @@ class DanParams(AdaptationParams):
         1.0,
         min=0.0,
         max=100.0,
-        help="lambda: weight of the MK-MMD penalty; 0 trains on the source alone",
+        help="lambda: weight of the MK-MMD penalty; 0 adds no adaptation loss (target batches "
+        "still share the BatchNorm statistics)",
     )
     kernels: int = param(
         5,
@@ -332,7 +321,8 @@ class DannParams(AdaptationParams):
         min=0.0,
         max=10.0,
         help="lambda: the largest gradient reversal coefficient (how hard the features fight "
-        "the discriminator); 0 trains on the source alone",
+        "the discriminator); 0 adds no adaptation loss (target batches still share the "
+        "BatchNorm statistics)",
     )
     schedule: str = param(
         "progressive",

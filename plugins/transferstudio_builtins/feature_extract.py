@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transferstudio.api import MethodSpec, StepOutput, TransferMethod, param
+from transferstudio.api import (
+    ROLE_LABELED_TARGET,
+    MethodSpec,
+    StepOutput,
+    TransferMethod,
+    param,
+)
+
+from .target_eval import target_diagnostics
 
 
 @dataclass
@@ -97,6 +105,11 @@ class FeatureExtract(TransferMethod):
         inputs, targets = batch
         return self.model.head(self._features(inputs)), targets
 
+    def epoch_diagnostics(self, ctx) -> dict[str, float]:
+        # With data.target_eval_path set, the source-only baseline of domain adaptation.
+        self.eval()
+        return target_diagnostics(ctx, self.predictor())
+
     def predictor(self):
         return self.model
 
@@ -106,4 +119,5 @@ FEATURE_EXTRACT = MethodSpec(
     description="frozen backbone, new linear or MLP head; features cached when not augmenting",
     params=FeatureExtractParams,
     factory=FeatureExtract,
+    optional_roles=(ROLE_LABELED_TARGET,),
 )

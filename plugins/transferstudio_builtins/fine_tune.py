@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from transferstudio.api import (
     BN_MODES,
+    ROLE_LABELED_TARGET,
     ExperimentError,
     FreezePlan,
     MethodSpec,
@@ -15,6 +16,8 @@ from transferstudio.api import (
     param,
     parse_unfreeze_schedule,
 )
+
+from .target_eval import target_diagnostics
 
 
 @dataclass
@@ -124,6 +127,11 @@ class FineTune(TransferMethod):
         images, targets = batch
         return self.model(images), targets
 
+    def epoch_diagnostics(self, ctx) -> dict[str, float]:
+        # With data.target_eval_path set, the source-only baseline of domain adaptation.
+        self.eval()
+        return target_diagnostics(ctx, self.predictor())
+
     def predictor(self):
         return self.model
 
@@ -145,4 +153,5 @@ FINE_TUNE = MethodSpec(
     "gradual unfreezing",
     params=FineTuneParams,
     factory=FineTune,
+    optional_roles=(ROLE_LABELED_TARGET,),
 )
