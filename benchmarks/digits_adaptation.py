@@ -16,6 +16,9 @@ What it measures
                  bottleneck's BatchNorm statistics mix both domains, as they do in ``dan``/``dann``.
     dan          ``mmd_weight = 1`` (MK-MMD, 5 kernels, unbiased estimator) on the bottleneck.
     dann         gradient reversal, progressive schedule (gamma 10), ``domain_weight = 1``.
+    fine-tune    (opt-in, ``--methods ... fine-tune``) a check of that baseline: plain lenet +
+                 linear head (no bottleneck) on the source alone, target images never seen;
+                 this script measures the target accuracy of its last and best checkpoints.
 
     Shared settings: bottleneck 64, ``backbone_lr_mult = 1`` (from scratch), discriminator 2 x 256
     hidden units (dann; the docs' advice for lenet), no augmentation, batch 64 source + 64
@@ -40,14 +43,16 @@ What it measures
     std), the best target accuracy over the epochs (an oracle: it peeks at target labels), the
     target accuracy at the epoch with the best source val accuracy (what a user without target
     labels would pick), the final source val accuracy, and TLL's published figure (trained on the
-    60k MNIST split for 50k iterations, so expect lower absolute numbers here; compare methods
-    within this table). Seeds run in rounds (every cell once per round); with ``--budget-min``
+    60k MNIST split, batch 128, 2,500 iterations x 20 epochs, so expect lower absolute numbers
+    here; compare methods within this table). Seeds run in rounds (every cell once per round); with ``--budget-min``
     a new round starts only if the previous round's time still fits in the budget.
 
 How to run
     .venv/bin/python benchmarks/digits_adaptation.py --quick      # 1 epoch, 1 seed: smoke/timing
     .venv/bin/python benchmarks/digits_adaptation.py              # full: 6 epochs, 3 seeds, ~30 min
     .venv/bin/python benchmarks/digits_adaptation.py --json out.json --cache /tmp/digits
+    .venv/bin/python benchmarks/digits_adaptation.py --first-seed 2 --seeds 1 --budget-min 0 \
+        --methods source-only dan dann fine-tune                  # one more seed + the check
 
 Needs ``h5py`` the first time (to read ``usps.h5``; an optional benchmark dependency, not one of
 TransferStudio's); once the cache is written it is not imported. Exits 0 with a message when
@@ -81,10 +86,12 @@ DIRECTIONS = {
     "usps->mnist": ("usps_train", "mnist_target", "mnist_eval"),
 }
 METHODS = ("source-only", "dan", "dann")
+# Opt-in extra baseline: plain fine-tune (lenet + linear head, no bottleneck), target never seen.
+EXTRA_METHODS = ("fine-tune",)
 # Transfer-Learning-Library, LeNet from scratch, target accuracy % (see ../shared/data/README.md)
 PUBLISHED = {
-    "mnist->usps": {"source-only": 82.1, "dan": 86.0, "dann": 91.7},
-    "usps->mnist": {"source-only": 74.6, "dan": 89.5, "dann": 95.2},
+    "mnist->usps": {"source-only": 82.1, "fine-tune": 82.1, "dan": 86.0, "dann": 91.7},
+    "usps->mnist": {"source-only": 74.6, "fine-tune": 74.6, "dan": 89.5, "dann": 95.2},
 }
 
 
@@ -137,7 +144,7 @@ def prepare_data(cache: Path) -> dict[str, int]:
     except ImportError:
         raise SystemExit(
             "reading usps.h5 needs h5py (an optional benchmark dependency): "
-            ".venv/bin/pip install h5py"
+            ".venv/bin/pip install -e '.[bench]' (or: .venv/bin/pip install h5py)"
         ) from None
     t0 = time.perf_counter()
     print(f"converting the digits into PNG folders under {cache} (once) ...", flush=True)
@@ -178,7 +185,9 @@ def prepare_data(cache: Path) -> dict[str, int]:
 def experiment_raw(args, cache: Path, direction: str, method: str, seed: int) -> dict:
     source, target, target_eval = DIRECTIONS[direction]
     shared = {"bottleneck": args.bottleneck, "backbone_lr_mult": 1.0}
-    if method == "source-only":
+    if method == "fine-tune":
+        name, params = "fine-tune", {"backbone_lr_mult": 1.0}
+    elif method == "source-only":
         name, params = "dan", shared | {"mmd_weight": 0.0}
     elif method == "dan":
         name, params = "dan", shared | {"mmd_weight": args.mmd_weight}
@@ -188,13 +197,15 @@ def experiment_raw(args, cache: Path, direction: str, method: str, seed: int) ->
             shared
             | {"domain_weight": args.domain_weight, "discriminator_hidden": args.disc_hidden},
         )
+    data = {"target_path": str(cache / target), "target_eval_path": str(cache / target_eval)}
+    if method == "fine-tune":
+        data = {}  # fine-tune takes no target data; the script measures target accuracy itself
     return {
         "schema_version": 1,
         "name": f"bench-digits-{direction.replace('->', '2')}-{method}-s{seed}",
         "data": {
             "path": str(cache / source),
-            "target_path": str(cache / target),
-            "target_eval_path": str(cache / target_eval),
+            **data,
             "val_split": 0.1,
             "split_seed": 0,
             "batch_size": args.batch_size,
@@ -247,9 +258,11 @@ def run_one(args, cache: Path, direction: str, method: str, seed: int, workspace
                 for k, v in ev.val.items()
                 if k in ("diag_mmd", "diag_domain_acc")
             )
+            target = row["target_accuracy"]
             print(
                 f"    [{tag}] epoch {ev.epoch + 1}/{ev.epochs}: {ev.seconds:5.1f} s, source val "
-                f"{row['source_val_accuracy']:.4f}, target {row['target_accuracy']:.4f}{extra}",
+                f"{row['source_val_accuracy']:.4f}, target "
+                f"{'n/a' if target is None else f'{target:.4f}'}{extra}",
                 flush=True,
             )
         elif isinstance(ev, E.RunStarted):
@@ -263,7 +276,14 @@ def run_one(args, cache: Path, direction: str, method: str, seed: int, workspace
         raise SystemExit(f"run {tag} {result.status}: {result.message}")
     final = epochs[-1]
     by_val = max(epochs, key=lambda e: (e["source_val_accuracy"], -e["epoch"]))
-    best = max(epochs, key=lambda e: e["target_accuracy"])
+    if method == "fine-tune":
+        # Not measured per epoch: evaluate the last and the best (source-val) checkpoints here.
+        eval_folder = cache / DIRECTIONS[direction][2]
+        final["target_accuracy"] = checkpoint_accuracy(result.folder, "last", eval_folder, host)
+        by_val["target_accuracy"] = checkpoint_accuracy(result.folder, "best", eval_folder, host)
+        best = {"target_accuracy": None, "epoch": None}  # only two checkpoints were measured
+    else:
+        best = max(epochs, key=lambda e: e["target_accuracy"])
     out = {
         "direction": direction,
         "method": method,
@@ -282,17 +302,53 @@ def run_one(args, cache: Path, direction: str, method: str, seed: int, workspace
     }
     print(
         f"  {tag}: {wall:.0f} s ({cpu:.0f} CPU s); target final {final['target_accuracy']:.4f}, "
-        f"best {best['target_accuracy']:.4f} (epoch {best['epoch']}); source val "
+        + (
+            "best n/a"
+            if best["epoch"] is None
+            else f"best {best['target_accuracy']:.4f} (epoch {best['epoch']})"
+        )
+        + f"; source val "
         f"{final['source_val_accuracy']:.4f}; other processes {fmt_cores(other.cores)} cores",
         flush=True,
     )
     return out
 
 
+def checkpoint_accuracy(run_folder: Path, kind: str, eval_folder: Path, host) -> float:
+    """Accuracy on ``eval_folder`` (class folders) of a run's ``kind`` checkpoint, rebuilt as the
+    engine's own predictor loader does (backbone + head from the stored recipe)."""
+    import torch
+
+    from transferstudio.api import Sample
+    from transferstudio.core.checkpoint import CheckpointStore
+    from transferstudio.core.data import ImageDataset, build_transform
+    from transferstudio.core.models import ClassifierModel, build_backbone, head_from_recipe
+    from transferstudio.core.roles import list_images
+
+    checkpoint = CheckpointStore(run_folder / "checkpoints").load(kind, with_state=False)
+    meta, prefix = checkpoint.meta, checkpoint.meta["predictor_module"] + "."
+    spec = host.backbone(meta["backbone"])
+    model = ClassifierModel(build_backbone(spec, None), head_from_recipe(meta["head_recipe"]))
+    model.load_state_dict(
+        {k[len(prefix) :]: v for k, v in checkpoint.weights.items() if k.startswith(prefix)}
+    )
+    paths, _ = list_images(eval_folder)
+    samples = [Sample(p, Path(p).parent.name) for p in paths]
+    dataset = ImageDataset(samples, meta["class_names"], build_transform(spec.preprocessing, None))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=0)
+    correct = 0
+    model.eval()
+    with torch.no_grad():
+        for images, targets in loader:
+            correct += int((model(images).argmax(1) == targets).sum())
+    return correct / len(dataset)
+
+
 # --------------------------------------------------------------------------- report
 
 
 def mean_std(values: list[float], scale: float = 100.0) -> str:
+    values = [v for v in values if v is not None]
     if not values:
         return "n/a"
     m = statistics.fmean(values) * scale
@@ -304,7 +360,7 @@ def mean_std(values: list[float], scale: float = 100.0) -> str:
 def summarise(runs: list[dict]) -> list[dict]:
     rows = []
     for direction in DIRECTIONS:
-        for method in METHODS:
+        for method in (*METHODS, *EXTRA_METHODS):
             rs = [r for r in runs if r["direction"] == direction and r["method"] == method]
             if not rs:
                 continue
@@ -359,7 +415,7 @@ def print_tables(rows: list[dict], runs: list[dict]) -> None:
                 and x["method"] == r["method"]
                 and x["seed"] == s
             ]
-            cells.append(f"{100 * match[0]:.1f}" if match else "-")
+            cells.append(f"{100 * match[0]:.1f}" if match and match[0] is not None else "-")
         print(f"| {r['direction']} | {r['method']} | " + " | ".join(cells) + " |")
 
 
@@ -369,7 +425,8 @@ def print_tables(rows: list[dict], runs: list[dict]) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, run in rounds")
+    ap.add_argument("--seeds", type=int, default=3, help="number of seeds, run in rounds")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds are FIRST..FIRST+N-1")
     ap.add_argument(
         "--budget-min",
         type=float,
@@ -386,7 +443,14 @@ def main(argv=None) -> int:
     ap.add_argument("--domain-weight", type=float, default=1.0)
     ap.add_argument("--disc-hidden", type=int, default=256)
     ap.add_argument("--directions", nargs="+", choices=list(DIRECTIONS), default=list(DIRECTIONS))
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=(*METHODS, *EXTRA_METHODS),
+        default=list(METHODS),
+        help="fine-tune (opt-in): plain lenet + linear head on the source alone, target "
+        "accuracy of its last and best checkpoints measured by this script",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 1 seed")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="converted PNG folders")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -415,6 +479,7 @@ def main(argv=None) -> int:
         for k in (
             "epochs",
             "seeds",
+            "first_seed",
             "batch_size",
             "optimizer",
             "lr",
@@ -452,23 +517,23 @@ def main(argv=None) -> int:
             )
 
     with tempfile.TemporaryDirectory(prefix="ts-bench-digits-") as tmp:
-        for seed in range(args.seeds):
+        for i, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
             elapsed = time.perf_counter() - t_start
             if rounds and args.budget_min and elapsed + rounds[-1] > args.budget_min * 60:
                 print(
-                    f"stopping after {seed} seed(s): another round (~{rounds[-1]:.0f} s) would "
+                    f"stopping after {i} seed(s): another round (~{rounds[-1]:.0f} s) would "
                     f"pass the {args.budget_min:g}-minute budget ({elapsed:.0f} s used)\n"
                 )
                 break
             t_round = time.perf_counter()
-            print(f"round {seed + 1}/{args.seeds} (seed {seed})", flush=True)
+            print(f"round {i + 1}/{args.seeds} (seed {seed})", flush=True)
             for direction in args.directions:
                 for method in args.methods:
                     ws = Path(tmp) / f"ws-{direction.replace('->', '2')}-{method}-{seed}"
                     runs.append(run_one(args, args.cache, direction, method, seed, ws))
                     dump()
             rounds.append(time.perf_counter() - t_round)
-            print(f"round {seed + 1} took {rounds[-1]:.0f} s\n", flush=True)
+            print(f"round {i + 1} took {rounds[-1]:.0f} s\n", flush=True)
 
     total = time.perf_counter() - t_start
     rows = summarise(runs)
