@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -407,3 +407,23 @@ def test_first_order_maml_trains_through_the_engine(tmp_path, glyphs):
     assert result.status == "completed", result.message
     assert sum(isinstance(e, E.BatchEnded) for e in state.events) == 2  # 6 tasks / 3 per step
     assert result.report["val"]["metrics"]["episodes"] == 4
+
+
+def test_augment_settings_on_an_episodic_method_are_named_as_not_applied(tmp_path, glyphs):
+    host = load_plugins(autoload=False)
+    exp = _fewshot_experiment(
+        tmp_path,
+        host,
+        "protonet",
+        data=glyphs,
+        episodes_per_epoch=2,
+        val_episodes=4,
+        test_split=0.0,
+        **EPISODES,
+    )
+    exp = replace(exp, augment=replace(exp.augment, hflip=True))
+    state = PlainState()
+    result = run_experiment(exp, host, state, tmp_path / "ws")
+    assert result.status == "completed", result.message
+    said = [e.text for e in state.events if isinstance(e, E.LogMessage)]
+    assert sum("episodes are not augmented" in t for t in said) == 1

@@ -189,6 +189,7 @@ class EngineContext:
         self.augmenting = engine.exp.augment.any_random
         self.seed = engine.exp.train.seed
         self.tasks: dict[str, list[str]] = dict(engine.tasks)
+        self._said_episodes_plain = False
         self.backbone_name = engine.exp.model.backbone
         self.preprocessing = engine.preprocessing
 
@@ -245,6 +246,9 @@ class EngineContext:
         r = self._run
         if split not in r.scan.splits:
             raise DataError(f"no {split} classes for episodes; see data.val_split/test_split")
+        if split == "train" and self.augmenting and not self._said_episodes_plain:
+            self._said_episodes_plain = True
+            r.log("episodes are not augmented: the [augment] settings do not apply to them")
         loader = EpisodeLoader(
             r.scan.splits[split],
             r.eval_transform,
