@@ -175,6 +175,22 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from transferstudio.core.export import export_run
+
+    host = _host()
+    fmt = args.format
+    target = Path(
+        args.output or f"model{host.exporters[fmt].suffix if fmt in host.exporters else ''}"
+    )
+    result = export_run(
+        args.run, fmt, target, host, _workspace(args), args.module or "", force=args.force
+    )
+    diff = f"{result.max_abs_diff:.3g}" if result.max_abs_diff is not None else "not checked"
+    print(f"wrote {result.path} ({result.format}); verified: max abs difference {diff}")
+    return 0
+
+
 class _UsageError(Exception):
     pass
 
@@ -234,6 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list plugins, what they provide, and their errors")
     p.add_argument("-v", "--verbose", action="store_true", help="show full tracebacks")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser(
+        "export", help="export a run's model (or a sub-module), verified against the original"
+    )
+    p.add_argument("run", help="run id (or unique prefix) or run folder")
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        help="exporter: safetensors (default), bundle, state_dict, torchscript, onnx, or a "
+        "plugin's ('transferstudio plugins' lists them)",
+    )
+    p.add_argument("-o", "--output", help="file to write (default: model.<suffix> here)")
+    p.add_argument("--module", help="dotted path of a sub-module, e.g. backbone (default: all)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("runs", help="list the workspace's runs, or show one")
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")

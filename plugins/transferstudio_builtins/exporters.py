@@ -1,5 +1,6 @@
-"""Built-in model exporters: safetensors weights, TorchScript, ONNX. Each verifies its file by
-reloading it and comparing outputs with the source module (max abs difference)."""
+"""Built-in model exporters: safetensors weights, a PyTorch state_dict, TorchScript, ONNX and the
+model bundle. Each verifies its file by reloading it and comparing outputs with the source
+module (max abs difference)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def export_safetensors(module, example, path: Path, metadata: dict) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={k: str(v) for k, v in metadata.items()})
+    save_file(state, str(path), metadata=_strings(metadata))
 
 
 def verify_safetensors(module, example, path: Path) -> float:
@@ -28,6 +29,54 @@ def verify_safetensors(module, example, path: Path) -> float:
 
     clone = copy.deepcopy(module).eval()
     clone.load_state_dict(load_file(str(path)))
+    with torch.no_grad():
+        return _max_diff(module(example), clone(example))
+
+
+def export_state_dict(module, example, path: Path, metadata: dict) -> None:
+    import torch
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    torch.save(state, str(path))
+
+
+def verify_state_dict(module, example, path: Path) -> float:
+    import torch
+
+    clone = copy.deepcopy(module).eval()
+    # weights_only: the file is read back the way TransferStudio reads any .pt file.
+    clone.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
+    with torch.no_grad():
+        return _max_diff(module(example), clone(example))
+
+
+BUNDLE_WEIGHTS = "weights.safetensors"
+BUNDLE_MANIFEST = "manifest.json"
+
+
+def export_bundle(module, example, path: Path, metadata: dict) -> None:
+    """One zip: the weights as safetensors and ``manifest.json`` (the metadata the host gives:
+    architecture recipe, class names, preprocessing, provenance). Nothing in it is a pickle."""
+    import zipfile
+
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as bundle:
+        bundle.writestr(BUNDLE_MANIFEST, _json(metadata))
+        bundle.writestr(BUNDLE_WEIGHTS, save(state))
+
+
+def verify_bundle(module, example, path: Path) -> float:
+    import zipfile
+
+    import torch
+    from safetensors.torch import load
+
+    with zipfile.ZipFile(path) as bundle:
+        state = load(bundle.read(BUNDLE_WEIGHTS))
+    clone = copy.deepcopy(module).eval()
+    clone.load_state_dict(state)
     with torch.no_grad():
         return _max_diff(module(example), clone(example))
 
@@ -87,7 +136,7 @@ def export_onnx(module, example, path: Path, metadata: dict) -> None:
     model = onnx.load(str(path))
     for key, value in metadata.items():
         entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
+        entry.key, entry.value = key, _strings({key: value})[key]
     onnx.save(model, str(path))
 
 
@@ -106,10 +155,15 @@ def verify_onnx(module, example, path: Path) -> float:
         return _max_diff(module(example), torch.from_numpy(output))
 
 
-def _json(metadata: dict) -> str:
+def _strings(metadata: dict) -> dict[str, str]:
+    # String-only metadata (safetensors, ONNX metadata_props): nested values as JSON.
+    return {k: v if isinstance(v, str) else _json(v) for k, v in metadata.items()}
+
+
+def _json(metadata) -> str:
     import json
 
-    return json.dumps(metadata, sort_keys=True)
+    return json.dumps(metadata, sort_keys=True, default=str)
 
 
 def builtin_exporters() -> list[ExporterSpec]:
@@ -120,6 +174,21 @@ def builtin_exporters() -> list[ExporterSpec]:
             export_safetensors,
             "weights only, safe to load anywhere",
             verify_safetensors,
+        ),
+        ExporterSpec(
+            "bundle",
+            ".tsmodel",
+            export_bundle,
+            "model bundle: weights, architecture, classes, preprocessing and provenance in one "
+            "file; TransferStudio reopens it to predict or to fine-tune further",
+            verify_bundle,
+        ),
+        ExporterSpec(
+            "state_dict",
+            ".pth",
+            export_state_dict,
+            "PyTorch state_dict (torch.save of tensors; load with weights_only=True)",
+            verify_state_dict,
         ),
         ExporterSpec(
             "torchscript",

@@ -18,7 +18,7 @@ def model():
     return build_classifier(load_plugins(autoload=False).backbone("resnet18"), None, 3).eval()
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["safetensors", "state_dict", "bundle", "torchscript", "onnx"])
 @pytest.mark.parametrize("module_path", ["", "backbone.layer4", "head"])
 def test_export_round_trips_and_verifies(host, model, tmp_path, fmt, module_path):
     if fmt == "onnx":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ def export_module(
     module: nn.Module,
     example: torch.Tensor,
     target: Path,
-    metadata: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportResult:
     """Write ``module`` with exporter ``spec`` to ``target`` (atomically), then reload it and
@@ -74,3 +75,46 @@ def export_module(
                 f"{diff:.3g} > tolerance {tolerance:g}; {target} was not written"
             )
     return ExportResult(target, spec.format, diff)
+
+
+def export_run(
+    ref: str | Path,
+    fmt: str,
+    target: Path,
+    host,
+    workspace: Path,
+    module_path: str = "",
+    force: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ExportResult:
+    """Export a finished run's classifier (its best checkpoint), or one of its sub-modules, with
+    exporter ``fmt``; provenance (see :func:`transferstudio.core.bundle.provenance`) goes into the
+    file's metadata. An existing ``target`` is only replaced with ``force``."""
+    from transferstudio.core.bundle import bundle_manifest
+    from transferstudio.core.checkpoint import CheckpointStore
+    from transferstudio.core.run_models import load_run_predictor, run_folder
+
+    target = Path(target)
+    if target.exists() and not force:
+        raise TransferStudioError(f"{target} already exists; pass --force to replace it")
+    if fmt not in host.exporters:
+        raise TransferStudioError(
+            f"no exporter named {fmt!r}; available: {', '.join(sorted(host.exporters))}"
+        )
+    folder = run_folder(ref, workspace)
+    store = CheckpointStore(folder / "checkpoints")
+    meta = store.meta("best" if store.exists("best") else "last")
+    model = load_run_predictor(folder, host, workspace)
+    try:
+        module = model.get_submodule(module_path) if module_path else model
+    except AttributeError:
+        raise TransferStudioError(
+            f"the model has no module {module_path!r}; see the Model tree for the paths"
+        ) from None
+    crop = int(meta.get("preprocessing", {}).get("crop", 224))
+    batch = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+    example = sample_input(model, module_path, batch)
+    with torch.no_grad():
+        output_shape = list(module.eval()(example).shape[1:])
+    metadata = bundle_manifest(meta, module_path, output_shape)
+    return export_module(host.exporters[fmt], module, example, target, metadata, tolerance)

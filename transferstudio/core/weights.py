@@ -47,6 +47,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
+    if path.suffix == ".tsmodel":
+        from transferstudio.core.bundle import read_bundle_weights
+
+        return read_bundle_weights(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -95,10 +99,10 @@ def resolve_weights(spec: BackboneSpec, weights: str, base_dir: str | Path) -> P
         from transferstudio.core.run_models import best_weights_file
 
         return best_weights_file(path)
-    if path.suffix not in (".pt", ".pth", ".safetensors"):
+    if path.suffix not in (".pt", ".pth", ".safetensors", ".tsmodel"):
         raise WeightsError(
-            f"model.weights: {path} must be a .pt, .pth or .safetensors file, a run folder, "
-            "or 'none' or 'cache'"
+            f"model.weights: {path} must be a .pt, .pth, .safetensors or .tsmodel (bundle) file, "
+            "a run folder, or 'none' or 'cache'"
         )
     if not path.is_file():
         raise WeightsError(f"model.weights: {path} does not exist")

@@ -1,0 +1,113 @@
+"""Exporting a finished run: the bundle round trip (predict, fine-tune further), provenance in
+the file's metadata, no silent overwrite, and the CLI command."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+import torch
+
+from tests.helpers import tiny_experiment
+from transferstudio.api import TransferStudioError, WeightsError
+from transferstudio.core.bundle import load_bundle
+from transferstudio.core.engine import PlainState, run_experiment
+from transferstudio.core.export import export_run
+from transferstudio.core.run_models import load_run_predictor
+
+
+@pytest.fixture
+def finished_run(make_images, tmp_path, host):
+    exp = tiny_experiment(make_images({"red": 8, "green": 8, "blue": 8}), train__epochs=1)
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert result.status == "completed", result.message
+    return result
+
+
+def test_a_bundle_reopens_to_predict_exactly_as_the_run(finished_run, host, tmp_path):
+    target = tmp_path / "model.tsmodel"
+    result = export_run(finished_run.run_id, "bundle", target, host, tmp_path / "ws")
+    assert result.max_abs_diff <= 1e-4
+    bundle = load_bundle(target, host)
+    assert bundle.class_names == ["blue", "green", "red"]
+    assert bundle.preprocessing.crop == 32
+    images = torch.randn(4, 3, 32, 32)
+    run_model = load_run_predictor(finished_run.folder, host, tmp_path / "ws")
+    torch.testing.assert_close(bundle.model(images), run_model(images))
+    provenance = bundle.manifest["provenance"]
+    assert provenance["run_id"] == finished_run.run_id
+    assert provenance["backbone"] == "resnet18" and provenance["method"] == "fine-tune"
+    assert provenance["dataset_fingerprint"] and provenance["seed"] == 1
+    assert "freeze" in provenance["method_params"]
+    assert bundle.manifest["output_shape"] == [3]
+
+
+def test_a_bundle_is_a_weights_source_for_further_fine_tuning(
+    finished_run, host, tmp_path, make_images
+):
+    target = tmp_path / "model.tsmodel"
+    export_run(finished_run.run_id, "bundle", target, host, tmp_path / "ws")
+    again = tiny_experiment(make_images({"a": 6, "b": 6}, name="next"), train__epochs=1)
+    again.model.weights = str(target)
+    second = run_experiment(again, host, PlainState(), tmp_path / "ws")
+    assert second.status == "completed", second.message
+
+
+def test_the_backbone_alone_exports_with_its_output_shape(finished_run, host, tmp_path):
+    target = tmp_path / "backbone.tsmodel"
+    export_run(finished_run.run_id, "bundle", target, host, tmp_path / "ws", "backbone")
+    bundle = load_bundle(target, host)
+    assert bundle.manifest["output_shape"] == [512] and bundle.class_names == []
+    assert bundle.model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_safetensors_metadata_carries_the_provenance(finished_run, host, tmp_path):
+    from safetensors import safe_open
+
+    target = tmp_path / "model.safetensors"
+    export_run(finished_run.run_id, "safetensors", target, host, tmp_path / "ws")
+    with safe_open(str(target), "pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["provenance"])["run_id"] == finished_run.run_id
+    assert json.loads(metadata["class_names"]) == ["blue", "green", "red"]
+
+
+def test_an_existing_file_is_only_replaced_with_force(finished_run, host, tmp_path):
+    target = tmp_path / "model.pth"
+    target.write_text("keep me")
+    with pytest.raises(TransferStudioError, match="already exists; pass --force"):
+        export_run(finished_run.run_id, "state_dict", target, host, tmp_path / "ws")
+    assert target.read_text() == "keep me"
+    export_run(finished_run.run_id, "state_dict", target, host, tmp_path / "ws", force=True)
+    assert torch.load(target, weights_only=True)["head.0.weight"].shape == (3, 512)
+
+
+def test_a_tampered_or_foreign_bundle_is_refused_with_the_file_named(finished_run, host, tmp_path):
+    target = tmp_path / "model.tsmodel"
+    export_run(finished_run.run_id, "bundle", target, host, tmp_path / "ws")
+    with zipfile.ZipFile(target) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        weights = archive.read("weights.safetensors")
+    manifest["head_recipe"]["layers"][-1]["out"] = 7  # claims 7 classes; the weights have 3
+    bad = tmp_path / "bad.tsmodel"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("manifest.json", json.dumps(manifest))
+        archive.writestr("weights.safetensors", weights)
+    with pytest.raises(WeightsError, match="bad.tsmodel: its weights do not fit"):
+        load_bundle(bad, host)
+    junk = tmp_path / "junk.tsmodel"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(WeightsError, match="junk.tsmodel is not a readable"):
+        load_bundle(junk, host)
+
+
+def test_export_command_writes_a_verified_file(finished_run, tmp_path, capsys):
+    from transferstudio.cli import main
+
+    target = tmp_path / "out.tsmodel"
+    argv = ["--workspace", str(tmp_path / "ws"), "export", finished_run.run_id]
+    assert main([*argv, "--format", "bundle", "-o", str(target)]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    assert main([*argv, "--format", "bundle", "-o", str(target)]) == 2
+    assert "--force" in capsys.readouterr().err

@@ -1,0 +1,143 @@
+"""Model bundles (``.tsmodel``): one zip file holding a model's safetensors weights and a
+``manifest.json`` with everything needed to use it again without the run that made it: the
+backbone id and head recipe, the class names, the preprocessing and the run's provenance.
+
+The built-in ``bundle`` exporter writes the file from the manifest :func:`bundle_manifest`
+builds; :func:`load_bundle` reopens it to predict, and a bundle is accepted as
+``model.weights`` to fine-tune further. Nothing in a bundle is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferstudio.api import Preprocessing, WeightsError
+from transferstudio.core.models import ClassifierModel, build_backbone, head_from_recipe
+
+BUNDLE_SUFFIX = ".tsmodel"
+FORMAT = "transferstudio-bundle"
+VERSION = 1
+WEIGHTS_ENTRY = "weights.safetensors"
+MANIFEST_ENTRY = "manifest.json"
+
+
+def provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where a checkpoint's model came from, from its metadata: run, backbone, weights source
+    and hash, method and its parameters (the freeze plan among them), plugin versions, seed,
+    dataset fingerprint, class map and validation metrics."""
+    from transferstudio import __version__
+
+    experiment = meta.get("experiment", {})
+    return {
+        "transferstudio_version": __version__,
+        "run_id": meta.get("run_id"),
+        "epoch": meta.get("epoch"),
+        "backbone": meta.get("backbone"),
+        "weights_source": meta.get("weights_source"),
+        "weights_digest": meta.get("weights_digest"),
+        "method": meta.get("method"),
+        "method_params": experiment.get("method", {}).get("params", {}),
+        "method_state": meta.get("method_state", {}),
+        "plugin_versions": meta.get("plugin_versions", {}),
+        "seed": meta.get("seed"),
+        "dataset_fingerprint": meta.get("dataset_fingerprint"),
+        "class_names": meta.get("class_names", []),
+        "metrics": meta.get("metrics", {}),
+    }
+
+
+def bundle_manifest(
+    meta: dict[str, Any], module_path: str, output_shape: list[int]
+) -> dict[str, Any]:
+    """The manifest of a bundle of ``module_path`` (``""``: the whole predictor) of the run whose
+    checkpoint metadata is ``meta``. A whole-classifier bundle carries the head recipe; a
+    sub-module bundle (the backbone alone, say) documents its output shape instead."""
+    whole = module_path in ("", meta.get("predictor_module", ""))
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "module": module_path,
+        "backbone": meta.get("backbone"),
+        "head_recipe": meta.get("head_recipe") if whole else None,
+        "class_names": meta.get("class_names", []) if whole else [],
+        "preprocessing": meta.get("preprocessing"),
+        "output_shape": output_shape,
+        "provenance": provenance(meta),
+    }
+
+
+@dataclass
+class Bundle:
+    """A reopened bundle: the model in eval mode, its classes and preprocessing."""
+
+    model: nn.Module
+    class_names: list[str]
+    preprocessing: Preprocessing
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors.torch import load
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            manifest = json.loads(archive.read(MANIFEST_ENTRY))
+            weights = load(archive.read(WEIGHTS_ENTRY))
+    except FileNotFoundError:
+        raise WeightsError(f"model bundle {path} does not exist") from None
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise WeightsError(
+            f"{path} is not a readable TransferStudio model bundle ({exc}); export it again"
+        ) from None
+    if manifest.get("format") != FORMAT:
+        raise WeightsError(f"{path}: manifest format is {manifest.get('format')!r}, not {FORMAT}")
+    if int(manifest.get("version", 0)) > VERSION:
+        raise WeightsError(
+            f"{path} is bundle version {manifest['version']}, newer than this TransferStudio "
+            f"reads ({VERSION}); upgrade TransferStudio"
+        )
+    return manifest, weights
+
+
+def read_bundle_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a bundle (for ``model.weights``: its backbone part is used)."""
+    return _read(Path(path))[1]
+
+
+def load_bundle(path: str | Path, host) -> Bundle:
+    """Reopen a bundle as a model (eval mode): the backbone plugin named in the manifest with the
+    head its recipe describes, or the exported sub-module for bundles of the backbone alone."""
+    path = Path(path)
+    manifest, weights = _read(path)
+    spec = host.backbone(manifest["backbone"])
+    recipe = manifest.get("head_recipe")
+    module = manifest.get("module", "")
+    if recipe:
+        model: nn.Module = ClassifierModel(build_backbone(spec, None), head_from_recipe(recipe))
+    elif module.endswith("backbone") or module == "backbone":
+        model = build_backbone(spec, None)
+    else:
+        raise WeightsError(
+            f"{path} holds module {module!r}, which TransferStudio cannot rebuild on its own "
+            "(only whole classifiers and backbones can be reopened)"
+        )
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"{path}: its weights do not fit backbone {spec.name!r}: {str(exc).splitlines()[0]}"
+        ) from None
+    pre = manifest.get("preprocessing")
+    return Bundle(
+        model.eval(),
+        list(manifest.get("class_names", [])),
+        Preprocessing.from_dict(pre) if pre else spec.preprocessing,
+        manifest,
+    )
