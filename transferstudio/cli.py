@@ -191,6 +191,48 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    import csv
+
+    from transferstudio.core.predict import gather_images, open_predictor, predict
+
+    predictor = open_predictor(args.model, _host(), _workspace(args))
+    paths, skipped = gather_images(args.inputs)
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if tty:
+            width = 30
+            bar = "#" * (width * done // max(total, 1))
+            print(f"\r[{bar:<{width}}] {done}/{total} images", end="", file=sys.stderr)
+
+    report = predict(predictor, paths, args.top_k, args.batch_size, progress)
+    if tty:
+        print(file=sys.stderr)
+    for item in report.predictions:
+        labels = ", ".join(f"{label} {p:.3f}" for label, p in item.top)
+        print(f"{item.path}\t{labels}")
+    for path, reason in skipped + report.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            k = max((len(p.top) for p in report.predictions), default=0)
+            header = ["path"] + [f"{kind}{i + 1}" for i in range(k) for kind in ("label", "p")]
+            writer.writerow(header)
+            for item in report.predictions:
+                writer.writerow(
+                    [item.path] + [x for label, p in item.top for x in (label, f"{p:.6f}")]
+                )
+        print(f"wrote {args.csv}", file=sys.stderr)
+    print(
+        f"{len(report.predictions)} predicted, {len(skipped) + len(report.skipped)} skipped "
+        f"({predictor.source})",
+        file=sys.stderr,
+    )
+    return 0 if report.predictions or not (skipped or report.skipped) else 1
+
+
 class _UsageError(Exception):
     pass
 
@@ -265,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--module", help="dotted path of a sub-module, e.g. backbone (default: all)")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="top-k labels of new images with a bundle or a run")
+    p.add_argument("model", help="a .tsmodel bundle, or a run id (unique prefix) or run folder")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="images or folders")
+    p.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--csv", help="also write path,label1,p1,... rows to this CSV file")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("runs", help="list the workspace's runs, or show one")
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,3 +112,52 @@ def test_export_command_writes_a_verified_file(finished_run, tmp_path, capsys):
     assert "max abs difference" in capsys.readouterr().out
     assert main([*argv, "--format", "bundle", "-o", str(target)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_predict_on_a_folder_skips_a_corrupt_image_and_matches_the_model(
+    finished_run, host, tmp_path, make_images
+):
+    from transferstudio.core.predict import gather_images, open_predictor, predict
+
+    folder = make_images({"red": 3, "blue": 2}, name="new")
+    (folder / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "notes.txt").write_text("not an image")
+    bundle = tmp_path / "model.tsmodel"
+    export_run(finished_run.run_id, "bundle", bundle, host, tmp_path / "ws")
+    paths, skipped = gather_images([str(folder)])
+    assert [Path(p).name for p, _ in skipped] == ["notes.txt"]
+    progress: list[tuple[int, int]] = []
+    report = predict(
+        open_predictor(str(bundle), host, tmp_path / "ws"),
+        paths,
+        2,
+        4,
+        lambda *a: progress.append(a),
+    )
+    assert [Path(p).name for p, _ in report.skipped] == ["broken.png"]
+    assert len(report.predictions) == 5 and progress[-1] == (6, 6)
+    from_run = predict(open_predictor(finished_run.run_id, host, tmp_path / "ws"), paths, 2)
+    for a, b in zip(report.predictions, from_run.predictions, strict=True):
+        assert [label for label, _ in a.top] == [label for label, _ in b.top]
+        assert a.top[0][1] == pytest.approx(b.top[0][1], abs=1e-5)
+        assert len(a.top) == 2 and a.top[0][1] >= a.top[1][1]
+
+
+def test_predict_command_prints_labels_writes_csv_and_reports_skips(
+    finished_run, tmp_path, make_images, capsys
+):
+    import csv
+
+    from transferstudio.cli import main
+
+    folder = make_images({"red": 2}, name="new")
+    (folder / "red" / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "predictions.csv"
+    argv = ["--workspace", str(tmp_path / "ws"), "predict", finished_run.run_id, str(folder)]
+    assert main([*argv, "--top-k", "1", "--csv", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\t") == 2 and "skipped" in captured.err
+    assert "empty.jpg" in captured.err
+    with out.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "label1", "p1"] and len(rows) == 3
