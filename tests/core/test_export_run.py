@@ -161,3 +161,37 @@ def test_predict_command_prints_labels_writes_csv_and_reports_skips(
     with out.open(newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["path", "label1", "p1"] and len(rows) == 3
+
+
+def test_an_export_interrupted_mid_write_leaves_no_file_and_keeps_the_old_one(
+    finished_run, host, tmp_path
+):
+    import dataclasses
+
+    from transferstudio.core import export as X
+
+    def half_then_fail(module, example, path, metadata):
+        path.write_bytes(b"half a model")
+        raise KeyboardInterrupt  # the user, or the machine, stops the write
+
+    broken = dataclasses.replace(host.exporters["safetensors"], export=half_then_fail)
+    host.exporters["broken"] = broken
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        X.export_run(finished_run.run_id, "broken", target, host, tmp_path / "ws")
+    assert not target.exists()
+    target.write_text("the previous export")
+    with pytest.raises(KeyboardInterrupt):
+        X.export_run(finished_run.run_id, "broken", target, host, tmp_path / "ws", force=True)
+    assert target.read_text() == "the previous export"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_onnx_metadata_props_carry_the_provenance(finished_run, host, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    target = tmp_path / "model.onnx"
+    export_run(finished_run.run_id, "onnx", target, host, tmp_path / "ws")
+    props = {p.key: p.value for p in onnx.load(str(target)).metadata_props}
+    assert json.loads(props["provenance"])["run_id"] == finished_run.run_id
+    assert json.loads(props["class_names"]) == ["blue", "green", "red"]
