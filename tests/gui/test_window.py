@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
@@ -368,3 +369,43 @@ def test_a_domain_adaptation_run_from_the_window_plots_its_diagnostics(window, q
     assert window.runs_table.item(0, 6).text() == "completed"
     assert {"domain_acc", "domain_loss", "grl_lambda"} <= set(window.curves.diagnostic_keys())
     assert window.curves.points("domain_acc") > 0
+
+
+def test_the_predict_panel_classifies_dropped_images_with_the_run_and_a_bundle(
+    window, qtbot, make_images, tmp_path
+):
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from transferstudio.core.export import export_run
+
+    panel = window.predict_panel
+    assert not panel.images_button.isEnabled()  # no model before a run finishes
+    window.start_run()
+    with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: panel.model_ref is not None, timeout=10_000)
+    folder = make_images({"red": 2, "blue": 1}, name="new")
+    (folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(folder))])
+    drop = QDropEvent(
+        QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.NoModifier
+    )
+    with qtbot.waitSignal(panel.finished, timeout=60_000) as blocker:
+        panel.dropEvent(drop)
+    report = blocker.args[0]
+    assert len(report.predictions) == 3 and panel.results.count() == 3
+    assert [Path(p).name for p, _ in report.skipped] == ["broken.jpg"]
+    assert "broken.jpg" in panel.status.text()
+    assert len(report.predictions[0].top) == 3  # top-3 by default, three classes
+    from_run = [item.top[0][0] for item in report.predictions]
+
+    bundle = tmp_path / "model.tsmodel"
+    export_run(window._last_result.run_id, "bundle", bundle, window.host, window.workspace)
+    panel.set_bundle(bundle)
+    panel.top_k.setValue(1)
+    with qtbot.waitSignal(panel.finished, timeout=60_000) as blocker:
+        panel.predict_paths([str(folder)])
+    assert [item.top[0][0] for item in blocker.args[0].predictions] == from_run
+    assert all(len(item.top) == 1 for item in blocker.args[0].predictions)

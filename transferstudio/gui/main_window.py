@@ -44,12 +44,12 @@ from transferstudio.core.plugins import PluginHost
 from transferstudio.gui.layer_tree_model import QtLayerTreeModel
 from transferstudio.gui.plots import TrainingCurves
 from transferstudio.gui.settings_form import SettingsForm
+from transferstudio.gui.thumbnails import fill_thumbnails, load_thumbnails, thumbnail_list
 from transferstudio.gui.worker import RunController, RunWorker, run_in_background
 
 MAX_RECENT = 8
 THUMBNAILS_PER_CLASS = 4
 GALLERY_SIZE = 24
-THUMBNAIL_PX = 96
 CURVE_REFRESH_MS = 500
 
 
@@ -105,6 +105,7 @@ class MainWindow(QMainWindow):
         self._build_training_dock()
         self._build_runs_dock()
         self._build_evaluation_dock()
+        self._build_predict_dock()
         self._arrange_default_layout()
         self._build_menus()
         self.statusBar().showMessage("ready")
@@ -188,6 +189,7 @@ class MainWindow(QMainWindow):
         dock = {d.objectName(): d for d in self.findChildren(QDockWidget)}
         self.tabifyDockWidget(dock["dock.data"], dock["dock.model"])
         self.tabifyDockWidget(dock["dock.runs"], dock["dock.evaluation"])
+        self.tabifyDockWidget(dock["dock.evaluation"], dock["dock.predict"])
         dock["dock.data"].raise_()
         dock["dock.runs"].raise_()
         # The live curves get most of the height; the runs table and its comparison plot take
@@ -231,7 +233,7 @@ class MainWindow(QMainWindow):
         self.counts_tree = _named(QTreeWidget(), "data.counts", "class counts per split")
         self.counts_tree.setRootIsDecorated(True)
         layout.addWidget(self.counts_tree)
-        self.thumbnails = _thumbnail_list("data.thumbnails", "sample images per class")
+        self.thumbnails = thumbnail_list("data.thumbnails", "sample images per class")
         layout.addWidget(self.thumbnails)
         self.data_form = SettingsForm(X.DataSettings, "data.")
         self.data_form.widgets["path"].setVisible(False)
@@ -413,9 +415,16 @@ class MainWindow(QMainWindow):
             QLabel("misclassified validation images"), "evaluation.gallery_title"
         )
         layout.addWidget(self.gallery_label)
-        self.gallery = _thumbnail_list("evaluation.gallery", "misclassified validation images")
+        self.gallery = thumbnail_list("evaluation.gallery", "misclassified validation images")
         layout.addWidget(self.gallery)
         self._dock("evaluation", "Evaluation", panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+
+    def _build_predict_dock(self) -> None:
+        from transferstudio.gui.predict_panel import PredictPanel
+
+        self.predict_panel = PredictPanel(self.host, self.workspace)
+        self.predict_panel.setObjectName("predict.panel")
+        self._dock("predict", "Predict", self.predict_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
 
     # ------------------------------------------------------------------ experiment <-> window
 
@@ -607,11 +616,11 @@ class MainWindow(QMainWindow):
                 paths.append(sample.path)
         items = [(label, path) for label, paths in per_class.items() for path in paths]
         run_in_background(
-            lambda: _load_thumbnails(items), self._show_thumbnails, self._scan_failed, self
+            lambda: load_thumbnails(items), self._show_thumbnails, self._scan_failed, self
         )
 
     def _show_thumbnails(self, images) -> None:
-        _fill_thumbnails(self.thumbnails, images)
+        fill_thumbnails(self.thumbnails, images)
 
     def _scan_failed(self, message: str, details: str) -> None:
         self.scan_label.setText(f"cannot use this data: {message}")
@@ -951,6 +960,8 @@ class MainWindow(QMainWindow):
 
     def _on_run_finished(self, result) -> None:
         self._last_result = result
+        if result.status == "completed" and result.best_epoch is not None:
+            self.predict_panel.set_run(result.folder)
         self._redraw_timer.stop()
         self._redraw_curves()
         self.statusBar().showMessage(
@@ -990,7 +1001,7 @@ class MainWindow(QMainWindow):
             for m in mistakes[:GALLERY_SIZE]
         ]
         run_in_background(
-            lambda: _load_thumbnails(items), self._show_gallery, self._gallery_failed, self
+            lambda: load_thumbnails(items), self._show_gallery, self._gallery_failed, self
         )
         rows = section["per_class"]
         self.class_table.setRowCount(len(rows))
@@ -1006,7 +1017,7 @@ class MainWindow(QMainWindow):
                 self.class_table.setItem(r, c, QTableWidgetItem(value))
 
     def _show_gallery(self, images) -> None:
-        _fill_thumbnails(self.gallery, images)
+        fill_thumbnails(self.gallery, images)
 
     def _gallery_failed(self, message: str, details: str) -> None:
         self.gallery_label.setText(f"cannot show the misclassified images: {message}")
@@ -1239,49 +1250,3 @@ def _blocks(backbone_node) -> list:
             return with_params
         node = with_params[0]
     return []
-
-
-def _thumbnail_list(name: str, accessible: str):
-    from PySide6.QtCore import QSize
-    from PySide6.QtWidgets import QListView, QListWidget
-
-    widget = _named(QListWidget(), name, accessible)
-    widget.setViewMode(QListView.ViewMode.IconMode)
-    widget.setIconSize(QSize(THUMBNAIL_PX, THUMBNAIL_PX))
-    widget.setResizeMode(QListView.ResizeMode.Adjust)
-    widget.setWrapping(True)
-    widget.setMaximumHeight(2 * THUMBNAIL_PX + 60)
-    return widget
-
-
-def _load_thumbnails(items: list[tuple[str, str]]) -> list:
-    """``(caption, path)`` -> ``(caption, path, QImage)``, decoded off the GUI thread (QImage,
-    unlike QPixmap, may be built in any thread)."""
-    from PySide6.QtGui import QImage
-
-    from transferstudio.core.images import ImageProblem, load_rgb
-
-    out = []
-    for caption, path in items:
-        try:
-            image = load_rgb(path)
-        except ImageProblem:
-            continue
-        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        data = image.tobytes("raw", "RGB")
-        qimage = QImage(
-            data, image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888
-        ).copy()
-        out.append((caption, path, qimage))
-    return out
-
-
-def _fill_thumbnails(widget, images) -> None:
-    from PySide6.QtGui import QIcon, QPixmap
-    from PySide6.QtWidgets import QListWidgetItem
-
-    widget.clear()
-    for caption, path, qimage in images:
-        item = QListWidgetItem(QIcon(QPixmap.fromImage(qimage)), caption)
-        item.setToolTip(path)
-        widget.addItem(item)

@@ -1,0 +1,166 @@
+"""The Predict panel: new images (dropped, or chosen as files or a folder) classified by the
+window's last finished run or by a model bundle, shown as thumbnails with their top-k labels.
+
+Reading the model, decoding and predicting run on the thread pool; the panel only shows results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from transferstudio.gui.thumbnails import fill_thumbnails, load_thumbnails, thumbnail_list
+from transferstudio.gui.worker import run_in_background
+
+
+class PredictPanel(QWidget):
+    """Top-k predictions with thumbnails. ``set_run`` / ``set_bundle`` choose the model;
+    ``predict_paths`` (also reached by dropping files or folders) classifies images.
+    ``finished`` carries the :class:`~transferstudio.core.predict.PredictionReport`."""
+
+    finished = Signal(object)
+    failed = Signal(str)
+
+    def __init__(self, host, workspace: Path, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.host, self.workspace = host, Path(workspace)
+        self.model_ref: str | None = None
+        self.last_report = None
+        self.setAcceptDrops(True)
+        layout = QVBoxLayout(self)
+        self.model_label = self._named(
+            QLabel("no model yet: finish a run, or open a bundle (.tsmodel)"), "predict.model"
+        )
+        layout.addWidget(self.model_label)
+        row = QHBoxLayout()
+        self.bundle_button = self._named(QPushButton("Bundle..."), "predict.open_bundle")
+        self.bundle_button.clicked.connect(self._choose_bundle)
+        self.images_button = self._named(QPushButton("Images..."), "predict.add_images")
+        self.images_button.clicked.connect(self._choose_images)
+        self.folder_button = self._named(QPushButton("Folder..."), "predict.add_folder")
+        self.folder_button.clicked.connect(self._choose_folder)
+        self.top_k = self._named(QSpinBox(), "predict.top_k", "labels per image")
+        self.top_k.setRange(1, 10)
+        self.top_k.setValue(3)
+        self.top_k.setPrefix("top ")
+        for widget in (self.bundle_button, self.images_button, self.folder_button, self.top_k):
+            row.addWidget(widget)
+        layout.addLayout(row)
+        self.status = self._named(
+            QLabel("drop images or folders here, or choose them above"), "predict.status"
+        )
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.results = thumbnail_list("predict.results", "predictions")
+        self.results.setMaximumHeight(16777215)
+        layout.addWidget(self.results, 1)
+        self._update_buttons()
+
+    @staticmethod
+    def _named(widget, name: str, accessible: str | None = None):
+        widget.setObjectName(name)
+        widget.setAccessibleName(accessible or name)
+        return widget
+
+    # ------------------------------------------------------------------ the model
+
+    def set_run(self, folder: str | Path) -> None:
+        """Predict with this finished run's best checkpoint."""
+        self.model_ref = str(folder)
+        self.model_label.setText(f"model: run {Path(folder).name}")
+        self._update_buttons()
+
+    def set_bundle(self, path: str | Path) -> None:
+        """Predict with a model bundle file."""
+        self.model_ref = str(path)
+        self.model_label.setText(f"model: bundle {Path(path).name}")
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        ready = self.model_ref is not None
+        self.images_button.setEnabled(ready)
+        self.folder_button.setEnabled(ready)
+
+    def _choose_bundle(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a model bundle", "", "TransferStudio bundle (*.tsmodel)"
+        )
+        if path:
+            self.set_bundle(path)
+
+    def _choose_images(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Images to classify")
+        if paths:
+            self.predict_paths(paths)
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of images to classify")
+        if folder:
+            self.predict_paths([folder])
+
+    # ------------------------------------------------------------------ predicting
+
+    def predict_paths(self, inputs: list[str]) -> None:
+        """Classify the images named or found under the folders, off the GUI thread."""
+        if self.model_ref is None:
+            self.status.setText("choose a model first: finish a run, or open a bundle")
+            return
+        ref, top_k = self.model_ref, self.top_k.value()
+        host, workspace = self.host, self.workspace
+        self.status.setText(f"predicting {len(inputs)} item(s) ...")
+
+        def work():
+            from transferstudio.core.predict import gather_images, open_predictor, predict
+
+            predictor = open_predictor(ref, host, workspace)
+            paths, skipped = gather_images(inputs)
+            report = predict(predictor, paths, top_k)
+            report.skipped[:0] = skipped
+            captions = [
+                (
+                    "\n".join(f"{label} {p:.2f}" for label, p in item.top),
+                    item.path,
+                )
+                for item in report.predictions
+            ]
+            return report, load_thumbnails(captions)
+
+        run_in_background(work, self._show, self._failed, self)
+
+    def _show(self, outcome) -> None:
+        report, thumbnails = outcome
+        self.last_report = report
+        fill_thumbnails(self.results, thumbnails)
+        text = f"{len(report.predictions)} image(s) classified"
+        if report.skipped:
+            reasons = "; ".join(f"{Path(p).name}: {why}" for p, why in report.skipped[:5])
+            more = f" (+{len(report.skipped) - 5} more)" if len(report.skipped) > 5 else ""
+            text += f", {len(report.skipped)} skipped: {reasons}{more}"
+        self.status.setText(text)
+        self.finished.emit(report)
+
+    def _failed(self, message: str, details: str) -> None:
+        self.status.setText(f"prediction failed: {message}")
+        self.failed.emit(message)
+
+    # ------------------------------------------------------------------ drag and drop
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.predict_paths(paths)
