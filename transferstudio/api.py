@@ -69,7 +69,7 @@ API_VERSION = "1.1"
 
 1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
 ``load_run_model``, ``episodes``, ``tasks``, ``has_role``, ``backbone_name``,
-``preprocessing``, ``loader(role=, views=)``, :func:`draw_episodes`, and
+``preprocessing``, ``loader(role=, views=)``, :func:`draw_episodes`, ``ExporterSpec.load``, and
 ``TransferMethod.evaluate``, ``epoch_diagnostics`` and ``steps_per_epoch``."""
 
 ROLE_LABELED = "labeled"
@@ -310,13 +310,17 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class ExporterSpec:
-    """A model file format. ``export(module, example_input, path, metadata)`` writes the file."""
+    """A model file format. ``export(module, example_input, path, metadata)`` writes the file;
+    ``verify(module, example_input, path)`` returns the max abs difference between the module and
+    the reloaded file; ``load(module, path)`` (API 1.1) returns the reloaded file as a callable
+    ``images -> outputs``, with which the host also checks top-1 agreement on validation images."""
 
     format: str
     suffix: str
     export: Callable[..., None]
     description: str = ""
     verify: Callable[..., float] | None = None
+    load: Callable[..., Callable[[Any], Any]] | None = None
 
 
 # --------------------------------------------------------------------------- methods

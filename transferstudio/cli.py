@@ -188,6 +188,13 @@ def cmd_export(args) -> int:
     )
     diff = f"{result.max_abs_diff:.3g}" if result.max_abs_diff is not None else "not checked"
     print(f"wrote {result.path} ({result.format}); verified: max abs difference {diff}")
+    if result.val_top1_agreement is not None:
+        print(
+            f"top-1 agreement with the run's model on {result.val_images} validation images: "
+            f"{result.val_top1_agreement:.4f}"
+        )
+    if result.note:
+        print(result.note)
     return 0
 
 

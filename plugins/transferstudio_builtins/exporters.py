@@ -1,6 +1,6 @@
 """Built-in model exporters: safetensors weights, a PyTorch state_dict, TorchScript, ONNX and the
-model bundle. Each verifies its file by reloading it and comparing outputs with the source
-module (max abs difference)."""
+model bundle. Each can reload its file (``load``), which is how it is verified: outputs of the
+reloaded file against the source module (max abs difference)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,24 @@ from pathlib import Path
 from transferstudio.api import ExporterSpec, PluginError
 
 
-def _max_diff(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
+def _clone_with(module, state):
+    clone = copy.deepcopy(module).eval()
+    clone.load_state_dict(state)
+    return clone
+
+
+def _verifier(load):
+    """``verify(module, example, path)``: the max abs difference between the module and the
+    file reloaded by ``load`` on the example batch."""
+
+    def verify(module, example, path: Path) -> float:
+        import torch
+
+        with torch.no_grad():
+            reloaded = load(module, path)(example)
+            return float((module(example).float() - reloaded.float()).abs().max())
+
+    return verify
 
 
 def export_safetensors(module, example, path: Path, metadata: dict) -> None:
@@ -23,14 +39,10 @@ def export_safetensors(module, example, path: Path, metadata: dict) -> None:
     save_file(state, str(path), metadata=_strings(metadata))
 
 
-def verify_safetensors(module, example, path: Path) -> float:
-    import torch
+def load_safetensors(module, path: Path):
     from safetensors.torch import load_file
 
-    clone = copy.deepcopy(module).eval()
-    clone.load_state_dict(load_file(str(path)))
-    with torch.no_grad():
-        return _max_diff(module(example), clone(example))
+    return _clone_with(module, load_file(str(path)))
 
 
 def export_state_dict(module, example, path: Path, metadata: dict) -> None:
@@ -40,14 +52,11 @@ def export_state_dict(module, example, path: Path, metadata: dict) -> None:
     torch.save(state, str(path))
 
 
-def verify_state_dict(module, example, path: Path) -> float:
+def load_state_dict(module, path: Path):
     import torch
 
-    clone = copy.deepcopy(module).eval()
     # weights_only: the file is read back the way TransferStudio reads any .pt file.
-    clone.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
-    with torch.no_grad():
-        return _max_diff(module(example), clone(example))
+    return _clone_with(module, torch.load(str(path), map_location="cpu", weights_only=True))
 
 
 BUNDLE_WEIGHTS = "weights.safetensors"
@@ -67,18 +76,13 @@ def export_bundle(module, example, path: Path, metadata: dict) -> None:
         bundle.writestr(BUNDLE_WEIGHTS, save(state))
 
 
-def verify_bundle(module, example, path: Path) -> float:
+def load_bundle_weights(module, path: Path):
     import zipfile
 
-    import torch
     from safetensors.torch import load
 
     with zipfile.ZipFile(path) as bundle:
-        state = load(bundle.read(BUNDLE_WEIGHTS))
-    clone = copy.deepcopy(module).eval()
-    clone.load_state_dict(state)
-    with torch.no_grad():
-        return _max_diff(module(example), clone(example))
+        return _clone_with(module, load(bundle.read(BUNDLE_WEIGHTS)))
 
 
 @contextlib.contextmanager
@@ -105,12 +109,11 @@ def export_torchscript(module, example, path: Path, metadata: dict) -> None:
         torch.jit.save(scripted, str(path), _extra_files={"transferstudio.json": _json(metadata)})
 
 
-def verify_torchscript(module, example, path: Path) -> float:
+def load_torchscript(module, path: Path):
     import torch
 
-    with _quiet_legacy_exporters(), torch.no_grad():
-        loaded = torch.jit.load(str(path), map_location="cpu")
-        return _max_diff(module(example), loaded(example))
+    with _quiet_legacy_exporters():
+        return torch.jit.load(str(path), map_location="cpu")
 
 
 def export_onnx(module, example, path: Path, metadata: dict) -> None:
@@ -140,7 +143,7 @@ def export_onnx(module, example, path: Path, metadata: dict) -> None:
     onnx.save(model, str(path))
 
 
-def verify_onnx(module, example, path: Path) -> float:
+def load_onnx(module, path: Path):
     try:
         import onnxruntime
     except ImportError:
@@ -150,9 +153,12 @@ def verify_onnx(module, example, path: Path) -> float:
     import torch
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (output,) = session.run(None, {"input": example.cpu().numpy()})
-    with torch.no_grad():
-        return _max_diff(module(example), torch.from_numpy(output))
+
+    def run(images):
+        (output,) = session.run(None, {"input": images.detach().cpu().numpy()})
+        return torch.from_numpy(output)
+
+    return run
 
 
 def _strings(metadata: dict) -> dict[str, str]:
@@ -167,37 +173,39 @@ def _json(metadata) -> str:
 
 
 def builtin_exporters() -> list[ExporterSpec]:
-    return [
-        ExporterSpec(
+    formats = [
+        (
             "safetensors",
             ".safetensors",
             export_safetensors,
+            load_safetensors,
             "weights only, safe to load anywhere",
-            verify_safetensors,
         ),
-        ExporterSpec(
+        (
             "bundle",
             ".tsmodel",
             export_bundle,
+            load_bundle_weights,
             "model bundle: weights, architecture, classes, preprocessing and provenance in one "
             "file; TransferStudio reopens it to predict or to fine-tune further",
-            verify_bundle,
         ),
-        ExporterSpec(
+        (
             "state_dict",
             ".pth",
             export_state_dict,
+            load_state_dict,
             "PyTorch state_dict (torch.save of tensors; load with weights_only=True)",
-            verify_state_dict,
         ),
-        ExporterSpec(
+        (
             "torchscript",
             ".pt",
             export_torchscript,
+            load_torchscript,
             "TorchScript (trace, script as fallback); runs without Python code",
-            verify_torchscript,
         ),
-        ExporterSpec(
-            "onnx", ".onnx", export_onnx, "ONNX opset 17, dynamic batch axis", verify_onnx
-        ),
+        ("onnx", ".onnx", export_onnx, load_onnx, "ONNX opset 17, dynamic batch axis"),
+    ]
+    return [
+        ExporterSpec(name, suffix, export, description, _verifier(load), load)
+        for name, suffix, export, load, description in formats
     ]

@@ -195,3 +195,32 @@ def test_onnx_metadata_props_carry_the_provenance(finished_run, host, tmp_path):
     props = {p.key: p.value for p in onnx.load(str(target)).metadata_props}
     assert json.loads(props["provenance"])["run_id"] == finished_run.run_id
     assert json.loads(props["class_names"]) == ["blue", "green", "red"]
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "state_dict", "bundle", "torchscript", "onnx"])
+def test_every_format_is_checked_on_the_validation_images(finished_run, host, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    target = tmp_path / f"model{host.exporters[fmt].suffix}"
+    result = export_run(finished_run.run_id, fmt, target, host, tmp_path / "ws")
+    assert result.val_images == 6  # the run's whole val split (stratified, 2 per class)
+    assert result.val_top1_agreement == 1.0 and result.max_abs_diff <= 1e-3
+
+
+def test_a_tampered_artifact_fails_the_check_with_its_figures(finished_run, host, tmp_path):
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    def tampered(module, example, path, metadata):
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        state["head.0.bias"] += torch.tensor([5.0, -5.0, 0.0])  # what a corrupted file might hold
+        save_file(state, str(path))
+
+    host.exporters["tampered"] = dataclasses.replace(host.exporters["safetensors"], export=tampered)
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(
+        TransferStudioError, match=r"max abs difference 5 > tolerance .*top-1 agreement"
+    ):
+        export_run(finished_run.run_id, "tampered", target, host, tmp_path / "ws")
+    assert not target.exists()

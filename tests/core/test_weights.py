@@ -92,7 +92,7 @@ def test_weights_setting_is_checked(tmp_path, host):
     assert resolve_weights(spec, "none", tmp_path) is None
     with pytest.raises(WeightsError, match="does not exist"):
         resolve_weights(spec, "missing.pth", tmp_path)
-    with pytest.raises(WeightsError, match=".pt, .pth or .safetensors"):
+    with pytest.raises(WeightsError, match=r"\.pt, \.pth, \.safetensors or \.tsmodel"):
         resolve_weights(spec, "weights.bin", tmp_path)
 
 
