@@ -187,6 +187,18 @@ def test_export_from_the_tree_writes_a_verified_file_that_reloads(window, qtbot,
         warnings.simplefilter("ignore", FutureWarning)
         loaded = torch.jit.load(str(target))
     assert loaded(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
+    # the whole model as a bundle: it reopens with the run's classes and provenance
+    from transferstudio.core.bundle import load_bundle
+
+    window.last_export = None
+    bundle = tmp_path / "model.tsmodel"
+    window.export_from_tree("", "bundle", bundle)
+    qtbot.waitUntil(lambda: window.last_export is not None, timeout=60_000)
+    reopened = load_bundle(bundle, window.host)
+    assert reopened.class_names == ["blue", "green", "red"]
+    assert reopened.manifest["provenance"]["run_id"] == window._last_result.run_id
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(reopened.model(images), window.tree_torch_model.eval()(images))
 
 
 def test_a_window_run_equals_a_headless_run_of_the_saved_file(window, qtbot, tmp_path):

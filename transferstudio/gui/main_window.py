@@ -665,6 +665,7 @@ class MainWindow(QMainWindow):
             return  # the user picked something else meanwhile
         self.tree_torch_model = model
         self.tree_weights_source = "initial weights (no run finished in this window yet)"
+        self.tree_run_meta: dict | None = None
         sizes = {n: p.numel() for n, p in model.named_parameters()}
         self.tree_model = QtLayerTreeModel(tree, sizes, set(), self)
         self.tree_model.freeze_changed.connect(self._on_tree_edited)
@@ -781,6 +782,7 @@ class MainWindow(QMainWindow):
         )
         batch = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
         module = model.get_submodule(module_path) if module_path else model
+        run_meta = self.tree_run_meta
         metadata = {
             "module": module_path or "(whole model)",
             "backbone": str(self._tree_key()[0]),
@@ -789,8 +791,15 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"exporting {module_path or 'model'} as {fmt} ...")
 
         def work():
+            from transferstudio.core.bundle import bundle_manifest
+
             example = sample_input(model, module_path, batch)
-            return export_module(spec, module, example, target, metadata)
+            info = dict(metadata)
+            if run_meta is not None:  # the tree holds a finished run's weights: its provenance
+                with torch.no_grad():
+                    shape = list(module.eval()(example).shape[1:])
+                info = bundle_manifest(run_meta, module_path, shape)
+            return export_module(spec, module, example, target, info)
 
         run_in_background(work, self._export_done, self._export_failed, self)
 
@@ -825,6 +834,7 @@ class MainWindow(QMainWindow):
         except RuntimeError:  # another architecture was picked meanwhile
             return
         self.tree_weights_source = f"run {result.run_id} (best checkpoint)"
+        self.tree_run_meta = store.meta("best")
 
     def _preset(self, kind: str) -> None:
         if self.tree_model is None or not self.tree_model.editable:
