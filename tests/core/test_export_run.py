@@ -224,3 +224,17 @@ def test_a_tampered_artifact_fails_the_check_with_its_figures(finished_run, host
     ):
         export_run(finished_run.run_id, "tampered", target, host, tmp_path / "ws")
     assert not target.exists()
+
+
+def test_torchscript_carries_the_provenance_as_an_extra_file(finished_run, host, tmp_path):
+    import warnings
+
+    target = tmp_path / "model.pt"
+    export_run(finished_run.run_id, "torchscript", target, host, tmp_path / "ws")
+    extra = {"transferstudio.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates TorchScript
+        torch.jit.load(str(target), _extra_files=extra)
+    manifest = json.loads(extra["transferstudio.json"])
+    assert manifest["provenance"]["run_id"] == finished_run.run_id
+    assert manifest["class_names"] == ["blue", "green", "red"]
