@@ -310,10 +310,11 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class ExporterSpec:
-    """A model file format. ``export(module, example_input, path, metadata)`` writes the file;
-    ``verify(module, example_input, path)`` returns the max abs difference between the module and
-    the reloaded file; ``load(module, path)`` (API 1.1) returns the reloaded file as a callable
-    ``images -> outputs``, with which the host also checks top-1 agreement on validation images."""
+    """A model file format. ``export(module, example_input, path, metadata)`` writes the file.
+    ``load(module, path)`` (API 1.1) returns the written file reloaded as a callable
+    ``images -> outputs``: the host compares it with the module on the example and on
+    validation images (max abs difference, top-1 agreement). Exporters without ``load`` may give
+    ``verify(module, example_input, path)``, returning the max abs difference on the example."""
 
     format: str
     suffix: str
@@ -488,7 +489,8 @@ class TransferMethod:
 
     def epoch_diagnostics(self, ctx: MethodContext) -> dict[str, float]:
         """Extra scalars measured after each epoch's validation (target accuracy, MMD, ...);
-        stored with the validation metrics as ``diag_<name>`` and plotted by the window."""
+        stored with the validation metrics as ``diag_<name>`` and plotted by the window. Called
+        right after validation: the modules are still in eval mode."""
         return {}
 
     def steps_per_epoch(self, ctx: MethodContext) -> int | None:

@@ -231,7 +231,6 @@ class _DomainAdaptation(TransferMethod):
 
     def epoch_diagnostics(self, ctx) -> dict[str, float]:
         out = {k: self._sums[k] / self._counts[k] for k in self._sums if self._counts[k]}
-        self.eval()
         return out | target_diagnostics(ctx, self.model)
 
 

@@ -107,7 +107,6 @@ class FeatureExtract(TransferMethod):
 
     def epoch_diagnostics(self, ctx) -> dict[str, float]:
         # With data.target_eval_path set, the source-only baseline of domain adaptation.
-        self.eval()
         return target_diagnostics(ctx, self.predictor())
 
     def predictor(self):

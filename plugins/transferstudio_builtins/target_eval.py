@@ -9,8 +9,9 @@ from transferstudio.api import ROLE_LABELED_TARGET
 
 
 def labeled_target_accuracy(ctx, model) -> float:
-    """Top-1 accuracy of ``model`` (images -> logits over the source classes, already in eval
-    mode) on the labeled target evaluation set."""
+    """Top-1 accuracy of ``model`` (images -> logits over the source classes) on the labeled
+    target evaluation set. Called from ``epoch_diagnostics``, which the engine runs right after
+    validation, so the model is already in eval mode."""
     import torch
 
     correct = seen = 0

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from transferstudio.api import Preprocessing, WeightsError
-from transferstudio.core.models import ClassifierModel, build_backbone, head_from_recipe
+from transferstudio.core.models import build_backbone, classifier_from_recipe
 
 BUNDLE_SUFFIX = ".tsmodel"
 FORMAT = "transferstudio-bundle"
@@ -120,20 +120,20 @@ def load_bundle(path: str | Path, host) -> Bundle:
     recipe = manifest.get("head_recipe")
     module = manifest.get("module", "")
     if recipe:
-        model: nn.Module = ClassifierModel(build_backbone(spec, None), head_from_recipe(recipe))
-    elif module.endswith("backbone") or module == "backbone":
+        model: nn.Module = classifier_from_recipe(spec, recipe, weights, str(path))
+    elif module.endswith("backbone"):
         model = build_backbone(spec, None)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise WeightsError(
+                f"{path}: its weights do not fit backbone {spec.name!r}: {str(exc).splitlines()[0]}"
+            ) from None
     else:
         raise WeightsError(
             f"{path} holds module {module!r}, which TransferStudio cannot rebuild on its own "
             "(only whole classifiers and backbones can be reopened)"
         )
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise WeightsError(
-            f"{path}: its weights do not fit backbone {spec.name!r}: {str(exc).splitlines()[0]}"
-        ) from None
     pre = manifest.get("preprocessing")
     return Bundle(
         model.eval(),

@@ -67,26 +67,31 @@ def export_module(
     tolerance: float = DEFAULT_TOLERANCE,
     val_images: torch.Tensor | None = None,
 ) -> ExportResult:
-    """Write ``module`` with exporter ``spec`` to ``target`` (atomically), then reload it and
-    compare outputs on ``example``, and on ``val_images`` when given and the exporter can reload
-    (max abs difference and top-1 agreement). A difference above ``tolerance`` removes nothing
-    already there and raises with the figures."""
+    """Write ``module`` with exporter ``spec`` to ``target`` (atomically), then reload it
+    (``spec.load``) and compare outputs on ``example`` and, when given, ``val_images`` (max abs
+    difference and top-1 agreement); an exporter without ``load`` is checked by its ``verify``
+    on ``example``. A difference above ``tolerance`` removes nothing already there and raises
+    with the figures."""
     module = module.eval()
     target = Path(target)
     result = ExportResult(target, spec.format, None)
-    with torch.no_grad():
-        scale = float(module(example).float().abs().max())
+    scale = 0.0
     with atomic_path(target) as tmp:
         spec.export(module, example, tmp, dict(metadata or {}))
-        result.max_abs_diff = spec.verify(module, example, tmp) if spec.verify else None
-        if val_images is not None and len(val_images) and spec.load is not None:
+        if spec.load is not None:
             reloaded = spec.load(module, tmp)
-            val_diff, result.val_top1_agreement, val_scale = _compare_on(
-                module, reloaded, val_images
-            )
-            result.val_images = len(val_images)
-            result.max_abs_diff = max(result.max_abs_diff or 0.0, val_diff)
-            scale = max(scale, val_scale)
+            result.max_abs_diff, _, scale = _compare_on(module, reloaded, example)
+            if val_images is not None and len(val_images):
+                val_diff, result.val_top1_agreement, val_scale = _compare_on(
+                    module, reloaded, val_images
+                )
+                result.val_images = len(val_images)
+                result.max_abs_diff = max(result.max_abs_diff, val_diff)
+                scale = max(scale, val_scale)
+        elif spec.verify is not None:
+            result.max_abs_diff = spec.verify(module, example, tmp)
+            with torch.no_grad():
+                scale = float(module(example).float().abs().max())
         diff = result.max_abs_diff
         # The tolerance is absolute for outputs within +-1 and relative to the largest output
         # beyond: float32 kernels of other runtimes (ONNX Runtime) differ by ~1e-7 relative per
@@ -108,8 +113,8 @@ def export_module(
 
 
 def _compare_on(module: nn.Module, reloaded, images: torch.Tensor, batch: int = 32):
-    """Max abs difference, top-1 agreement and the largest output (the scale of the outputs)
-    between the module and the reloaded file."""
+    """Max abs difference, top-1 agreement (meaningful for classifier outputs) and the largest
+    output (the scale of the outputs) between the module and the reloaded file."""
     worst, same, scale = 0.0, 0, 0.0
     with torch.no_grad():
         for start in range(0, len(images), batch):
@@ -162,8 +167,7 @@ def export_run(
     exporter ``fmt``; provenance (see :func:`transferstudio.core.bundle.provenance`) goes into the
     file's metadata. An existing ``target`` is only replaced with ``force``."""
     from transferstudio.core.bundle import bundle_manifest
-    from transferstudio.core.checkpoint import CheckpointStore
-    from transferstudio.core.run_models import load_run_predictor, run_folder
+    from transferstudio.core.run_models import load_run_classifier, run_folder
 
     target = Path(target)
     if target.exists() and not force:
@@ -173,9 +177,7 @@ def export_run(
             f"no exporter named {fmt!r}; available: {', '.join(sorted(host.exporters))}"
         )
     folder = run_folder(ref, workspace)
-    store = CheckpointStore(folder / "checkpoints")
-    meta = store.meta("best" if store.exists("best") else "last")
-    model = load_run_predictor(folder, host, workspace)
+    model, meta = load_run_classifier(folder, host, workspace)
     try:
         module = model.get_submodule(module_path) if module_path else model
     except AttributeError:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from transferstudio.api import IMAGE_SUFFIXES
 
 MAX_PIXELS = 40_000_000
 """Images above this many pixels are refused (decompression-bomb guard)."""
@@ -102,3 +105,19 @@ def load_rgb(path: str) -> Image.Image:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageProblem(_decode_reason(exc)) from None
+
+
+NOT_AN_IMAGE = "not an image (unknown suffix)"
+
+
+def image_files(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files under folder ``root`` (recursively, sorted, hidden files left out) by
+    suffix, and the other files with the reason they are skipped. Nothing is decoded here."""
+    images: list[str] = []
+    others: list[tuple[str, str]] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(str(path))
+        else:
+            others.append((str(path), NOT_AN_IMAGE))
+    return images, others

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from transferstudio.core.freeze import FreezePlan
-
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
@@ -95,14 +93,3 @@ def _record_shapes(model: nn.Module, example: torch.Tensor, shapes: dict) -> Non
         model.train(was_training)
         for handle in handles:
             handle.remove()
-
-
-def trainable_counts(model: nn.Module, plan: FreezePlan, epoch: int = 0) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts of ``model`` under ``plan`` (not applied)."""
-    frozen = plan.frozen_names(model, epoch)
-    total = trainable = 0
-    for name, parameter in model.named_parameters():
-        total += parameter.numel()
-        if name not in frozen:
-            trainable += parameter.numel()
-    return trainable, total

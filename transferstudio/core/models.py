@@ -191,6 +191,22 @@ def build_classifier(
     return ClassifierModel(backbone, make_head(spec.feature_dim, num_classes, hidden, dropout))
 
 
+def classifier_from_recipe(
+    spec: BackboneSpec, recipe: dict, state: dict, source: str
+) -> ClassifierModel:
+    """Backbone ``spec`` plus the head a :func:`describe_head` recipe describes, loaded with
+    ``state`` (``backbone.*`` and ``head.*`` keys); a mismatch is a :class:`WeightsError`
+    naming ``source``."""
+    model = ClassifierModel(build_backbone(spec, None), head_from_recipe(recipe))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"{source}: its weights do not fit backbone {spec.name!r}: {str(exc).splitlines()[0]}"
+        ) from None
+    return model
+
+
 def build_trained_classifier(spec: BackboneSpec, weights_file: Path, num_classes: int) -> nn.Module:
     """A backbone plugin's whole network, classifier included, from a weights file trained
     elsewhere on ``num_classes`` classes (the plugin's own layout, e.g. a torchvision state dict

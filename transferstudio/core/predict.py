@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transferstudio.api import IMAGE_SUFFIXES, Preprocessing, TransferStudioError
+from transferstudio.api import Preprocessing, TransferStudioError
 from transferstudio.core.data import build_transform
-from transferstudio.core.images import ImageProblem, load_rgb
+from transferstudio.core.images import ImageProblem, image_files, load_rgb
 
 
 @dataclass
@@ -52,13 +52,10 @@ def open_predictor(ref: str, host, workspace: Path) -> Predictor:
                 "classifier: it has no classes to predict"
             )
         return Predictor(bundle.model, bundle.class_names, bundle.preprocessing, str(ref))
-    from transferstudio.core.checkpoint import CheckpointStore
-    from transferstudio.core.run_models import load_run_predictor, run_folder
+    from transferstudio.core.run_models import load_run_classifier, run_folder
 
     folder = run_folder(ref, workspace)
-    model = load_run_predictor(folder, host, workspace)
-    store = CheckpointStore(folder / "checkpoints")
-    meta = store.meta("best" if store.exists("best") else "last")
+    model, meta = load_run_classifier(folder, host, workspace)
     pre = Preprocessing.from_dict(meta["preprocessing"])
     return Predictor(model, list(meta["class_names"]), pre, str(folder))
 
@@ -71,12 +68,9 @@ def gather_images(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-            for p in files:
-                if p.suffix.lower() in IMAGE_SUFFIXES:
-                    paths.append(str(p))
-                else:
-                    skipped.append((str(p), "not an image (unknown suffix)"))
+            images, others = image_files(path)
+            paths += images
+            skipped += others
         elif path.is_file():
             paths.append(str(path))
         else:

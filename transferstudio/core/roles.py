@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transferstudio.api import IMAGE_SUFFIXES, DataError, ExperimentError, Sample, draw_episodes
+from transferstudio.api import DataError, ExperimentError, Sample, draw_episodes
 from transferstudio.core import data as D
-from transferstudio.core.images import ImageProblem, load_rgb
+from transferstudio.core.images import ImageProblem, image_files, load_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -46,17 +46,9 @@ def list_images(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     """Every image file under ``root`` (recursively, sorted), checked; and the skipped files."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder of images")
-    candidates = sorted(
-        str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-    )
-    skipped = [(p, "not an image (unknown suffix)") for p in candidates if not _is_image(p)]
-    samples = [Sample(p, UNLABELED) for p in candidates if _is_image(p)]
-    good, bad = D.check_samples(samples)
+    paths, skipped = image_files(root)
+    good, bad = D.check_samples([Sample(p, UNLABELED) for p in paths])
     return [s.path for s in good], skipped + bad
-
-
-def _is_image(path: str) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def scan_unlabeled(root: Path, settings: DataSettings, key: str = "data.path") -> D.ScanResult:

@@ -9,12 +9,13 @@ that store their classifier as the module ``model`` (backbone + head, as ``fine-
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from transferstudio.api import TransferStudioError, WeightsError
 from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.models import ClassifierModel, build_backbone, head_from_recipe
+from transferstudio.core.models import classifier_from_recipe
 
 
 def run_folder(ref: str | Path, workspace: str | Path) -> Path:
@@ -42,14 +43,16 @@ def best_weights_file(folder: Path) -> Path:
     raise WeightsError(f"run {folder} has no checkpoint yet; let it finish an epoch")
 
 
-def load_run_predictor(ref: str | Path, host, workspace: str | Path) -> torch.nn.Module:
-    """The classifier (``backbone`` + ``head``) of a finished run, best checkpoint, eval mode,
-    frozen. Its head is rebuilt from the recipe the engine stores in every checkpoint whose
-    method predicts with such a classifier (``head_recipe``, see ``core.models.describe_head``)."""
+def load_run_classifier(
+    ref: str | Path, host, workspace: str | Path
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The classifier (``backbone`` + ``head``) of a finished run's best checkpoint (else its
+    last), eval mode, frozen, and that checkpoint's metadata. Its head is rebuilt from the
+    recipe the engine stores in every checkpoint whose method predicts with such a classifier
+    (``head_recipe``, see ``core.models.describe_head``)."""
     folder = run_folder(ref, workspace)
     store = CheckpointStore(folder / "checkpoints")
-    kind = "best" if store.exists("best") else "last"
-    ck = store.load(kind, with_state=False)
+    ck = store.load("best" if store.exists("best") else "last", with_state=False)
     meta = ck.meta
     name, recipe = meta.get("predictor_module"), meta.get("head_recipe")
     if not name or not recipe:
@@ -59,14 +62,11 @@ def load_run_predictor(ref: str | Path, host, workspace: str | Path) -> torch.nn
         )
     prefix = name + "."
     state = {k[len(prefix) :]: v for k, v in ck.weights.items() if k.startswith(prefix)}
-    model = ClassifierModel(
-        build_backbone(host.backbone(meta["backbone"]), None), head_from_recipe(recipe)
-    )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise WeightsError(
-            f"run {folder}: checkpoint does not fit its architecture: {exc}"
-        ) from None
+    model = classifier_from_recipe(host.backbone(meta["backbone"]), recipe, state, f"run {folder}")
     model.class_names = list(meta["class_names"])  # type: ignore[assignment]
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False), meta
+
+
+def load_run_predictor(ref: str | Path, host, workspace: str | Path) -> torch.nn.Module:
+    """The classifier of :func:`load_run_classifier` alone (teachers, ``ctx.load_run_model``)."""
+    return load_run_classifier(ref, host, workspace)[0]

@@ -44,19 +44,13 @@ from transferstudio.core.plugins import PluginHost
 from transferstudio.gui.layer_tree_model import QtLayerTreeModel
 from transferstudio.gui.plots import TrainingCurves
 from transferstudio.gui.settings_form import SettingsForm
-from transferstudio.gui.thumbnails import fill_thumbnails, load_thumbnails, thumbnail_list
+from transferstudio.gui.widgets import fill_thumbnails, load_thumbnails, named, thumbnail_list
 from transferstudio.gui.worker import RunController, RunWorker, run_in_background
 
 MAX_RECENT = 8
 THUMBNAILS_PER_CLASS = 4
 GALLERY_SIZE = 24
 CURVE_REFRESH_MS = 500
-
-
-def _named(widget, name: str, accessible: str | None = None):
-    widget.setObjectName(name)
-    widget.setAccessibleName(accessible or name)
-    return widget
 
 
 class MainWindow(QMainWindow):
@@ -217,20 +211,20 @@ class MainWindow(QMainWindow):
         panel = QWidget()
         layout = QVBoxLayout(panel)
         row = QHBoxLayout()
-        self.data_path = _named(QLineEdit(), "data.path", "data folder or CSV")
+        self.data_path = named(QLineEdit(), "data.path", "data folder or CSV")
         self.data_path.setPlaceholderText("image folder or CSV file (or drop one here)")
         self.data_path.editingFinished.connect(self._on_data_path_changed)
-        browse = _named(QPushButton("Folder..."), "data.browse_folder")
+        browse = named(QPushButton("Folder..."), "data.browse_folder")
         browse.clicked.connect(self._browse_folder)
-        browse_csv = _named(QPushButton("CSV..."), "data.browse_csv")
+        browse_csv = named(QPushButton("CSV..."), "data.browse_csv")
         browse_csv.clicked.connect(self._browse_csv)
         row.addWidget(self.data_path)
         row.addWidget(browse)
         row.addWidget(browse_csv)
         layout.addLayout(row)
-        self.scan_label = _named(QLabel("no data scanned"), "data.scan_status")
+        self.scan_label = named(QLabel("no data scanned"), "data.scan_status")
         layout.addWidget(self.scan_label)
-        self.counts_tree = _named(QTreeWidget(), "data.counts", "class counts per split")
+        self.counts_tree = named(QTreeWidget(), "data.counts", "class counts per split")
         self.counts_tree.setRootIsDecorated(True)
         layout.addWidget(self.counts_tree)
         self.thumbnails = thumbnail_list("data.thumbnails", "sample images per class")
@@ -248,7 +242,7 @@ class MainWindow(QMainWindow):
     def _build_model_dock(self) -> None:
         panel = QWidget()
         layout = QVBoxLayout(panel)
-        self.backbone_combo = _named(QComboBox(), "model.backbone", "backbone")
+        self.backbone_combo = named(QComboBox(), "model.backbone", "backbone")
         by_family: dict[str, list] = {}
         for spec in self.host.backbones.values():
             by_family.setdefault(spec.family, []).append(spec)
@@ -261,7 +255,7 @@ class MainWindow(QMainWindow):
                 self.backbone_combo.addItem(f"{spec.name}{size}", spec.name)
         self.backbone_combo.currentIndexChanged.connect(self._on_model_changed)
         layout.addWidget(self.backbone_combo)
-        self.weights_combo = _named(QComboBox(), "model.weights", "weights source")
+        self.weights_combo = named(QComboBox(), "model.weights", "weights source")
         self.weights_combo.addItem("none (random initialisation)", "none")
         self.weights_combo.addItem("local torch cache", "cache")
         self.weights_combo.addItem("file...", "file")
@@ -276,28 +270,28 @@ class MainWindow(QMainWindow):
         self.model_form.changed.connect(self._on_form_changed)
         layout.addWidget(self.model_form)
         presets = QHBoxLayout()
-        train_all = _named(QPushButton("Train all"), "tree.train_all")
+        train_all = named(QPushButton("Train all"), "tree.train_all")
         train_all.clicked.connect(lambda: self._preset("all"))
-        head_only = _named(QPushButton("Head only"), "tree.head_only")
+        head_only = named(QPushButton("Head only"), "tree.head_only")
         head_only.clicked.connect(lambda: self._preset("head"))
-        self.last_blocks = _named(QSpinBox(), "tree.last_blocks", "blocks to unfreeze")
+        self.last_blocks = named(QSpinBox(), "tree.last_blocks", "blocks to unfreeze")
         self.last_blocks.setRange(1, 50)
-        last = _named(QPushButton("Unfreeze last N"), "tree.unfreeze_last")
+        last = named(QPushButton("Unfreeze last N"), "tree.unfreeze_last")
         last.clicked.connect(lambda: self._preset("last"))
         for w in (train_all, head_only, self.last_blocks, last):
             presets.addWidget(w)
         layout.addLayout(presets)
-        self.tree_summary = _named(QLabel(""), "tree.summary")
+        self.tree_summary = named(QLabel(""), "tree.summary")
         layout.addWidget(self.tree_summary)
         from PySide6.QtWidgets import QCheckBox
 
-        self.show_stats = _named(
+        self.show_stats = named(
             QCheckBox("show weight drift and gradient norm while training"), "tree.show_stats"
         )
         self.show_stats.setChecked(True)
         self.show_stats.toggled.connect(self._apply_stats_columns)
         layout.addWidget(self.show_stats)
-        self.tree_view = _named(QTreeView(), "tree.view", "layer tree")
+        self.tree_view = named(QTreeView(), "tree.view", "layer tree")
         self.tree_view.setUniformRowHeights(True)
         self.tree_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.tree_view.customContextMenuRequested.connect(self._tree_menu)
@@ -311,7 +305,7 @@ class MainWindow(QMainWindow):
     def _build_method_dock(self) -> None:
         panel = QWidget()
         self.method_layout = QVBoxLayout(panel)
-        self.method_combo = _named(QComboBox(), "method.name", "method")
+        self.method_combo = named(QComboBox(), "method.name", "method")
         for spec in self.host.methods.values():
             self.method_combo.addItem(spec.name, spec.name)
             self.method_combo.setItemData(
@@ -323,7 +317,7 @@ class MainWindow(QMainWindow):
         self.train_form = SettingsForm(X.TrainSettings, "train.")
         self.train_form.changed.connect(self._on_form_changed)
         self.method_layout.addWidget(self.train_form)
-        self.form_error = _named(QLabel(""), "method.error")
+        self.form_error = named(QLabel(""), "method.error")
         self.form_error.setStyleSheet("color: #b00000;")
         self.form_error.setWordWrap(True)
         self.method_layout.addWidget(self.form_error)
@@ -334,23 +328,23 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(panel)
         buttons = QHBoxLayout()
         for action in (self.act_start, self.act_pause, self.act_stop):
-            button = _named(
+            button = named(
                 QPushButton(action.text().replace("&", "")), f"button.{action.objectName()[7:]}"
             )
             button.clicked.connect(action.trigger)
             action.changed.connect(lambda b=button, a=action: b.setEnabled(a.isEnabled()))
             buttons.addWidget(button)
-        self.device_label = _named(QLabel("device: -"), "training.device")
+        self.device_label = named(QLabel("device: -"), "training.device")
         buttons.addWidget(self.device_label, 1)
         layout.addLayout(buttons)
-        self.epoch_bar = _named(QProgressBar(), "training.epoch_progress", "epoch progress")
-        self.batch_bar = _named(QProgressBar(), "training.batch_progress", "batch progress")
-        self.eta_label = _named(QLabel(""), "training.eta")
+        self.epoch_bar = named(QProgressBar(), "training.epoch_progress", "epoch progress")
+        self.batch_bar = named(QProgressBar(), "training.batch_progress", "batch progress")
+        self.eta_label = named(QLabel(""), "training.eta")
         for w in (self.epoch_bar, self.batch_bar, self.eta_label):
             layout.addWidget(w)
         self.curves = TrainingCurves()
         layout.addWidget(self.curves, 3)
-        self.log_view = _named(QPlainTextEdit(), "training.log", "run log")
+        self.log_view = named(QPlainTextEdit(), "training.log", "run log")
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
         layout.addWidget(self.log_view, 1)
@@ -359,7 +353,7 @@ class MainWindow(QMainWindow):
     def _build_runs_dock(self) -> None:
         panel = QWidget()
         layout = QVBoxLayout(panel)
-        self.runs_table = _named(QTableWidget(0, 7), "runs.table", "run history")
+        self.runs_table = named(QTableWidget(0, 7), "runs.table", "run history")
         self.runs_table.setHorizontalHeaderLabels(
             ["date", "name", "backbone", "method", "best val", "duration", "status"]
         )
@@ -376,7 +370,7 @@ class MainWindow(QMainWindow):
             ("runs.open", "Open experiment", self.open_selected_run),
             ("runs.delete", "Delete...", self.delete_selected_runs),
         ):
-            button = _named(QPushButton(text), name)
+            button = named(QPushButton(text), name)
             button.clicked.connect(slot)
             row.addWidget(button)
         layout.addLayout(row)
@@ -405,13 +399,13 @@ class MainWindow(QMainWindow):
         self.confusion_plot.invertY(True)
         self._confusion_labels: list = []
         layout.addWidget(self.confusion_plot)
-        self.class_table = _named(QTableWidget(0, 5), "evaluation.per_class", "per-class metrics")
+        self.class_table = named(QTableWidget(0, 5), "evaluation.per_class", "per-class metrics")
         self.class_table.setHorizontalHeaderLabels(
             ["class", "precision", "recall", "F1", "support"]
         )
         self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         layout.addWidget(self.class_table)
-        self.gallery_label = _named(
+        self.gallery_label = named(
             QLabel("misclassified validation images"), "evaluation.gallery_title"
         )
         layout.addWidget(self.gallery_label)

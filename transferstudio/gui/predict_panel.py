@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from transferstudio.gui.thumbnails import fill_thumbnails, load_thumbnails, thumbnail_list
+from transferstudio.gui.widgets import fill_thumbnails, load_thumbnails, named, thumbnail_list
 from transferstudio.gui.worker import run_in_background
 
 
@@ -38,39 +38,32 @@ class PredictPanel(QWidget):
         self.last_report = None
         self.setAcceptDrops(True)
         layout = QVBoxLayout(self)
-        self.model_label = self._named(
+        self.model_label = named(
             QLabel("no model yet: finish a run, or open a bundle (.tsmodel)"), "predict.model"
         )
         layout.addWidget(self.model_label)
         row = QHBoxLayout()
-        self.bundle_button = self._named(QPushButton("Bundle..."), "predict.open_bundle")
+        self.bundle_button = named(QPushButton("Bundle..."), "predict.open_bundle")
         self.bundle_button.clicked.connect(self._choose_bundle)
-        self.images_button = self._named(QPushButton("Images..."), "predict.add_images")
+        self.images_button = named(QPushButton("Images..."), "predict.add_images")
         self.images_button.clicked.connect(self._choose_images)
-        self.folder_button = self._named(QPushButton("Folder..."), "predict.add_folder")
+        self.folder_button = named(QPushButton("Folder..."), "predict.add_folder")
         self.folder_button.clicked.connect(self._choose_folder)
-        self.top_k = self._named(QSpinBox(), "predict.top_k", "labels per image")
+        self.top_k = named(QSpinBox(), "predict.top_k", "labels per image")
         self.top_k.setRange(1, 10)
         self.top_k.setValue(3)
         self.top_k.setPrefix("top ")
         for widget in (self.bundle_button, self.images_button, self.folder_button, self.top_k):
             row.addWidget(widget)
         layout.addLayout(row)
-        self.status = self._named(
+        self.status = named(
             QLabel("drop images or folders here, or choose them above"), "predict.status"
         )
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
-        self.results = thumbnail_list("predict.results", "predictions")
-        self.results.setMaximumHeight(16777215)
+        self.results = thumbnail_list("predict.results", "predictions", max_rows=None)
         layout.addWidget(self.results, 1)
         self._update_buttons()
-
-    @staticmethod
-    def _named(widget, name: str, accessible: str | None = None):
-        widget.setObjectName(name)
-        widget.setAccessibleName(accessible or name)
-        return widget
 
     # ------------------------------------------------------------------ the model
 

@@ -1,4 +1,5 @@
-"""Thumbnail lists: images decoded and shrunk off the GUI thread, shown as icons with captions."""
+"""Small widget helpers shared by the panels: object and accessible names, and thumbnail lists
+(images decoded and shrunk off the GUI thread, shown as icons with captions)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,24 @@ from transferstudio.core.images import ImageProblem, load_rgb
 THUMBNAIL_PX = 96
 
 
-def thumbnail_list(name: str, accessible: str) -> QListWidget:
-    """An icon-mode list for thumbnails, with an object and an accessible name."""
-    widget = QListWidget()
+def named(widget, name: str, accessible: str | None = None):
+    """``widget`` with an object name (for scripted tests, see docs/gui.md) and an accessible
+    name (for screen readers; ``name`` when not given)."""
     widget.setObjectName(name)
-    widget.setAccessibleName(accessible)
+    widget.setAccessibleName(accessible or name)
+    return widget
+
+
+def thumbnail_list(name: str, accessible: str, max_rows: int | None = 2) -> QListWidget:
+    """An icon-mode list for thumbnails, with an object and an accessible name, at most
+    ``max_rows`` rows high (``None``: as high as its layout allows)."""
+    widget = named(QListWidget(), name, accessible)
     widget.setViewMode(QListView.ViewMode.IconMode)
     widget.setIconSize(QSize(THUMBNAIL_PX, THUMBNAIL_PX))
     widget.setResizeMode(QListView.ResizeMode.Adjust)
     widget.setWrapping(True)
-    widget.setMaximumHeight(2 * THUMBNAIL_PX + 60)
+    if max_rows is not None:
+        widget.setMaximumHeight(max_rows * THUMBNAIL_PX + 60)
     return widget
 
 
