@@ -473,10 +473,13 @@ def raw_pixel_tensors(runs: list[dict]) -> list[dict]:
 
 
 def protonet_cross_check(encoder, runs: list[dict], preprocessing, tensors, scratch: Path):
-    """Predictions of ``prototype_classifier`` (support read from a class-folder copy of each
-    run's training images) against those of ``predict_with_support``: how many agree."""
+    """Predictions of ``prototype_classifier`` (support read by ``read_support_folder``, the
+    reader of ``transferstudio predict --support``, from a class-folder copy of each run's
+    training images) against those of ``predict_with_support``: how many agree."""
     import torch
     from transferstudio_builtins.protonet import predict_with_support, prototype_classifier
+
+    from transferstudio.core.support import read_support_folder
 
     agree = total = 0
     for r, t in zip(runs, tensors, strict=True):
@@ -484,8 +487,9 @@ def protonet_cross_check(encoder, runs: list[dict], preprocessing, tensors, scra
         for path in r["support"]:  # classNN.png -> classNN/classNN.png (sorted names = index)
             (folder / path.stem).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, folder / path.stem / path.name)
-        classifier, classes = prototype_classifier(encoder, folder, preprocessing)
-        assert classes == [p.stem for p in r["support"]]
+        support = read_support_folder(folder, preprocessing)
+        assert support.class_names == [p.stem for p in r["support"]]
+        classifier = prototype_classifier(encoder, support.images, support.targets, WAY)
         with torch.no_grad():
             from_folder = classifier(t["queries"]).argmax(dim=1)
         direct, _ = predict_with_support(encoder, t["support"], torch.arange(WAY), t["queries"])

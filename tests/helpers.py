@@ -71,3 +71,53 @@ def tiny_experiment(data: Path, **overrides):
         node[leaf] = value
     host = load_plugins(autoload=False)
     return from_mapping(raw, host.method_params)
+
+
+def write_glyphs(root, classes: int = 40, per_class: int = 20, seed: int = 0):
+    """``root/<class>/<i>.png``: each class a random polyline, each image a jittered drawing."""
+    import math
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    noise = np.random.default_rng(seed)
+    size, centre = 28, 14
+    for k in range(classes):
+        points = [(rng.uniform(5, 23), rng.uniform(5, 23)) for _ in range(rng.randint(4, 5))]
+        folder = root / f"glyph{k:02d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            dx, dy, angle = rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-0.25, 0.25)
+            cos, sin = math.cos(angle), math.sin(angle)
+
+            def place(p, dx=dx, dy=dy, cos=cos, sin=sin):
+                x, y = p[0] - centre, p[1] - centre
+                return (
+                    cos * x - sin * y + centre + dx + rng.uniform(-1, 1),
+                    sin * x + cos * y + centre + dy + rng.uniform(-1, 1),
+                )
+
+            image = Image.new("L", (size, size), 0)
+            draw = ImageDraw.Draw(image)
+            width = rng.randint(1, 3)
+            for a, b in zip(points, points[1:], strict=False):
+                draw.line([place(a), place(b)], fill=255, width=width)
+            pixels = np.asarray(image, dtype=np.float32) + noise.normal(0, 25, (size, size))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("RGB").save(
+                folder / f"{i:02d}.png"
+            )
+    return root
+
+
+def fewshot_experiment(tmp_path, host, method, data=None, epochs=1, test_split=0.3, **params):
+    """conv4 at 28 px on class-split glyphs: 8 val, 12 test and 20 train classes of 40."""
+    raw = tiny_experiment(data or tmp_path / "glyphs").to_dict()
+    raw["data"].update(val_split=0.2, test_split=test_split, image_size=28, batch_size=16)
+    raw["augment"] = {"random_resized_crop": False, "hflip": False}
+    raw["model"] = {"backbone": "conv4", "weights": "none"}
+    raw["train"].update(epochs=epochs, lr=0.003, schedule="constant", weight_decay=0.0, seed=0)
+    raw["method"] = {"name": method, "params": params}
+    from transferstudio.core.experiment import from_mapping
+
+    return from_mapping(raw, host.method_params)

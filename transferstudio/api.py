@@ -7,7 +7,7 @@ error types whose messages are shown to users.
 
 A plugin module declares the API version it was written for::
 
-    TRANSFERSTUDIO_API_VERSION = "1.1"
+    TRANSFERSTUDIO_API_VERSION = "1.2"
 
 The host accepts a plugin when the major versions match and the plugin's minor version is not
 newer than the host's (:func:`is_compatible`). This module does not import torch, so listing
@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "API_VERSION",
     "BN_MODES",
+    "BUNDLE_MANIFEST_ENTRY",
+    "BUNDLE_WEIGHTS_ENTRY",
     "IMAGENET_MEAN",
     "IMAGE_SUFFIXES",
     "IMAGENET_STD",
@@ -64,13 +66,17 @@ __all__ = [
     "parse_unfreeze_schedule",
 ]
 
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 """Version of this API. Minor bumps only add; a major bump may remove or change.
 
 1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
 ``load_run_model``, ``episodes``, ``tasks``, ``has_role``, ``backbone_name``,
 ``preprocessing``, ``loader(role=, views=)``, :func:`draw_episodes`, ``ExporterSpec.load``, and
-``TransferMethod.evaluate``, ``epoch_diagnostics`` and ``steps_per_epoch``."""
+``TransferMethod.evaluate``, ``epoch_diagnostics`` and ``steps_per_epoch``.
+
+1.2 added ``MethodSpec.support_set`` and ``TransferMethod.classifier_from_support``: methods that
+learn no fixed classes (few-shot) predict the classes of a support folder given at prediction
+time; and the bundle entry names ``BUNDLE_WEIGHTS_ENTRY``, ``BUNDLE_MANIFEST_ENTRY``."""
 
 ROLE_LABELED = "labeled"
 """Labeled images from ``data.path`` (class folders or CSV), split train/val/test."""
@@ -101,6 +107,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 """File suffixes data sources treat as images (compare lower-cased)."""
+
+BUNDLE_WEIGHTS_ENTRY = "weights.safetensors"
+BUNDLE_MANIFEST_ENTRY = "manifest.json"
+"""(API 1.2) The two entries of a model bundle (``.tsmodel``, a zip): the module's weights as
+safetensors and the JSON manifest (architecture recipe, class names, preprocessing, provenance).
+See docs/exporting.md."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -498,6 +510,20 @@ class TransferMethod:
         (episodic training); used by the learning-rate schedule and progress."""
         return None
 
+    # -- added in API 1.2 ------------------------------------------------------------------
+
+    def classifier_from_support(
+        self, images: torch.Tensor, targets: torch.Tensor, num_classes: int
+    ) -> nn.Module:
+        """For methods with ``MethodSpec.support_set``: a classifier of new classes given by a
+        support set (preprocessed ``images``, class indices ``targets`` in ``0..num_classes-1``),
+        mapping images to ``num_classes`` logits. Called after :meth:`setup` with the modules
+        loaded from a checkpoint; the setup context offers ``build_backbone``, ``make_head``,
+        ``build_classifier`` and ``log`` but no data. Must not change the method's modules."""
+        raise NotImplementedError(
+            f"{type(self).__name__} predicts its own classes; it takes no support set"
+        )
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -512,3 +538,8 @@ class MethodSpec:
     factory: Callable[[Any], TransferMethod]
     data_roles: tuple[str, ...] = (ROLE_LABELED,)
     optional_roles: tuple[str, ...] = ()
+    support_set: bool = False
+    """(API 1.2) The method learns no fixed classes: its predictor classifies the classes of a
+    support set given at prediction time (``transferstudio predict --support FOLDER``), through
+    :meth:`TransferMethod.classifier_from_support`. Its runs are not reloaded as classifiers of
+    their training classes (as teachers, say)."""

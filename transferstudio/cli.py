@@ -203,7 +203,9 @@ def cmd_predict(args) -> int:
 
     from transferstudio.core.predict import gather_images, open_predictor, predict
 
-    predictor = open_predictor(args.model, _host(), _workspace(args))
+    predictor = open_predictor(args.model, _host(), _workspace(args), support=args.support)
+    for path, reason in predictor.support_skipped:
+        print(f"support: skipped {path}: {reason}", file=sys.stderr)
     paths, skipped = gather_images(args.inputs)
     tty = sys.stderr.isatty()
 
@@ -321,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--csv", help="also write path,label1,p1,... rows to this CSV file")
+    p.add_argument(
+        "--support",
+        metavar="FOLDER",
+        help="few-shot models (protonet, maml): a folder with one subfolder of example images "
+        "per class; those are the classes predicted",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("runs", help="list the workspace's runs, or show one")

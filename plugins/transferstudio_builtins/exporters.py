@@ -9,7 +9,12 @@ import copy
 import warnings
 from pathlib import Path
 
-from transferstudio.api import ExporterSpec, PluginError
+from transferstudio.api import (
+    BUNDLE_MANIFEST_ENTRY,
+    BUNDLE_WEIGHTS_ENTRY,
+    ExporterSpec,
+    PluginError,
+)
 
 
 def _clone_with(module, state):
@@ -45,10 +50,6 @@ def load_state_dict(module, path: Path):
     return _clone_with(module, torch.load(str(path), map_location="cpu", weights_only=True))
 
 
-BUNDLE_WEIGHTS = "weights.safetensors"
-BUNDLE_MANIFEST = "manifest.json"
-
-
 def export_bundle(module, example, path: Path, metadata: dict) -> None:
     """One zip: the weights as safetensors and ``manifest.json`` (the metadata the host gives:
     architecture recipe, class names, preprocessing, provenance). Nothing in it is a pickle."""
@@ -58,8 +59,8 @@ def export_bundle(module, example, path: Path, metadata: dict) -> None:
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as bundle:
-        bundle.writestr(BUNDLE_MANIFEST, _json(metadata))
-        bundle.writestr(BUNDLE_WEIGHTS, save(state))
+        bundle.writestr(BUNDLE_MANIFEST_ENTRY, _json(metadata))
+        bundle.writestr(BUNDLE_WEIGHTS_ENTRY, save(state))
 
 
 def load_bundle_weights(module, path: Path):
@@ -68,7 +69,7 @@ def load_bundle_weights(module, path: Path):
     from safetensors.torch import load
 
     with zipfile.ZipFile(path) as bundle:
-        return _clone_with(module, load(bundle.read(BUNDLE_WEIGHTS)))
+        return _clone_with(module, load(bundle.read(BUNDLE_WEIGHTS_ENTRY)))
 
 
 @contextlib.contextmanager
@@ -111,6 +112,18 @@ def export_onnx(module, example, path: Path, metadata: dict) -> None:
         ) from None
     import torch
 
+    batch_statistics = [
+        name
+        for name, layer in module.named_modules()
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.running_mean is None
+    ]
+    if batch_statistics:
+        # ONNX's BatchNormalization needs running statistics; MAML normalises with each batch's.
+        raise PluginError(
+            f"ONNX cannot express BatchNorm that normalises with batch statistics (layers "
+            f"{', '.join(batch_statistics[:3])}{' ...' if len(batch_statistics) > 3 else ''}, "
+            "as MAML models use); export as torchscript, bundle or safetensors instead"
+        )
     with _quiet_legacy_exporters():
         torch.onnx.export(
             module,

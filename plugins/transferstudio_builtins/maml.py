@@ -16,7 +16,7 @@ transductive setting: the queries of an episode are normalised together).
 
 The trained model is a meta-learned initialisation, not a classifier of fixed classes: its
 ``n_way`` outputs mean something only after adapting to a support set
-(:func:`adapt_and_predict`).
+(:func:`adapt_and_predict`; ``transferstudio predict --support FOLDER`` with ``n_way`` classes).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 from transferstudio.api import (
     ROLE_EPISODES,
+    DataError,
     ExperimentError,
     MethodSpec,
     StepOutput,
@@ -243,6 +244,37 @@ class Maml(TransferMethod):
         # The meta-learned initialisation: meaningful after adaptation (adapt_and_predict).
         return self.model
 
+    def classifier_from_support(self, images, targets, num_classes: int):
+        """A copy of the meta-model adapted to the support set (``eval_inner_steps`` steps of
+        ``inner_lr``, as in evaluation). BatchNorm keeps normalising with the statistics of
+        each batch, as MAML was trained and evaluated."""
+        import copy
+
+        import torch
+
+        p = self.params
+        if num_classes != p.n_way:
+            raise DataError(
+                f"this MAML model has n_way = {p.n_way} outputs, so its support folder needs "
+                f"exactly {p.n_way} class subfolders, not {num_classes}"
+            )
+        device = next(self.model.parameters()).device
+        weights = {k: w.detach() for k, w in meta_parameters(self.model).items()}
+        with torch.enable_grad():
+            fast = adapt(
+                self.model,
+                weights,
+                images.to(device),
+                targets.to(device),
+                p.eval_inner_steps,
+                p.inner_lr,
+                create_graph=False,
+            )
+        adapted = copy.deepcopy(self.model).requires_grad_(False)
+        for name, value in fast.items():
+            adapted.get_parameter(name).copy_(value.detach())
+        return adapted.eval()
+
     def state_summary(self):
         return {"output": "meta-initialisation", "n_way": self.params.n_way}
 
@@ -254,4 +286,5 @@ MAML = MethodSpec(
     params=MamlParams,
     factory=Maml,
     data_roles=(ROLE_EPISODES,),
+    support_set=True,
 )

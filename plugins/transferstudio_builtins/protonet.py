@@ -7,23 +7,20 @@ episodes of training classes, so the encoder learns an embedding in which new cl
 few examples, are separable by distance to their mean.
 
 Prediction needs a support set: :func:`predict_with_support` classifies images against support
-images held in memory, :func:`load_support_folder` reads a small folder of class subfolders, and
-:func:`prototype_classifier` turns an encoder plus such a folder into an ordinary classifier
-module (images -> logits over the support classes). torch is imported inside the functions.
+images held in memory, and :func:`prototype_classifier` turns an encoder plus support images
+into an ordinary classifier module (images -> logits over the support classes), which is what
+``transferstudio predict --support FOLDER`` uses. torch is imported inside the functions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from transferstudio.api import (
-    IMAGE_SUFFIXES,
     ROLE_EPISODES,
     DataError,
     MethodSpec,
-    Preprocessing,
     StepOutput,
     TransferMethod,
 )
@@ -89,68 +86,11 @@ def predict_with_support(
     return probabilities.argmax(dim=1), probabilities
 
 
-def image_transform(preprocessing: Preprocessing):
-    """The evaluation transform of a backbone's preprocessing (resize the short side,
-    centre-crop, scale to 0..1, normalise): PIL image -> tensor ``[3, crop, crop]``."""
-    import torch
-    from torchvision.transforms import v2 as T
-
-    interpolation = (
-        T.InterpolationMode.BICUBIC
-        if preprocessing.interpolation == "bicubic"
-        else T.InterpolationMode.BILINEAR
-    )
-    return T.Compose(
-        [
-            T.Resize(preprocessing.resize, interpolation=interpolation, antialias=True),
-            T.CenterCrop(preprocessing.crop),
-            T.PILToTensor(),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std)),
-        ]
-    )
-
-
-def load_support_folder(
-    folder: str | Path, preprocessing: Preprocessing
-) -> tuple[Any, Any, list[str]]:
-    """Read a support folder of class subfolders: ``(images, labels, class_names)``.
-
-    ``class_names`` are the subfolder names in sorted order, ``labels`` index them. Every image
-    is prepared with ``preprocessing`` (use the one the encoder was trained with: it is stored
-    in the run's checkpoint as ``preprocessing``)."""
-    import torch
-    from PIL import Image
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise DataError(f"support folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    transform = image_transform(preprocessing)
-    images, labels = [], []
-    for index, name in enumerate(classes):
-        files = sorted(
-            p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not files:
-            raise DataError(f"support class folder {root / name} holds no image")
-        for path in files:
-            with Image.open(path) as image:
-                images.append(transform(image.convert("RGB")))
-            labels.append(index)
-    if len(classes) < 2:
-        raise DataError(f"support folder {root} needs at least two class subfolders")
-    return torch.stack(images), torch.tensor(labels), classes
-
-
-def prototype_classifier(
-    encoder: Any, support_folder: str | Path, preprocessing: Preprocessing
-) -> tuple[Any, list[str]]:
-    """An ordinary classifier for new classes from a support folder: ``(module, class_names)``.
-
-    The module maps preprocessed images to logits (minus squared distances to the prototypes
-    of the folder's classes, computed once here), so it can be used and evaluated like any
-    classifier. It holds ``encoder`` (not a copy), put in eval mode."""
+def prototype_classifier(encoder: Any, support_images: Any, support_labels: Any, num_classes: int):
+    """An ordinary classifier of new classes given by support images (preprocessed, class
+    indices ``0..num_classes-1``): images -> logits (minus squared distances to the classes'
+    prototypes, computed once here), usable and evaluable like any classifier. It holds
+    ``encoder`` (not a copy), put in eval mode."""
     import torch
     from torch import nn
 
@@ -167,13 +107,12 @@ def prototype_classifier(
 
     first = next(iter(encoder.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
-    images, labels, classes = load_support_folder(support_folder, preprocessing)
     encoder.eval()
     with torch.no_grad():
         prototypes = class_prototypes(
-            encoder(images.to(device)).float(), labels.to(device), len(classes)
+            encoder(support_images.to(device)).float(), support_labels.to(device), num_classes
         )
-    return PrototypeClassifier(encoder, prototypes).eval(), classes
+    return PrototypeClassifier(encoder, prototypes).eval()
 
 
 @dataclass
@@ -244,8 +183,11 @@ class ProtoNet(TransferMethod):
         )
 
     def predictor(self):
-        # An embedding network: classifying needs a support set (see prototype_classifier).
+        # An embedding network: classifying needs a support set (classifier_from_support).
         return self.encoder
+
+    def classifier_from_support(self, images, targets, num_classes: int):
+        return prototype_classifier(self.encoder, images, targets, num_classes)
 
     def state_summary(self):
         return {"output": "embedding", "feature_dim": self.feature_dim}
@@ -258,4 +200,5 @@ PROTONET = MethodSpec(
     params=ProtoNetParams,
     factory=ProtoNet,
     data_roles=(ROLE_EPISODES,),
+    support_set=True,
 )

@@ -207,6 +207,24 @@ def test_every_format_is_checked_on_the_validation_images(finished_run, host, tm
     assert result.val_top1_agreement == 1.0 and result.max_abs_diff <= 1e-3
 
 
+def test_the_validation_check_uses_the_runs_own_split_after_the_data_changed(
+    finished_run, host, tmp_path, make_images
+):
+    import json
+
+    from transferstudio.core.data import SPLITS_FILE
+
+    kept = json.loads((Path(finished_run.folder) / SPLITS_FILE).read_text())
+    assert kept["classes"] == ["blue", "green", "red"]
+    assert {k: len(v) for k, v in kept["splits"].items()} == {"train": 18, "val": 6}
+    # New images in the data folder would change a fresh split (8 more per class: 3 more val
+    # images each); the check must still use the 6 the run validated on.
+    make_images({"red": 16, "green": 16, "blue": 16}, seed=1)
+    result = export_run(finished_run.run_id, "safetensors", tmp_path / "m.safetensors", host,
+                        tmp_path / "ws")  # fmt: skip
+    assert result.val_images == 6 and result.val_top1_agreement == 1.0
+
+
 def test_a_tampered_artifact_fails_the_check_with_its_figures(finished_run, host, tmp_path):
     import dataclasses
 

@@ -421,3 +421,40 @@ def test_the_predict_panel_classifies_dropped_images_with_the_run_and_a_bundle(
         panel.predict_paths([str(folder)])
     assert [item.top[0][0] for item in blocker.args[0].predictions] == from_run
     assert all(len(item.top) == 1 for item in blocker.args[0].predictions)
+
+
+def test_the_predict_panel_takes_a_support_folder_for_a_few_shot_run(window, qtbot, tmp_path):
+    import shutil
+
+    from tests.helpers import fewshot_experiment, write_glyphs
+    from transferstudio.core.engine import PlainState, run_experiment
+
+    glyphs = write_glyphs(tmp_path / "glyphs", classes=16, per_class=6)
+    exp = fewshot_experiment(
+        tmp_path, window.host, "protonet", data=glyphs, test_split=0.0,
+        n_way=3, queries=3, episodes_per_epoch=5, val_episodes=2,
+    )  # fmt: skip
+    result = run_experiment(exp, window.host, PlainState(), window.workspace)
+    assert result.status == "completed", result.message
+    support = tmp_path / "support"
+    for name in ("glyph00", "glyph01"):
+        shutil.copytree(glyphs / name, support / name)
+
+    panel = window.predict_panel
+    panel.set_run(result.folder)
+    with qtbot.waitSignal(panel.failed, timeout=60_000) as blocker:
+        panel.predict_paths([str(glyphs / "glyph02")])
+    assert "Support..." in blocker.args[0] and "Support..." in panel.status.text()
+
+    panel.set_support(support)
+    assert panel.support_label.text() == "support: support/"
+    with qtbot.waitSignal(panel.finished, timeout=60_000) as blocker:
+        panel.predict_paths([str(glyphs / "glyph02")])
+    report = blocker.args[0]
+    assert len(report.predictions) == 6 and panel.results.count() == 6
+    assert {label for item in report.predictions for label, _ in item.top} == {
+        "glyph00",
+        "glyph01",
+    }
+    panel.clear_support_button.click()
+    assert panel.support is None and not panel.clear_support_button.isEnabled()

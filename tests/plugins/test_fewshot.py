@@ -12,7 +12,6 @@ evaluation seeds so both score exactly the same episodes.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -36,7 +35,7 @@ from transferstudio_builtins.protonet import (
     prototype_logits,
 )
 
-from tests.helpers import tiny_experiment
+from tests.helpers import fewshot_experiment, write_glyphs
 from transferstudio.api import (
     ROLE_EPISODES,
     ExperimentError,
@@ -48,8 +47,8 @@ from transferstudio.api import (
 )
 from transferstudio.core import events as E
 from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.experiment import from_mapping
 from transferstudio.core.plugins import load_plugins, plugin_from_namespace
+from transferstudio.core.support import read_support_folder
 
 # --------------------------------------------------------------------------- shared pieces
 
@@ -74,7 +73,7 @@ def test_test_split_is_scored_on_at_least_600_episodes():
 
 def test_an_experiment_asking_for_fewer_test_episodes_is_refused(tmp_path, host):
     with pytest.raises(ExperimentError, match="test_episodes"):
-        _fewshot_experiment(tmp_path, host, "protonet", test_episodes=100)
+        fewshot_experiment(tmp_path, host, "protonet", test_episodes=100)
 
 
 def test_episode_groups_make_meta_batches_of_consecutive_episodes():
@@ -90,7 +89,7 @@ def test_fewshot_methods_are_registered_for_the_episodes_role(host):
 
 def test_maml_refuses_evaluation_episodes_of_another_width(tmp_path, host):
     with pytest.raises(ExperimentError, match="eval_way"):
-        _fewshot_experiment(tmp_path, host, "maml", n_way=5, eval_way=3)
+        fewshot_experiment(tmp_path, host, "maml", n_way=5, eval_way=3)
 
 
 # --------------------------------------------------------------------------- protonet maths
@@ -137,8 +136,9 @@ def test_prototype_classifier_recognises_new_classes_from_a_support_folder(tmp_p
     # An "encoder" of mean colour per channel: enough to show folder -> prototypes -> logits.
     encoder = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     pre = Preprocessing(resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    classifier, classes = prototype_classifier(encoder, tmp_path / "support", pre)
-    assert classes == ["amber", "teal"]
+    support = read_support_folder(tmp_path / "support", pre)
+    assert support.class_names == ["amber", "teal"] and support.targets.tolist() == [0, 0, 1, 1]
+    classifier = prototype_classifier(encoder, support.images, support.targets, 2)
     queries = torch.tensor([[235, 165, 30], [25, 140, 170]], dtype=torch.float32) / 255
     images = ((queries - 0.5) / 0.5).view(2, 3, 1, 1).expand(2, 3, 8, 8)
     assert classifier(images).argmax(dim=1).tolist() == [0, 1]
@@ -210,40 +210,6 @@ def test_maml_second_order_differentiates_through_the_inner_loop():
 # --------------------------------------------------------------------------- proof on glyphs
 
 
-def write_glyphs(root, classes: int = 40, per_class: int = 20, seed: int = 0):
-    """``root/<class>/<i>.png``: each class a random polyline, each image a jittered drawing."""
-    from PIL import Image, ImageDraw
-
-    rng = random.Random(seed)
-    noise = np.random.default_rng(seed)
-    size, centre = 28, 14
-    for k in range(classes):
-        points = [(rng.uniform(5, 23), rng.uniform(5, 23)) for _ in range(rng.randint(4, 5))]
-        folder = root / f"glyph{k:02d}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            dx, dy, angle = rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-0.25, 0.25)
-            cos, sin = math.cos(angle), math.sin(angle)
-
-            def place(p, dx=dx, dy=dy, cos=cos, sin=sin):
-                x, y = p[0] - centre, p[1] - centre
-                return (
-                    cos * x - sin * y + centre + dx + rng.uniform(-1, 1),
-                    sin * x + cos * y + centre + dy + rng.uniform(-1, 1),
-                )
-
-            image = Image.new("L", (size, size), 0)
-            draw = ImageDraw.Draw(image)
-            width = rng.randint(1, 3)
-            for a, b in zip(points, points[1:], strict=False):
-                draw.line([place(a), place(b)], fill=255, width=width)
-            pixels = np.asarray(image, dtype=np.float32) + noise.normal(0, 25, (size, size))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("RGB").save(
-                folder / f"{i:02d}.png"
-            )
-    return root
-
-
 @dataclass
 class PixelParams:
     """Episode sizes of the pixel baseline."""
@@ -300,17 +266,6 @@ PIXEL_NN = MethodSpec(
 )
 
 
-def _fewshot_experiment(tmp_path, host, method, data=None, epochs=1, test_split=0.3, **params):
-    """conv4 at 28 px on class-split glyphs: 8 val, 12 test and 20 train classes of 40."""
-    raw = tiny_experiment(data or tmp_path / "glyphs").to_dict()
-    raw["data"].update(val_split=0.2, test_split=test_split, image_size=28, batch_size=16)
-    raw["augment"] = {"random_resized_crop": False, "hflip": False}
-    raw["model"] = {"backbone": "conv4", "weights": "none"}
-    raw["train"].update(epochs=epochs, lr=0.003, schedule="constant", weight_decay=0.0, seed=0)
-    raw["method"] = {"name": method, "params": params}
-    return from_mapping(raw, host.method_params)
-
-
 @pytest.fixture(scope="module")
 def glyphs(tmp_path_factory):
     return write_glyphs(tmp_path_factory.mktemp("fewshot") / "glyphs")
@@ -324,7 +279,7 @@ def pixel_baseline(glyphs, tmp_path_factory):
         extra=[plugin_from_namespace("pixel", transferstudio_methods=lambda: [PIXEL_NN])],
     )
     tmp = tmp_path_factory.mktemp("pixel")
-    exp = _fewshot_experiment(tmp, host, "pixel-1nn", data=glyphs)
+    exp = fewshot_experiment(tmp, host, "pixel-1nn", data=glyphs)
     result = run_experiment(exp, host, PlainState(), tmp / "ws")
     assert result.status == "completed", result.message
     return result.report["test"]["metrics"]
@@ -336,7 +291,7 @@ EPISODES = {"n_way": 5, "k_shot": 1, "queries": 3}
 
 def _train(tmp_path, glyphs, method, epochs, **params):
     host = load_plugins(autoload=False)
-    exp = _fewshot_experiment(tmp_path, host, method, data=glyphs, epochs=epochs, **params)
+    exp = fewshot_experiment(tmp_path, host, method, data=glyphs, epochs=epochs, **params)
     state = PlainState()
     result = run_experiment(exp, host, state, tmp_path / "ws")
     assert result.status == "completed", result.message
@@ -389,7 +344,7 @@ def test_maml_recognises_unseen_classes_better_than_pixel_nearest_neighbour(
 
 def test_first_order_maml_trains_through_the_engine(tmp_path, glyphs):
     host = load_plugins(autoload=False)
-    exp = _fewshot_experiment(
+    exp = fewshot_experiment(
         tmp_path,
         host,
         "maml",
@@ -411,7 +366,7 @@ def test_first_order_maml_trains_through_the_engine(tmp_path, glyphs):
 
 def test_augment_settings_on_an_episodic_method_are_named_as_not_applied(tmp_path, glyphs):
     host = load_plugins(autoload=False)
-    exp = _fewshot_experiment(
+    exp = fewshot_experiment(
         tmp_path,
         host,
         "protonet",

@@ -18,14 +18,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferstudio.api import Preprocessing, WeightsError
+from transferstudio.api import (
+    BUNDLE_MANIFEST_ENTRY,
+    BUNDLE_WEIGHTS_ENTRY,
+    Preprocessing,
+    WeightsError,
+)
 from transferstudio.core.models import build_backbone, classifier_from_recipe
 
 BUNDLE_SUFFIX = ".tsmodel"
 FORMAT = "transferstudio-bundle"
 VERSION = 1
-WEIGHTS_ENTRY = "weights.safetensors"
-MANIFEST_ENTRY = "manifest.json"
 
 
 def provenance(meta: dict[str, Any]) -> dict[str, Any]:
@@ -58,15 +61,20 @@ def bundle_manifest(
 ) -> dict[str, Any]:
     """The manifest of a bundle of ``module_path`` (``""``: the whole predictor) of the run whose
     checkpoint metadata is ``meta``. A whole-classifier bundle carries the head recipe; a
-    sub-module bundle (the backbone alone, say) documents its output shape instead."""
+    sub-module bundle (the backbone alone, say) documents its output shape instead. The whole
+    predictor of a method that learns no fixed classes (few-shot) is marked ``support_set``: it
+    has no class names of its own, and its method rebuilds it to predict from a support set."""
     whole = module_path in ("", meta.get("predictor_module", ""))
+    support_set = whole and bool(meta.get("support_set"))
     return {
         "format": FORMAT,
         "version": VERSION,
         "module": module_path,
         "backbone": meta.get("backbone"),
-        "head_recipe": meta.get("head_recipe") if whole else None,
-        "class_names": meta.get("class_names", []) if whole else [],
+        "head_recipe": meta.get("head_recipe") if whole and not support_set else None,
+        "class_names": meta.get("class_names", []) if whole and not support_set else [],
+        "predictor_module": meta.get("predictor_module") if whole else None,
+        "support_set": support_set,
         "preprocessing": meta.get("preprocessing"),
         "output_shape": output_shape,
         "provenance": provenance(meta),
@@ -83,13 +91,15 @@ class Bundle:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A bundle's manifest and tensors, checked to be a bundle this version reads."""
     from safetensors.torch import load
 
+    path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            manifest = json.loads(archive.read(MANIFEST_ENTRY))
-            weights = load(archive.read(WEIGHTS_ENTRY))
+            manifest = json.loads(archive.read(BUNDLE_MANIFEST_ENTRY))
+            weights = load(archive.read(BUNDLE_WEIGHTS_ENTRY))
     except FileNotFoundError:
         raise WeightsError(f"model bundle {path} does not exist") from None
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
@@ -108,17 +118,23 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 def read_bundle_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a bundle (for ``model.weights``: its backbone part is used)."""
-    return _read(Path(path))[1]
+    return read_bundle(path)[1]
 
 
 def load_bundle(path: str | Path, host) -> Bundle:
     """Reopen a bundle as a model (eval mode): the backbone plugin named in the manifest with the
     head its recipe describes, or the exported sub-module for bundles of the backbone alone."""
     path = Path(path)
-    manifest, weights = _read(path)
+    manifest, weights = read_bundle(path)
     spec = host.backbone(manifest["backbone"])
     recipe = manifest.get("head_recipe")
     module = manifest.get("module", "")
+    if manifest.get("support_set"):
+        raise WeightsError(
+            f"{path} holds a {manifest.get('provenance', {}).get('method')} model, which "
+            "learns no fixed classes: predict with it from a support folder "
+            "(transferstudio predict --support FOLDER)"
+        )
     if recipe:
         model: nn.Module = classifier_from_recipe(spec, recipe, weights, str(path))
     elif module.endswith("backbone"):
@@ -141,3 +157,19 @@ def load_bundle(path: str | Path, host) -> Bundle:
         Preprocessing.from_dict(pre) if pre else spec.preprocessing,
         manifest,
     )
+
+
+def bundle_meta(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint-style metadata a bundle's manifest records (backbone, method and its
+    parameters, classes, preprocessing, seed): what rebuilds the bundle's method."""
+    prov = manifest.get("provenance", {})
+    return {
+        "backbone": manifest.get("backbone"),
+        "method": prov.get("method"),
+        "experiment": {"method": {"params": prov.get("method_params", {})}},
+        "class_names": prov.get("class_names", []),
+        "preprocessing": manifest.get("preprocessing"),
+        "seed": prov.get("seed"),
+        "support_set": bool(manifest.get("support_set")),
+        "predictor_module": manifest.get("predictor_module"),
+    }

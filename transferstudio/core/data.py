@@ -29,6 +29,10 @@ if TYPE_CHECKING:  # pragma: no cover
 SPLITS = ("train", "val", "test")
 
 
+SPLITS_FILE = "splits.json"
+"""The file in a run folder holding the run's exact split (:meth:`ScanResult.to_dict`)."""
+
+
 @dataclass
 class ScanResult:
     """The checked contents of a data source: usable samples per split, and what was skipped."""
@@ -61,6 +65,20 @@ class ScanResult:
                     stamp = "missing"
                 digest.update(f"{split}|{sample.path}|{sample.label}|{stamp}\n".encode())
         return digest.hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        """The classes and every split's ``[path, label]`` list (a run's ``splits.json``)."""
+        return {
+            "classes": list(self.classes),
+            "fingerprint": self.fingerprint(),
+            "splits": {k: [[s.path, s.label] for s in v] for k, v in self.splits.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ScanResult:
+        """Inverse of :meth:`to_dict` (files are not checked again)."""
+        splits = {k: [Sample(path, label) for path, label in v] for k, v in data["splits"].items()}
+        return cls(list(data["classes"]), splits)
 
     def report(self) -> str:
         """A human-readable summary: counts per class and split, then skipped files."""

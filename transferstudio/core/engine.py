@@ -612,6 +612,9 @@ class _Run:
                 write_text_atomic(
                     self.folder / "experiment.toml", exp.with_absolute_paths().to_toml()
                 )
+                # The exact split, so later checks (the export's validation-set comparison)
+                # need not scan and split the data again.
+                write_text_atomic(self.folder / D.SPLITS_FILE, json.dumps(self.scan.to_dict()))
             self.log_file = open(self.folder / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
 
     # ----------------------------------------------------------- loop
@@ -877,19 +880,22 @@ class _Run:
             "dataset_fingerprint": self.scan.fingerprint(),
             "seed": self.exp.train.seed,
             "method_state": self.method.state_summary(),
+            "support_set": self.method_spec.support_set,
             **self._predictor_recipe(),
         }
 
     def _predictor_recipe(self) -> dict[str, Any]:
-        """Where the predictor's weights are and how its head is built, when the predictor is a
-        ``backbone`` + ``head`` module of its own: what lets a finished run serve as a teacher or
-        a weights source without its method (``core.run_models``)."""
+        """Which module is the predictor and, when it is a ``backbone`` + ``head`` module of its
+        own, how its head is built: what lets a finished run serve as a teacher or a weights
+        source without its method (``core.run_models``), and an export name its classes."""
         predictor = self.method.predictor()
         name = next((n for n, m in self.modules.items() if m is predictor), None)
+        if name is None:
+            return {}
         head = getattr(predictor, "head", None)
         recipe = describe_head(head) if head is not None else None
-        if name is None or recipe is None or not hasattr(predictor, "backbone"):
-            return {}
+        if recipe is None or not hasattr(predictor, "backbone"):
+            return {"predictor_module": name}
         return {"predictor_module": name, "head_recipe": recipe}
 
     def _save_epoch(self, epoch: int, improved: bool, val_report: dict[str, Any]) -> None:

@@ -128,17 +128,23 @@ def _compare_on(module: nn.Module, reloaded, images: torch.Tensor, batch: int = 
 
 def validation_images(folder: Path, host, preprocessing: dict, limit: int = 256):
     """Up to ``limit`` images of a run's validation split, prepared as the run prepared them;
-    ``(None, reason)`` when the data is gone or is not a labeled image set."""
+    ``(None, reason)`` when the data is gone or is not a labeled image set. The split is the
+    run's own (``splits.json``); runs from before that file existed scan their data again."""
+    import json
+
     from transferstudio.api import Preprocessing
     from transferstudio.core import data as D
     from transferstudio.core.experiment import load
     from transferstudio.core.images import ImageProblem, load_rgb
 
     try:
-        exp = load(folder / "experiment.toml", host.method_params)
-        path = exp.resolve(exp.data.path)
-        scan = D.scan(D.choose_source(host.datasets, exp.data, path), exp.data, path)
-    except TransferStudioError as exc:
+        if (folder / D.SPLITS_FILE).is_file():
+            scan = D.ScanResult.from_dict(json.loads((folder / D.SPLITS_FILE).read_text("utf-8")))
+        else:
+            exp = load(folder / "experiment.toml", host.method_params)
+            path = exp.resolve(exp.data.path)
+            scan = D.scan(D.choose_source(host.datasets, exp.data, path), exp.data, path)
+    except (TransferStudioError, OSError, ValueError, KeyError) as exc:
         return None, f"validation images not checked: {exc}"
     samples = scan.splits.get("val", [])[:limit]
     transform = D.build_transform(Preprocessing.from_dict(preprocessing), None)
@@ -163,11 +169,17 @@ def export_run(
     force: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ExportResult:
-    """Export a finished run's classifier (its best checkpoint), or one of its sub-modules, with
-    exporter ``fmt``; provenance (see :func:`transferstudio.core.bundle.provenance`) goes into the
-    file's metadata. An existing ``target`` is only replaced with ``force``."""
+    """Export a finished run's classifier (its best checkpoint; a few-shot run's encoder or
+    meta-initialisation), or one of its sub-modules, with exporter ``fmt``; provenance (see
+    :func:`transferstudio.core.bundle.provenance`) goes into the file's metadata. An existing
+    ``target`` is only replaced with ``force``."""
     from transferstudio.core.bundle import bundle_manifest
-    from transferstudio.core.run_models import load_run_classifier, run_folder
+    from transferstudio.core.run_models import (
+        classifier_from_checkpoint,
+        load_best_checkpoint,
+        run_folder,
+    )
+    from transferstudio.core.support import predicts_from_support, rebuild_method
 
     target = Path(target)
     if target.exists() and not force:
@@ -177,7 +189,13 @@ def export_run(
             f"no exporter named {fmt!r}; available: {', '.join(sorted(host.exporters))}"
         )
     folder = run_folder(ref, workspace)
-    model, meta = load_run_classifier(folder, host, workspace)
+    ck = load_best_checkpoint(folder)
+    meta = ck.meta
+    few_shot = predicts_from_support(meta, host)
+    if few_shot:  # its predictor (encoder, meta-initialisation) as the method builds it
+        model = rebuild_method(meta, host, ck.weights, f"run {folder}").predictor()
+    else:
+        model = classifier_from_checkpoint(ck, host, f"run {folder}")
     try:
         module = model.get_submodule(module_path) if module_path else model
     except AttributeError:
@@ -191,7 +209,9 @@ def export_run(
         output_shape = list(module.eval()(example).shape[1:])
     metadata = bundle_manifest(meta, module_path, output_shape)
     val, note = (None, "sub-module: checked on a sample batch only")
-    if not module_path:
+    if few_shot:
+        note = "few-shot model without fixed classes: checked on a sample batch only"
+    elif not module_path:
         val, note = validation_images(folder, host, meta["preprocessing"])
     result = export_module(
         host.exporters[fmt], module, example, target, metadata, tolerance, val_images=val

@@ -1,5 +1,6 @@
 """Prediction on new images with a model bundle or a finished run: batched, top-k labels with
-confidence; an image that cannot be read is reported with its reason and skipped."""
+confidence; an image that cannot be read is reported with its reason and skipped. Few-shot
+models predict the classes of a support folder (see ``core.support``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class Predictor:
     class_names: list[str]
     preprocessing: Preprocessing
     source: str
+    support_skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)`` of support-folder files that were not used (few-shot models)."""
 
 
 @dataclass
@@ -40,11 +43,25 @@ class PredictionReport:
     """``(path, reason)`` of every input that was not predicted."""
 
 
-def open_predictor(ref: str, host, workspace: Path) -> Predictor:
-    """A bundle file (``.tsmodel``), or a finished run (id, unique prefix or folder)."""
-    if Path(ref).suffix == ".tsmodel":
-        from transferstudio.core.bundle import load_bundle
+def open_predictor(ref: str, host, workspace: Path, support: str | Path | None = None) -> Predictor:
+    """A bundle file (``.tsmodel``), or a finished run (id, unique prefix or folder). Models of
+    methods that learn no fixed classes (few-shot) need ``support``: a folder with one subfolder
+    of example images per class, whose classes they then predict."""
+    from transferstudio.core.bundle import BUNDLE_SUFFIX, bundle_meta, load_bundle, read_bundle
+    from transferstudio.core.run_models import (
+        classifier_from_checkpoint,
+        load_best_checkpoint,
+        run_folder,
+    )
+    from transferstudio.core.support import predicts_from_support
 
+    if Path(ref).suffix == BUNDLE_SUFFIX:
+        manifest, weights = read_bundle(ref)
+        if manifest.get("support_set"):
+            module = manifest.get("predictor_module") or ""
+            prefixed = {f"{module}.{k}": v for k, v in weights.items()}
+            return _support_predictor(bundle_meta(manifest), host, prefixed, str(ref), support)
+        _refuse_support(support, str(ref))
         bundle = load_bundle(ref, host)
         if not bundle.class_names:
             raise TransferStudioError(
@@ -52,12 +69,45 @@ def open_predictor(ref: str, host, workspace: Path) -> Predictor:
                 "classifier: it has no classes to predict"
             )
         return Predictor(bundle.model, bundle.class_names, bundle.preprocessing, str(ref))
-    from transferstudio.core.run_models import load_run_classifier, run_folder
-
     folder = run_folder(ref, workspace)
-    model, meta = load_run_classifier(folder, host, workspace)
-    pre = Preprocessing.from_dict(meta["preprocessing"])
-    return Predictor(model, list(meta["class_names"]), pre, str(folder))
+    ck = load_best_checkpoint(folder)
+    if predicts_from_support(ck.meta, host):
+        return _support_predictor(ck.meta, host, ck.weights, f"run {folder}", support)
+    _refuse_support(support, f"run {folder}")
+    model = classifier_from_checkpoint(ck, host, f"run {folder}")
+    pre = Preprocessing.from_dict(ck.meta["preprocessing"])
+    return Predictor(model, list(ck.meta["class_names"]), pre, str(folder))
+
+
+def _refuse_support(support, source: str) -> None:
+    if support is not None:
+        raise TransferStudioError(
+            f"{source} predicts the classes it was trained on; a support folder applies only "
+            "to few-shot models (protonet, maml): leave it out (--support, or Clear in the "
+            "Predict panel)"
+        )
+
+
+def _support_predictor(meta, host, weights, source: str, support) -> Predictor:
+    from transferstudio.core.support import read_support_folder, rebuild_method, support_classifier
+
+    if support is None:
+        raise TransferStudioError(
+            f"{source} (method {meta.get('method')!r}) learns no fixed classes: give a support "
+            "folder with one subfolder of example images per class (--support FOLDER, or "
+            "Support... in the Predict panel)"
+        )
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    support_set = read_support_folder(support, preprocessing)
+    method = rebuild_method(meta, host, weights, source)
+    model = support_classifier(method, support_set)
+    return Predictor(
+        model,
+        support_set.class_names,
+        preprocessing,
+        f"{source}, support {support} ({len(support_set.targets)} images)",
+        support_set.skipped,
+    )
 
 
 def gather_images(inputs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:

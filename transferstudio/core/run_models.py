@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from transferstudio.api import TransferStudioError, WeightsError
-from transferstudio.core.checkpoint import CheckpointStore
+from transferstudio.core.checkpoint import Checkpoint, CheckpointStore
 from transferstudio.core.models import classifier_from_recipe
 
 
@@ -43,28 +43,53 @@ def best_weights_file(folder: Path) -> Path:
     raise WeightsError(f"run {folder} has no checkpoint yet; let it finish an epoch")
 
 
+def load_best_checkpoint(folder: Path) -> Checkpoint:
+    """A run folder's best checkpoint (else its last): weights and metadata, no training
+    state."""
+    store = CheckpointStore(folder / "checkpoints")
+    for kind in ("best", "last"):
+        if store.exists(kind):
+            return store.load(kind, with_state=False)
+    raise WeightsError(f"run {folder} has no checkpoint yet; let it finish an epoch")
+
+
 def load_run_classifier(
     ref: str | Path, host, workspace: str | Path
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The classifier (``backbone`` + ``head``) of a finished run's best checkpoint (else its
-    last), eval mode, frozen, and that checkpoint's metadata. Its head is rebuilt from the
-    recipe the engine stores in every checkpoint whose method predicts with such a classifier
-    (``head_recipe``, see ``core.models.describe_head``)."""
+    last), eval mode, frozen, and that checkpoint's metadata (see
+    :func:`classifier_from_checkpoint`)."""
     folder = run_folder(ref, workspace)
-    store = CheckpointStore(folder / "checkpoints")
-    ck = store.load("best" if store.exists("best") else "last", with_state=False)
+    ck = load_best_checkpoint(folder)
+    return classifier_from_checkpoint(ck, host, f"run {folder}"), ck.meta
+
+
+def classifier_from_checkpoint(ck: Checkpoint, host, source: str) -> torch.nn.Module:
+    """A checkpoint's classifier, eval mode, frozen. Its head is rebuilt from the recipe the
+    engine stores in every checkpoint whose method predicts with such a classifier
+    (``head_recipe``, see ``core.models.describe_head``); a run of a method that learns no
+    fixed classes (few-shot) is refused."""
+    from transferstudio.core.support import predicts_from_support
+
     meta = ck.meta
+    if predicts_from_support(meta, host):
+        raise WeightsError(
+            f"{source} (method {meta.get('method')!r}) learns no fixed classes: it "
+            "classifies the classes of a support set given when predicting (transferstudio "
+            "predict --support FOLDER), so it cannot serve as a classifier of its training "
+            "classes (a teacher, say)"
+        )
     name, recipe = meta.get("predictor_module"), meta.get("head_recipe")
     if not name or not recipe:
         raise WeightsError(
-            f"run {folder} (method {meta.get('method')!r}) does not predict with a backbone + "
+            f"{source} (method {meta.get('method')!r}) does not predict with a backbone + "
             "head classifier, so it cannot serve as a teacher or be reloaded as a predictor"
         )
     prefix = name + "."
     state = {k[len(prefix) :]: v for k, v in ck.weights.items() if k.startswith(prefix)}
-    model = classifier_from_recipe(host.backbone(meta["backbone"]), recipe, state, f"run {folder}")
+    model = classifier_from_recipe(host.backbone(meta["backbone"]), recipe, state, source)
     model.class_names = list(meta["class_names"])  # type: ignore[assignment]
-    return model.eval().requires_grad_(False), meta
+    return model.eval().requires_grad_(False)
 
 
 def load_run_predictor(ref: str | Path, host, workspace: str | Path) -> torch.nn.Module:

@@ -1,5 +1,6 @@
 """The Predict panel: new images (dropped, or chosen as files or a folder) classified by the
 window's last finished run or by a model bundle, shown as thumbnails with their top-k labels.
+Few-shot models (protonet, maml) classify the classes of a support folder chosen here.
 
 Reading the model, decoding and predicting run on the thread pool; the panel only shows results.
 """
@@ -24,8 +25,9 @@ from transferstudio.gui.worker import run_in_background
 
 
 class PredictPanel(QWidget):
-    """Top-k predictions with thumbnails. ``set_run`` / ``set_bundle`` choose the model;
-    ``predict_paths`` (also reached by dropping files or folders) classifies images.
+    """Top-k predictions with thumbnails. ``set_run`` / ``set_bundle`` choose the model,
+    ``set_support`` the support folder of a few-shot model; ``predict_paths`` (also reached by
+    dropping files or folders) classifies images.
     ``finished`` carries the :class:`~transferstudio.core.predict.PredictionReport`."""
 
     finished = Signal(object)
@@ -35,6 +37,7 @@ class PredictPanel(QWidget):
         super().__init__(parent)
         self.host, self.workspace = host, Path(workspace)
         self.model_ref: str | None = None
+        self.support: str | None = None
         self.last_report = None
         self.setAcceptDrops(True)
         layout = QVBoxLayout(self)
@@ -56,6 +59,22 @@ class PredictPanel(QWidget):
         for widget in (self.bundle_button, self.images_button, self.folder_button, self.top_k):
             row.addWidget(widget)
         layout.addLayout(row)
+        support_row = QHBoxLayout()
+        self.support_button = named(QPushButton("Support..."), "predict.choose_support")
+        self.support_button.setToolTip(
+            "few-shot models (protonet, maml): a folder with one subfolder of example images "
+            "per class; those classes are predicted"
+        )
+        self.support_button.clicked.connect(self._choose_support)
+        self.support_label = named(
+            QLabel("no support folder (few-shot models need one)"), "predict.support"
+        )
+        self.clear_support_button = named(QPushButton("Clear"), "predict.clear_support")
+        self.clear_support_button.clicked.connect(lambda: self.set_support(None))
+        support_row.addWidget(self.support_button)
+        support_row.addWidget(self.support_label, 1)
+        support_row.addWidget(self.clear_support_button)
+        layout.addLayout(support_row)
         self.status = named(
             QLabel("drop images or folders here, or choose them above"), "predict.status"
         )
@@ -79,10 +98,21 @@ class PredictPanel(QWidget):
         self.model_label.setText(f"model: bundle {Path(path).name}")
         self._update_buttons()
 
+    def set_support(self, folder: str | Path | None) -> None:
+        """The support folder few-shot models predict the classes of (``None``: none)."""
+        self.support = str(folder) if folder else None
+        self.support_label.setText(
+            f"support: {Path(folder).name}/"
+            if folder
+            else "no support folder (few-shot models need one)"
+        )
+        self._update_buttons()
+
     def _update_buttons(self) -> None:
         ready = self.model_ref is not None
         self.images_button.setEnabled(ready)
         self.folder_button.setEnabled(ready)
+        self.clear_support_button.setEnabled(self.support is not None)
 
     def _choose_bundle(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -90,6 +120,13 @@ class PredictPanel(QWidget):
         )
         if path:
             self.set_bundle(path)
+
+    def _choose_support(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Support folder: one subfolder of example images per class"
+        )
+        if folder:
+            self.set_support(folder)
 
     def _choose_images(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(self, "Images to classify")
@@ -108,17 +145,19 @@ class PredictPanel(QWidget):
         if self.model_ref is None:
             self.status.setText("choose a model first: finish a run, or open a bundle")
             return
-        ref, top_k = self.model_ref, self.top_k.value()
+        ref, top_k, support = self.model_ref, self.top_k.value(), self.support
         host, workspace = self.host, self.workspace
         self.status.setText(f"predicting {len(inputs)} item(s) ...")
 
         def work():
             from transferstudio.core.predict import gather_images, open_predictor, predict
 
-            predictor = open_predictor(ref, host, workspace)
+            predictor = open_predictor(ref, host, workspace, support=support)
             paths, skipped = gather_images(inputs)
             report = predict(predictor, paths, top_k)
-            report.skipped[:0] = skipped
+            report.skipped[:0] = skipped + [
+                (path, f"support file: {why}") for path, why in predictor.support_skipped
+            ]
             captions = [
                 (
                     "\n".join(f"{label} {p:.2f}" for label, p in item.top),
