@@ -5,7 +5,8 @@
     python3 tasks.py test    # create .venv, install with the dev tools, lint, run every test
 
 The virtual environment lives in ``.venv`` (``TRANSFERSTUDIO_VENV`` chooses another folder).
-Installing is skipped when ``pyproject.toml`` has not changed since the last install. Extra
+Installing is skipped when no ``pyproject.toml`` (TransferStudio's, or those of the plugin
+distributions under ``plugins/``) has changed since the last install. Extra
 arguments are passed on: ``python3 tasks.py test -k engine``, ``python3 tasks.py demo --epochs 3``.
 """
 
@@ -19,6 +20,9 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+# Third-party plugins kept in this repository as their own distributions; installed beside
+# TransferStudio exactly as a user would install a plugin from an index.
+PLUGIN_DISTRIBUTIONS = [ROOT / "plugins" / "transferstudio-efficientnet-lite"]
 VENV = Path(os.environ.get("TRANSFERSTUDIO_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
@@ -36,7 +40,9 @@ def ensure_environment() -> None:
         _say(f"creating virtual environment {VENV}")
         venv.EnvBuilder(with_pip=True).create(VENV)
     stamp = VENV / ".transferstudio-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256(
+        b"".join((d / "pyproject.toml").read_bytes() for d in [ROOT, *PLUGIN_DISTRIBUTIONS])
+    ).hexdigest()
     if stamp.exists() and stamp.read_text() == wanted:
         return
     _say(
@@ -44,7 +50,10 @@ def ensure_environment() -> None:
     )
     subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
     subprocess.run(
-        [str(PYTHON), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"], check=True, cwd=ROOT
+        [str(PYTHON), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"]
+        + [arg for d in PLUGIN_DISTRIBUTIONS for arg in ("-e", str(d))],
+        check=True,
+        cwd=ROOT,
     )
     stamp.write_text(wanted)
 

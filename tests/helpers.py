@@ -121,3 +121,45 @@ def fewshot_experiment(tmp_path, host, method, data=None, epochs=1, test_split=0
     from transferstudio.core.experiment import from_mapping
 
     return from_mapping(raw, host.method_params)
+
+
+def exploding_loss_plugin(explode_at_step: int):
+    """A plugin with method ``exploding``: a classifier whose loss turns NaN at a chosen step."""
+    from dataclasses import dataclass
+
+    from transferstudio.api import MethodSpec, StepOutput, TransferMethod, param
+    from transferstudio.core.plugins import plugin_from_namespace
+
+    @dataclass
+    class Params:
+        """A method whose loss turns NaN at a chosen step (fault injection)."""
+
+        scale: float = param(1.0, help="unused")
+
+    class Exploding(TransferMethod):
+        def __init__(self, params):
+            self.steps = 0
+
+        def setup(self, ctx):
+            self.model = ctx.build_classifier()
+
+        def modules(self):
+            return {"model": self.model}
+
+        def training_step(self, batch, ctx):
+            images, targets = batch
+            logits = self.model(images)
+            loss = ctx.loss(logits, targets)
+            self.steps += 1
+            if self.steps == explode_at_step:
+                loss = loss * float("nan")
+            return StepOutput(loss, logits, targets)
+
+        def validation_step(self, batch, ctx):
+            return self.model(batch[0]), batch[1]
+
+        def predictor(self):
+            return self.model
+
+    spec = MethodSpec("exploding", "test", Params, Exploding)
+    return plugin_from_namespace("exploding_plugin", transferstudio_methods=lambda: [spec])

@@ -76,7 +76,9 @@ API_VERSION = "1.2"
 
 1.2 added ``MethodSpec.support_set`` and ``TransferMethod.classifier_from_support``: methods that
 learn no fixed classes (few-shot) predict the classes of a support folder given at prediction
-time; and the bundle entry names ``BUNDLE_WEIGHTS_ENTRY``, ``BUNDLE_MANIFEST_ENTRY``."""
+time; the bundle entry names ``BUNDLE_WEIGHTS_ENTRY``, ``BUNDLE_MANIFEST_ENTRY``; and
+``BackboneSpec.packaged_weights`` (pretrained weights shipped with the plugin) and
+``DatasetSpec.write_example`` (a small example of a data format, for the test kit)."""
 
 ROLE_LABELED = "labeled"
 """Labeled images from ``data.path`` (class folders or CSV), split train/val/test."""
@@ -260,6 +262,8 @@ class BackboneSpec:
     the layer the host replaces by its own head (e.g. ``"fc"``); ``feature_dim`` is that layer's
     input width. ``cache_files`` name pretrained weights files as they sit in the local torch
     cache (``$TORCH_HOME/hub/checkpoints``), preferred first, for the ``weights = "cache"`` source.
+    ``packaged_weights`` (API 1.2) returns the path of a pretrained weights file the plugin ships
+    itself (inside its wheel, say); ``weights = "cache"`` prefers it to the torch cache.
     """
 
     name: str
@@ -273,6 +277,7 @@ class BackboneSpec:
     approx_params: int | None = None
     convert_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     """Optional: rename keys of a stored state dict (legacy checkpoints) before loading."""
+    packaged_weights: Callable[[], str] | None = None
 
 
 # --------------------------------------------------------------------------- data sources
@@ -309,12 +314,16 @@ class DatasetSpec:
 
     ``detect(path)`` says whether this source recognises ``path`` (used when the experiment says
     ``source = "auto"``); ``list_samples(path)`` returns a :class:`SourceListing`.
+    ``write_example(folder)`` (API 1.2) writes a small example of the format (a few images of
+    two or more classes) under ``folder`` and returns the path to give as ``data.path``: the
+    test kit (``transferstudio.testing``) checks the source on it.
     """
 
     name: str
     description: str
     detect: Callable[[str], bool]
     list_samples: Callable[[str], SourceListing]
+    write_example: Callable[[str], str] | None = None
 
 
 # --------------------------------------------------------------------------- exporters

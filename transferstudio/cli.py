@@ -109,6 +109,8 @@ def cmd_init(args) -> int:
 
 
 def cmd_plugins(args) -> int:
+    if args.action == "check":
+        return _check_plugin(args)
     host = _host()
     for record in host.records:
         print(
@@ -126,6 +128,41 @@ def cmd_plugins(args) -> int:
             f"\n{len(failed)} plugin(s) with problems; 'transferstudio plugins -v' shows tracebacks"
         )
     return 0
+
+
+def _check_plugin(args) -> int:
+    import importlib
+    import tomllib
+
+    from transferstudio.testing import check_plugin
+
+    if not args.name:
+        raise _UsageError(
+            "plugins check needs the plugin's name, as 'transferstudio plugins' lists it"
+        )
+    host = _host()
+    record = next(
+        (r for r in host.records if args.name in (r.name, r.name.split(":")[0], r.module)), None
+    )
+    if record is None:
+        names = ", ".join(r.name for r in host.records)
+        raise _UsageError(f"no installed plugin named {args.name!r}; installed: {names}")
+    params: dict[str, dict] = {}
+    for item in args.param:
+        key, sep, text = item.partition("=")
+        method, dot, field = key.partition(".")
+        if not (sep and dot and field):
+            raise _UsageError(f"--param {item!r}: write METHOD.KEY=VALUE, e.g. distill.alpha=0.5")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare word: a string
+        params.setdefault(method, {})[field] = value
+    module = importlib.import_module(record.module)
+    print(f"checking {record.name} {record.version} ({record.module}) ...", flush=True)
+    report = check_plugin(module, params)
+    print(report.text())
+    return 0 if report.ok else 1
 
 
 def cmd_runs(args) -> int:
@@ -298,8 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="experiment name")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("plugins", help="list plugins, what they provide, and their errors")
+    p = sub.add_parser(
+        "plugins",
+        help="list plugins, what they provide, and their errors; 'plugins check NAME' runs the "
+        "test kit's conformance checks on one",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "check"], default="list")
+    p.add_argument("name", nargs="?", help="for 'check': the plugin's name as listed")
     p.add_argument("-v", "--verbose", action="store_true", help="show full tracebacks")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="for 'check': a method parameter the check cannot guess (repeatable)",
+    )
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser(

@@ -117,12 +117,46 @@ def list_csv(path: str) -> SourceListing:
     return SourceListing(by_split or {"all": []}, skipped)
 
 
+def _write_example_images(folder: Path) -> list[tuple[str, str]]:
+    """Four 16 px PNGs in each of two class folders: ``(path relative to folder, class)``."""
+    from PIL import Image
+
+    written = []
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(4):
+            shade = tuple(min(255, c + 12 * i) for c in colour)
+            Image.new("RGB", (16, 16), shade).save(folder / label / f"{i}.png")
+            written.append((f"{label}/{i}.png", label))
+    return written
+
+
+def write_image_folder_example(folder: str) -> str:
+    """An example image folder (two classes) under ``folder``: the path to use."""
+    root = Path(folder) / "images"
+    _write_example_images(root)
+    return str(root)
+
+
+def write_csv_example(folder: str) -> str:
+    """An example ``path,label`` CSV over two classes of images beside it: its path."""
+    root = Path(folder)
+    rows = _write_example_images(root)
+    path = root / "labels.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    return str(path)
+
+
 def image_folder_source() -> DatasetSpec:
     return DatasetSpec(
         name="image-folder",
         description="a folder with one subfolder per class, or train/val[/test] folders of those",
         detect=lambda p: Path(p).is_dir(),
         list_samples=list_image_folder,
+        write_example=write_image_folder_example,
     )
 
 
@@ -132,4 +166,5 @@ def csv_source() -> DatasetSpec:
         description="a CSV file of path,label rows (optional split column), paths relative to it",
         detect=lambda p: Path(p).is_file() and Path(p).suffix.lower() == ".csv",
         list_samples=list_csv,
+        write_example=write_csv_example,
     )

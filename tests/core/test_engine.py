@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from tests.helpers import tiny_experiment
-from transferstudio.api import MethodSpec, StepOutput, TransferMethod, param
+from tests.helpers import exploding_loss_plugin, tiny_experiment
+from transferstudio.api import MethodSpec, TransferMethod
 from transferstudio.core import events as E
 from transferstudio.core.checkpoint import CheckpointStore
 from transferstudio.core.engine import PlainState, run_experiment
@@ -158,46 +158,8 @@ def test_mixed_precision_on_cuda(data, host, tmp_path):  # pragma: no cover - GP
 # --------------------------------------------------------------------------- NaN
 
 
-def _exploding_plugin(explode_at_step: int):
-    from dataclasses import dataclass
-
-    @dataclass
-    class Params:
-        """A method whose loss turns NaN at a chosen step (fault injection)."""
-
-        scale: float = param(1.0, help="unused")
-
-    class Exploding(TransferMethod):
-        def __init__(self, params):
-            self.steps = 0
-
-        def setup(self, ctx):
-            self.model = ctx.build_classifier()
-
-        def modules(self):
-            return {"model": self.model}
-
-        def training_step(self, batch, ctx):
-            images, targets = batch
-            logits = self.model(images)
-            loss = ctx.loss(logits, targets)
-            self.steps += 1
-            if self.steps == explode_at_step:
-                loss = loss * float("nan")
-            return StepOutput(loss, logits, targets)
-
-        def validation_step(self, batch, ctx):
-            return self.model(batch[0]), batch[1]
-
-        def predictor(self):
-            return self.model
-
-    spec = MethodSpec("exploding", "test", Params, Exploding)
-    return plugin_from_namespace("exploding_plugin", transferstudio_methods=lambda: [spec])
-
-
 def test_nan_loss_stops_the_run_naming_epoch_and_batch_and_keeps_last_checkpoint(data, tmp_path):
-    host = load_plugins(autoload=False, extra=[_exploding_plugin(explode_at_step=7)])
+    host = load_plugins(autoload=False, extra=[exploding_loss_plugin(explode_at_step=7)])
     raw = tiny_experiment(data).to_dict()
     raw["method"] = {"name": "exploding", "params": {}}
     from transferstudio.core.experiment import from_mapping

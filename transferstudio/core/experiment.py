@@ -88,7 +88,9 @@ class ModelSettings:
     backbone: str = param("resnet18", help="backbone plugin id (see 'transferstudio plugins')")
     weights: str = param(
         "none",
-        help="'none' (random init), 'cache' (torchvision file in the local torch cache) or a .pth/.pt/.safetensors path",
+        help="'none' (random init), 'cache' (the backbone's pretrained weights from local files: "
+        "the plugin's own, else the local torch cache), a .pth/.pt/.safetensors/.tsmodel path or "
+        "a run folder",
     )
     head_dropout: float = param(
         0.0, min=0.0, max=0.95, help="dropout before the classification head"

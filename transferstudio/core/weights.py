@@ -1,7 +1,8 @@
 """Reading weights from local files only: safetensors, or ``.pt``/``.pth`` without unpickling code.
 
-TransferStudio never downloads: a backbone's pretrained weights come from the local torch cache
-(where torchvision would have stored a past download) or from a file the user names.
+TransferStudio never downloads: a backbone's pretrained weights come from a file its plugin ships,
+the local torch cache (where torchvision would have stored a past download) or a file the user
+names.
 """
 
 from __future__ import annotations
@@ -25,7 +26,22 @@ def torch_cache_dir() -> Path:
 
 
 def find_cached(spec: BackboneSpec) -> Path:
-    """The backbone's pretrained file in the local torch cache, or a :class:`WeightsError`."""
+    """The backbone's pretrained file: the one its plugin ships (``packaged_weights``), else the
+    one in the local torch cache; a :class:`WeightsError` when there is none."""
+    if spec.packaged_weights is not None:
+        try:
+            packaged = Path(spec.packaged_weights())
+        except Exception as exc:  # noqa: BLE001 - a plugin's own lookup, e.g. a missing package
+            raise WeightsError(
+                f"backbone {spec.name!r}: its plugin could not locate its packaged weights "
+                f"({type(exc).__name__}: {exc}); reinstall the plugin with its weights package"
+            ) from None
+        if packaged.is_file():
+            return packaged
+        raise WeightsError(
+            f"backbone {spec.name!r}: the weights file its plugin ships, {packaged}, is missing; "
+            "reinstall the plugin"
+        )
     folder = torch_cache_dir()
     for name in spec.cache_files:
         if (folder / name).is_file():

@@ -257,7 +257,7 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.backbone_combo)
         self.weights_combo = named(QComboBox(), "model.weights", "weights source")
         self.weights_combo.addItem("none (random initialisation)", "none")
-        self.weights_combo.addItem("local torch cache", "cache")
+        self.weights_combo.addItem("pretrained (local file)", "cache")
         self.weights_combo.addItem("file...", "file")
         self.weights_combo.activated.connect(self._on_weights_chosen)
         layout.addWidget(self.weights_combo)
