@@ -165,6 +165,15 @@ def _check_plugin(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_new_plugin(args) -> int:
+    from transferstudio.scaffold import new_plugin
+
+    folder = new_plugin(args.name, args.kind, args.directory)
+    print(f"wrote {folder}")
+    print(f"next: cd {folder} && pip install -e . && pytest")
+    return 0
+
+
 def cmd_runs(args) -> int:
     from transferstudio.core.runs import RunStore, read_report
 
@@ -351,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="for 'check': a method parameter the check cannot guess (repeatable)",
     )
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser(
+        "new-plugin",
+        help="write a new plugin package (pyproject, working example, tests) that passes its "
+        "own tests right away",
+    )
+    p.add_argument("name", help="distribution name, e.g. my-backbone (module: my_backbone)")
+    p.add_argument("--kind", required=True, choices=["backbone", "method", "exporter", "dataset"])
+    p.add_argument("--directory", default=".", help="where to create the NAME folder")
+    p.set_defaults(func=cmd_new_plugin)
 
     p = sub.add_parser(
         "export", help="export a run's model (or a sub-module), verified against the original"
