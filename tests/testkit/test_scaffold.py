@@ -31,35 +31,26 @@ def installed(tmp_path_factory):
     return folders, env
 
 
+def _python(args: list[str], env: dict, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_generated_plugin_passes_its_own_tests(installed, kind):
     folders, env = installed
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=folders[kind],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = _python(["-m", "pytest", "-q", "-p", "no:cacheprovider"], env, cwd=folders[kind])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
 
 
 def test_the_installed_plugins_are_discovered_and_pass_the_check_command(installed):
     _, env = installed
-    listed = subprocess.run(
-        [sys.executable, "-m", "transferstudio", "plugins"], env=env, capture_output=True, text=True
-    )
+    listed = _python(["-m", "transferstudio", "plugins"], env)
     for kind, registry in zip(
         KINDS, ("backbones", "methods", "exporters", "datasets"), strict=True
     ):
         assert f"{registry}: demo-{kind}" in listed.stdout, listed.stdout
-    checked = subprocess.run(
-        [sys.executable, "-m", "transferstudio", "plugins", "check", "demo-method"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    checked = _python(["-m", "transferstudio", "plugins", "check", "demo-method"], env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "[ok] method demo-method: 2 steps on generated data" in checked.stdout
 
