@@ -108,10 +108,68 @@ def test_incompatible_api_version_is_refused_with_both_versions_named(site):
     assert not record.provides
 
 
-def test_newer_minor_api_version_is_refused():
+def test_newer_minor_api_version_is_refused_with_both_versions_and_the_remedy():
     plugin = plugin_from_namespace("future", api_version="1.99", transferstudio_methods=lambda: [])
     record = PluginHost().register(plugin)
     assert record.status == "refused"
+    assert "1.99" in record.errors[0] and API_VERSION in record.errors[0]
+    assert "upgrade TransferStudio" in record.errors[0]
+
+
+def test_a_plugin_written_for_api_1_0_keeps_working(tmp_path):
+    """Only 1.0 fields and hooks: it loads on this host and every spec passes the test kit."""
+    from dataclasses import dataclass
+
+    from transferstudio.api import (
+        BackboneSpec,
+        MethodSpec,
+        Preprocessing,
+        StepOutput,
+        TransferMethod,
+    )
+    from transferstudio.testing import assert_conforms
+
+    @dataclass
+    class Params:
+        """No parameters."""
+
+    class Plain(TransferMethod):
+        def __init__(self, params):
+            pass
+
+        def setup(self, ctx):
+            self.model = ctx.build_classifier()
+
+        def modules(self):
+            return {"model": self.model}
+
+        def training_step(self, batch, ctx):
+            logits = self.model(batch[0])
+            return StepOutput(ctx.loss(logits, batch[1]), logits, batch[1])
+
+        def validation_step(self, batch, ctx):
+            return self.model(batch[0]), batch[1]
+
+        def predictor(self):
+            return self.model
+
+    def build():
+        from torch import nn
+
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+        )
+
+    backbone = BackboneSpec("old-cnn", "old", 4, build, "3", Preprocessing(32, 32))
+    method = MethodSpec("old-method", "1.0 style", Params, Plain)
+    plugin = plugin_from_namespace(
+        "old-but-fine",
+        api_version="1.0",
+        transferstudio_backbones=lambda: [backbone],
+        transferstudio_methods=lambda: [method],
+    )
+    report = assert_conforms(plugin, workdir=tmp_path)
+    assert [r.status for r in report.results] == ["ok", "ok"]
 
 
 def test_malformed_specs_are_reported_not_registered():

@@ -129,12 +129,7 @@ class PluginHost:
             )
             return record
         if not is_compatible(str(declared)):
-            record.fail(
-                "refused",
-                f"{record.name} was written for plugin API {declared}; this "
-                f"TransferStudio provides API {API_VERSION}. Install a version of the "
-                f"plugin made for API {API_VERSION.split('.')[0]}.x",
-            )
+            record.fail("refused", _version_refusal(record.name, str(declared)))
             return record
         try:
             self.pm.register(plugin, name=record.name)
@@ -215,6 +210,20 @@ class PluginHost:
 
     def failures(self) -> list[PluginRecord]:
         return [r for r in self.records if r.status != "ok"]
+
+
+def _version_refusal(plugin: str, declared: str) -> str:
+    """Why a plugin's declared API version is refused, naming both versions and what to do."""
+    host_major = API_VERSION.split(".")[0]
+    if declared.split(".")[0] == host_major:  # same major, newer minor
+        return (
+            f"{plugin} needs plugin API {declared}, newer than this TransferStudio's API "
+            f"{API_VERSION}: upgrade TransferStudio, or install an older version of the plugin"
+        )
+    return (
+        f"{plugin} was written for plugin API {declared}; this TransferStudio provides API "
+        f"{API_VERSION}. Install a version of the plugin made for API {host_major}.x"
+    )
 
 
 def _format_exc(summary: str, exc: BaseException) -> str:
