@@ -901,6 +901,14 @@ class _Run:
     def _save_epoch(self, epoch: int, improved: bool, val_report: dict[str, Any]) -> None:
         if not self.writer:
             return
+        if not (self.folder / "experiment.toml").is_file():
+            # Writing on would recreate a folder holding only the newest files, under a run
+            # the user removed or moved: stop and say so instead.
+            raise TransferStudioError(
+                f"the run folder {self.folder} was deleted or moved during the run, so "
+                f"epoch {epoch + 1} cannot be saved; the run stops. Start it again, or move "
+                "the folder back and resume it"
+            )
         weights = module_weights(self.modules)
         meta = self._meta(epoch, val_report["metrics"])
         state = {
@@ -1021,6 +1029,43 @@ class _Run:
             self.log_file = None
 
 
+def _failure_message(exc: Exception, run: _Run) -> str:
+    """What the user reads when a run fails: our own errors as they are; running out of memory
+    with what to change; anything else with the plugin whose code raised it named."""
+    if isinstance(exc, TransferStudioError):
+        return str(exc)
+    steps = getattr(run, "step", 0)
+    where = f"epoch {run.epoch + 1}" + (f" (after {steps} training steps)" if steps else "")
+    last = run.checkpoints.meta("last")["epoch"] + 1 if run.checkpoints.exists("last") else None
+    kept = (
+        f"; the checkpoint of epoch {last} is kept: resume with the changed settings "
+        f"('transferstudio run --resume {run.run_id} --set ...')"
+        if last
+        else ""
+    )
+    if isinstance(exc, OSError) and not isinstance(exc, torch.OutOfMemoryError):
+        target = f" {exc.filename}" if exc.filename else ""
+        return (
+            f"file error{target} at {where}: {exc.strerror or exc}. Check the disk (free space, "
+            f"permissions, a removed drive) or choose another workspace (--workspace){kept}"
+        )
+    if isinstance(exc, torch.OutOfMemoryError):
+        exp = run.exp
+        advice = [
+            f"lower data.batch_size (now {exp.data.batch_size}; try {max(1, exp.data.batch_size // 2)})"
+        ]
+        if run.amp_dtype is None:
+            advice.append('turn on mixed precision (train.precision = "auto")')
+        advice.append("use a smaller data.image_size or backbone, or freeze more layers")
+        return f"out of memory on {describe(run.device)} at {where}: " + "; ".join(advice) + kept
+    plugin = run.host.plugin_in_traceback(exc.__traceback__)
+    source = f"plugin {plugin}" if plugin else "TransferStudio itself (please report it)"
+    return (
+        f"{type(exc).__name__} raised by {source} at {where}: {exc}{kept}. The traceback is in "
+        "the run's log.txt"
+    )
+
+
 def run_experiment(
     exp: Experiment,
     host: PluginHost,
@@ -1070,9 +1115,9 @@ def run_experiment(
             len(getattr(run, "history", [])),
         )
     except Exception as exc:  # noqa: BLE001 - reported as a failed run, never a crash
-        message = (
-            str(exc) if isinstance(exc, TransferStudioError) else f"{type(exc).__name__}: {exc}"
-        )
+        message = _failure_message(exc, run)
+        if isinstance(exc, torch.OutOfMemoryError) and run.device.type == "cuda":
+            torch.cuda.empty_cache()  # give the memory back to the rest of the session
         tb = traceback.format_exc()
         run.log(f"run failed: {message}")
         if not isinstance(exc, TransferStudioError):

@@ -34,6 +34,39 @@ from transferstudio.api import (
 ENTRY_POINT_GROUP = PROJECT_NAME
 BUILTIN_MODULE = "transferstudio_builtins"
 DISABLE_AUTOLOAD_ENV = "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD"
+TIMEOUT_ENV = "TRANSFERSTUDIO_PLUGIN_TIMEOUT"
+DEFAULT_TIMEOUT_S = 20.0
+"""How long one plugin import or registration hook may take before it is given up (seconds);
+registration hooks only build lightweight specs, so anything near this is a hang."""
+
+
+class PluginTimeout(Exception):
+    """A plugin's import or hook did not return in time."""
+
+
+def _time_boxed(call, timeout: float):
+    """``call()`` in a daemon thread, waited for at most ``timeout`` seconds. A hung call is
+    abandoned (Python cannot kill a thread; being a daemon it does not keep the app alive at
+    exit) and reported as :class:`PluginTimeout`; its exception otherwise propagates."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="plugin-call", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise PluginTimeout(f"did not return within {timeout:g} s (it may hang); skipped")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
 
 # hook name -> (kind label, spec class, attribute naming a spec)
 HOOKS: dict[str, tuple[str, type, str]] = {
@@ -72,6 +105,7 @@ class PluginHost:
         self.methods: dict[str, MethodSpec] = {}
         self.exporters: dict[str, ExporterSpec] = {}
         self.datasets: dict[str, DatasetSpec] = {}
+        self.timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
 
     # ----------------------------------------------------------------- loading
 
@@ -87,7 +121,7 @@ class PluginHost:
                 module=ep.value,
             )
             try:
-                module = ep.load()
+                module = _time_boxed(ep.load, self.timeout)
             except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the app
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -102,7 +136,7 @@ class PluginHost:
         """Import a plugin module by name and register it, guarded like an entry point."""
         record = PluginRecord(name=name or module_name, version=version or "?", module=module_name)
         try:
-            module = importlib.import_module(module_name)
+            module = _time_boxed(lambda: importlib.import_module(module_name), self.timeout)
         except Exception as exc:  # noqa: BLE001
             record.fail("failed", _format_exc(f"could not import {module_name!r}", exc))
             self.records.append(record)
@@ -150,7 +184,10 @@ class PluginHost:
             if impl.plugin is not plugin:
                 continue
             try:
-                specs = impl.function()
+                specs = _time_boxed(impl.function, self.timeout)
+            except PluginTimeout as exc:
+                record.errors.append(f"{record.name}: {hook_name} {exc}")
+                continue
             except Exception as exc:  # noqa: BLE001
                 record.errors.append(_format_exc(f"{record.name} raised in {hook_name}", exc))
                 continue
@@ -203,6 +240,21 @@ class PluginHost:
     def method_params(self, name: str) -> type:
         """The parameter dataclass of a method id (for experiment validation)."""
         return self.method(name).params
+
+    def plugin_in_traceback(self, tb: types.TracebackType | None) -> str | None:
+        """``"name version"`` of the loaded plugin whose code is innermost in a traceback (the
+        plugin that raised, or called the library that did); ``None`` when no plugin's code
+        is in it."""
+        frames = []
+        while tb is not None:
+            frames.append(tb.tb_frame.f_globals.get("__name__", ""))
+            tb = tb.tb_next
+        for module in reversed(frames):
+            for record in self.records:
+                package = record.module.split(":")[0]  # an entry point may name an attribute
+                if package and (module == package or module.startswith(package + ".")):
+                    return f"{record.name} {record.version}"
+        return None
 
     def plugin_versions(self) -> dict[str, str]:
         """Versions of every loaded plugin, for provenance."""

@@ -110,6 +110,24 @@ class RunWorker(QObject):
         self.finished.emit(result)
 
 
+def release_free_memory() -> None:
+    """Hand memory freed by a finished run back to the operating system (glibc only).
+
+    Each run trains in a new thread, and glibc keeps what a thread's arena freed for reuse
+    instead of returning it: a long session's resident memory then grows in steps although no
+    object is kept (measured: +17 MB a run over 20 runs, live tensors constant;
+    tests/faults/test_leftovers.py). ``malloc_trim`` returns those free pages."""
+    import contextlib
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    # Not glibc (e.g. musl): no malloc_trim, nothing to do.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class RunController(QObject):
     """Owns the QThread of the current run. One run at a time."""
 
@@ -149,6 +167,7 @@ class RunController(QObject):
             self.worker.deleteLater()
         self.thread = None
         self.worker = None
+        release_free_memory()
         self._set_state("idle")
 
     def _set_state(self, state: str) -> None:
