@@ -56,7 +56,8 @@ def setup(tmp_path_factory):
     exp_file.write_text(
         tiny_experiment(data, train__epochs=EPOCHS, data__batch_size=8).to_toml(), "utf-8"
     )
-    env = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": path}
     reference = _start(tmp / "reference", ["run", str(exp_file)], env, shim=False)
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out
