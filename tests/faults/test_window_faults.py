@@ -178,3 +178,24 @@ def test_closing_during_a_checkpoint_write_waits_for_it_and_keeps_it_whole(
     ck = CheckpointStore(Path(record.folder) / "checkpoints").load("last")
     assert ck.weights and ck.state and ck.meta["epoch"] == 0
     assert not list((Path(record.folder) / "checkpoints").glob(".*.tmp"))
+
+
+def test_running_out_of_gpu_memory_in_the_window_shows_the_advice(window, qtbot, monkeypatch):
+    import torch
+
+    from transferstudio.core import engine
+
+    real_epoch = engine._Run._train_epoch
+
+    def second_epoch_runs_out(self, epoch):
+        if epoch == 1:  # what a CUDA allocation failure raises, injected on this CPU machine
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(engine._Run, "_train_epoch", second_epoch_runs_out)
+    outcome = _run_to_the_end(window, qtbot)
+    message = outcome["errored"]
+    assert message.startswith("out of memory on ") and "lower data.batch_size" in message
+    assert window.error_box is not None and "lower data.batch_size" in window.error_box.text()
+    monkeypatch.setattr(engine._Run, "_train_epoch", real_epoch)
+    _assert_usable_again(window, qtbot)
