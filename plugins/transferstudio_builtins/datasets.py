@@ -19,6 +19,19 @@ SPLIT_FOLDERS = {
 }
 
 
+LINK_LOOP = "symbolic link loop (it points back to a folder that contains it); not followed"
+LINKED_FOLDER = (
+    "symbolic link to a folder; not followed (move or copy its images into the class folder)"
+)
+
+
+def _points_back(link: Path, folder: str | Path) -> bool:
+    """Whether folder symlink ``link`` (inside ``folder``) leads to ``folder`` or one above it."""
+    target = Path(os.path.realpath(link))
+    here = Path(os.path.realpath(folder))
+    return target == here or target in here.parents
+
+
 def _find_split_dirs(root: Path) -> dict[str, Path]:
     found = {}
     children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
@@ -38,6 +51,10 @@ def _list_class_folders(
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
+        if entry.is_symlink() and _points_back(entry, root):
+            # A class folder linking to the data folder itself would list every class again.
+            skipped.append((str(entry), LINK_LOOP))
+            continue
         if not entry.is_dir():
             skipped.append(
                 (
@@ -47,9 +64,20 @@ def _list_class_folders(
             )
             continue
         classes.append(entry.name)
-        # followlinks=False: a symlink loop inside a class folder cannot trap the scan.
+        # followlinks=False: a symlink loop inside a class folder cannot trap the scan. The
+        # linked folders are reported rather than dropped silently, so that missing images
+        # have an explanation.
         for dirpath, dirnames, filenames in os.walk(entry, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            kept = []
+            for name in sorted(d for d in dirnames if not d.startswith(".")):
+                folder = Path(dirpath, name)
+                if folder.is_symlink():
+                    skipped.append(
+                        (str(folder), LINK_LOOP if _points_back(folder, dirpath) else LINKED_FOLDER)
+                    )
+                else:
+                    kept.append(name)
+            dirnames[:] = kept
             for filename in sorted(filenames):
                 if filename.startswith("."):
                     continue

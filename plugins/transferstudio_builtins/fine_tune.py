@@ -54,6 +54,13 @@ class FineTuneParams:
     )
 
     def validate(self) -> None:
+        for index, pattern in enumerate(self.freeze):
+            if not isinstance(pattern, str):
+                raise ExperimentError(
+                    f"entry {index + 1} ({pattern!r}) is not a module path; write it as text, "
+                    'e.g. "backbone.layer1"',
+                    "method.params.freeze",
+                )
         try:
             parse_unfreeze_schedule(self.unfreeze)
         except ValueError as exc:

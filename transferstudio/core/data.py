@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -219,6 +220,7 @@ def validate(result: ScanResult, path: Path) -> None:
             "(or train/val folders of those) or a path,label CSV"
             + (f". {len(result.skipped)} file(s) were skipped" if result.skipped else "")
         )
+    check_class_names(result.classes, path)
     empty = [c for c in result.classes if train.get(c, 0) == 0]
     if empty:
         raise DataError(
@@ -244,6 +246,27 @@ def validate(result: ScanResult, path: Path) -> None:
             f"no validation images in {path}: add a val folder, or set "
             "data.val_split above 0 with at least 3 images per class"
         )
+
+
+def check_class_names(classes: Sequence[str], path: Path) -> None:
+    """Refuse two classes whose names differ only in letter case or Unicode form ("Cat" and
+    "cat"): Windows and macOS see one folder there, and exported class names would collide."""
+    seen: dict[str, str] = {}
+    for name in classes:
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in seen:
+            first = seen[key]
+            how = (
+                "letter case"
+                if first.casefold() == name.casefold()
+                else "how their accents are encoded (Unicode form)"
+            )
+            raise DataError(
+                f"classes {first!r} and {name!r} in {path} differ only in {how}; on Windows "
+                "and macOS they would be one folder, and exported class names would collide: "
+                "rename one of them (or merge their images)"
+            )
+        seen[key] = name
 
 
 # --------------------------------------------------------------------------- transforms

@@ -9,8 +9,9 @@ upgraded through :data:`MIGRATIONS`, one version at a time.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,12 +237,12 @@ def migrate(raw: dict[str, Any], source: str) -> dict[str, Any]:
     version = raw.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise ExperimentError(
-            f"must be a whole number, got {version!r} in {source}", "schema_version"
+            f"must be a whole number, got {P.shown(version)} in {source}", "schema_version"
         )
     if version > SCHEMA_VERSION:
         raise ExperimentError(
-            f"{source} was written by a newer TransferStudio (schema {version}; this version reads "
-            f"up to {SCHEMA_VERSION}); upgrade TransferStudio to open it",
+            f"{source} was written by a newer TransferStudio (schema {P.shown(version)}; this "
+            f"version reads up to {SCHEMA_VERSION}); upgrade TransferStudio to open it",
             "schema_version",
         )
     while version < SCHEMA_VERSION:
@@ -270,8 +271,12 @@ def from_mapping(
     allowed = {"schema_version", "name", "method", *SECTIONS}
     for key in raw:
         if key not in allowed:
+            # A blank key ("" = 1 is valid TOML) would vanish from "key: message".
+            shown = "" if key.strip() == key != "" else f" {key!r}"
             raise ExperimentError(
-                f"unknown section in {source}; allowed: {', '.join(sorted(allowed))}", key
+                f"unknown section{shown} in {source}{_did_you_mean(key, allowed)}; allowed: "
+                f"{', '.join(sorted(allowed))}",
+                key,
             )
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not name.strip():
@@ -289,7 +294,11 @@ def from_mapping(
         )
     for key in method:
         if key not in ("name", "params"):
-            raise ExperimentError("unknown key; allowed keys: name, params", f"method.{key}")
+            raise ExperimentError(
+                f"unknown key{_did_you_mean(key, ('name', 'params'), 'method.')}; allowed keys: "
+                "name, params",
+                f"method.{key}",
+            )
     params_value = method.get("params", {})
     if not isinstance(params_value, Mapping):
         raise ExperimentError("must be a table ([method.params])", "method.params")
@@ -310,12 +319,25 @@ def from_mapping(
     )
 
 
+def _did_you_mean(key: str, allowed: Iterable[str], prefix: str = "") -> str:
+    hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+    return f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+
+
 def load_toml_text(text: str, source: str) -> dict[str, Any]:
     """Parse TOML text, turning syntax errors into :class:`ExperimentError` naming the file."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ExperimentError(f"{source} is not valid TOML: {exc}") from None
+    except ValueError as exc:
+        # tomllib converts integer literals with int(), which refuses over 4300 digits.
+        reason = "an integer in it has over 4300 digits" if "digits" in str(exc) else exc
+        raise ExperimentError(f"{source} is not usable TOML: {reason}") from None
+    except RecursionError:
+        raise ExperimentError(
+            f"{source} is not usable TOML: arrays or tables nested too deeply"
+        ) from None
 
 
 def load(
@@ -324,7 +346,9 @@ def load(
     """Read and validate an experiment file, applying ``--set key=value`` overrides."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: Windows editors may start a UTF-8 file with a byte-order mark, which
+        # TOML does not allow; it is no part of the text.
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ExperimentError(f"cannot read experiment file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -344,14 +368,22 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             raise ExperimentError(f"--set {item!r} must look like key=value, e.g. train.epochs=5")
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+        except (ValueError, RecursionError):  # not TOML (or too long a number for tomllib)
             value = text.strip()
+        # Spaces around the dots are allowed, as in TOML's own dotted keys.
+        parts = [part.strip() for part in key.split(".")]
+        if not all(parts):
+            raise ExperimentError(
+                f"--set {item!r}: the key has an empty part; write it like train.epochs=5"
+            )
         node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1], start=1):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ExperimentError("is not a table; cannot set a key inside it", part)
+                raise ExperimentError(
+                    f"is not a table; cannot set {'.'.join(parts)!r} inside it",
+                    ".".join(parts[:depth]),
+                )
         node[parts[-1]] = value
     return raw
 

@@ -47,7 +47,14 @@ def parse_unfreeze_schedule(entries: Sequence[str]) -> list[tuple[int, str]]:
     schedule = []
     for entry in entries:
         epoch, sep, pattern = str(entry).partition(":")
-        if not sep or not epoch.strip().isdigit() or int(epoch) < 1 or not pattern.strip():
+        # isdecimal, not isdigit: "²" is a digit to Python but not a number int() reads.
+        digits = epoch.strip()
+        if (
+            not sep
+            or not (digits.isascii() and digits.isdecimal())
+            or int(digits) < 1
+            or not pattern.strip()
+        ):
             raise ValueError(
                 f"unfreeze entry {entry!r} must look like 'EPOCH:PATTERN', e.g. '3:backbone.layer4'"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ class FieldInfo:
     min: float | None
     max: float | None
     choices: tuple[Any, ...] | None
+    item_kind: type | None = None  # the entries' type of a list field (list[float] -> float)
 
 
 def fields_of(cls: type) -> list[FieldInfo]:
@@ -52,9 +54,17 @@ def fields_of(cls: type) -> list[FieldInfo]:
                 meta.get("min"),
                 meta.get("max"),
                 meta.get("choices"),
+                _item_type(hints[f.name]) if kind is list else None,
             )
         )
     return out
+
+
+def _item_type(hint: Any) -> type | None:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    while args and typing.get_origin(args[0]) in (typing.Union, types.UnionType, list):
+        args = [a for a in typing.get_args(args[0]) if a is not type(None)]
+    return args[0] if args and args[0] in (bool, int, float, str) else None
 
 
 def _base_type(hint: Any) -> type:
@@ -89,6 +99,20 @@ def _describe(info: FieldInfo) -> str:
     return text
 
 
+INT_LIMIT = 2**63
+"""TOML integers are 64-bit; tomllib reads longer ones, which later fail deep inside (a seed
+torch cannot take, a float conversion that overflows), so they are refused here."""
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: its repr, shortened. An integer too long to
+    print (Python refuses ``str()`` of one over 4300 digits) is described by its length."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def coerce_value(info: FieldInfo, value: Any, key: str) -> Any:
     """Check one value against its field; returns it converted (int -> float where allowed)."""
     ok = True
@@ -98,21 +122,54 @@ def coerce_value(info: FieldInfo, value: Any, key: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif info.kind is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
     elif info.kind is str:
         ok = isinstance(value, str)
     elif info.kind is list:
         ok = isinstance(value, list | tuple)
         value = list(value) if ok else value
     if not ok:
-        raise ExperimentError(f"expected {_describe(info)}, got {value!r}", key)
+        raise ExperimentError(f"expected {_describe(info)}, got {shown(value)}", key)
+    if info.kind is list:
+        _check_items(info, value, key)
+    if info.kind in (int, float):
+        if isinstance(value, int) and abs(value) >= INT_LIMIT:
+            raise ExperimentError(
+                f"{shown(value)} is out of range (TOML integers are 64-bit); expected "
+                f"{_describe(info)}",
+                key,
+            )
+        if info.kind is float:
+            value = float(value)
+            # NaN passes every range comparison, so it is refused by name (inf too: no
+            # setting means "infinitely much").
+            if not math.isfinite(value):
+                raise ExperimentError(f"{value!r} is not allowed; expected {_describe(info)}", key)
     if info.choices and value not in info.choices:
-        raise ExperimentError(f"{value!r} is not allowed; expected {_describe(info)}", key)
+        raise ExperimentError(f"{shown(value)} is not allowed; expected {_describe(info)}", key)
     if info.kind in (int, float) and (
         (info.min is not None and value < info.min) or (info.max is not None and value > info.max)
     ):
-        raise ExperimentError(f"{value!r} is out of range; expected {_describe(info)}", key)
+        raise ExperimentError(f"{shown(value)} is out of range; expected {_describe(info)}", key)
     return value
+
+
+def _check_items(info: FieldInfo, items: list, key: str) -> None:
+    """List entries must be plain TOML scalars: a table, a nested list or a date cannot be
+    a setting's entry, and would make the experiment impossible to write back to TOML. Which
+    scalars an entry may be is the method's business (fusion's ``trainable`` takes true/false
+    as well as strings), so only the item kind numbers-versus-text is checked here."""
+    numeric = info.item_kind in (int, float)
+    for index, item in enumerate(items):
+        number = isinstance(item, int | float) and not isinstance(item, bool)
+        plain = number or isinstance(item, str | bool)
+        finite = not isinstance(item, float) or math.isfinite(item)
+        small = not isinstance(item, int) or abs(item) < INT_LIMIT
+        if not plain or not finite or not small or (numeric and not number):
+            expected = "numbers" if numeric else "strings, numbers or true/false"
+            raise ExperimentError(
+                f"entry {index + 1} ({shown(item)}) is not allowed; the entries are {expected}",
+                key,
+            )
 
 
 def build(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
@@ -147,6 +204,14 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------- TOML output
 
 
+_TOML_ESCAPES = {
+    **{chr(c): f"\\u{c:04x}" for c in (*range(0x20), 0x7F) if c != 0x09},
+    "\n": "\\n",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+
+
 def toml_value(value: Any) -> str:
     """A Python value written as a TOML value (strings, numbers, booleans, lists)."""
     if isinstance(value, bool):
@@ -154,8 +219,9 @@ def toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
+        # TOML basic strings may not hold control characters other than tab, raw: they are
+        # written as escapes, or the file would not load back.
+        return '"' + "".join(_TOML_ESCAPES.get(ch, ch) for ch in value) + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")

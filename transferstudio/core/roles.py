@@ -130,6 +130,7 @@ def split_classes(spec, root: Path, settings: DataSettings, key: str = "data.pat
     for s in sorted(good, key=lambda s: s.path):
         by_class.setdefault(s.label, []).append(s)
     classes = sorted(by_class)
+    D.check_class_names(classes, root)
     rng = random.Random(settings.split_seed)
     order = classes[:]
     rng.shuffle(order)
