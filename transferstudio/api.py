@@ -74,7 +74,8 @@ API_VERSION = "1.2"
 ``preprocessing``, ``loader(role=, views=)``, :func:`draw_episodes`, ``ExporterSpec.load``, and
 ``TransferMethod.evaluate``, ``epoch_diagnostics`` and ``steps_per_epoch``.
 
-1.2 added ``MethodSpec.support_set`` and ``TransferMethod.classifier_from_support``: methods that
+1.2 added ``MethodSpec.distributed`` (training under torchrun), ``MethodSpec.support_set`` and
+``TransferMethod.classifier_from_support``: methods that
 learn no fixed classes (few-shot) predict the classes of a support folder given at prediction
 time; the bundle entry names ``BUNDLE_WEIGHTS_ENTRY``, ``BUNDLE_MANIFEST_ENTRY``; and
 ``BackboneSpec.packaged_weights`` (pretrained weights shipped with the plugin) and
@@ -548,6 +549,11 @@ class MethodSpec:
     data_roles: tuple[str, ...] = (ROLE_LABELED,)
     optional_roles: tuple[str, ...] = ()
     support_set: bool = False
+    distributed: bool = False
+    """(API 1.2) The method trains correctly in several processes (``torchrun``): the engine
+    applies DistributedDataParallel to its trainable modules and shards the train batches, so
+    every trainable module must be called through its own ``forward`` in each step and no
+    state may depend on seeing the whole epoch. Other methods are refused under torchrun."""
     """(API 1.2) The method learns no fixed classes: its predictor classifies the classes of a
     support set given at prediction time (``transferstudio predict --support FOLDER``), through
     :meth:`TransferMethod.classifier_from_support`. Its runs are not reloaded as classifiers of

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,6 +32,11 @@ def _run_with_console(exp, host, workspace: Path, resume: str | None = None) -> 
     from transferstudio.core.engine import run_experiment
 
     progress = ConsoleProgress()
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone reports
+        from transferstudio.core.engine import PlainState
+
+        progress = PlainState()
+        progress.emit = lambda event: None  # type: ignore[method-assign]
     previous = signal.getsignal(signal.SIGINT)
 
     def ask_stop(signum, frame):  # first Ctrl+C stops cleanly after the batch; second aborts

@@ -159,5 +159,6 @@ FINE_TUNE = MethodSpec(
     "gradual unfreezing",
     params=FineTuneParams,
     factory=FineTune,
+    distributed=True,
     optional_roles=(ROLE_LABELED_TARGET,),
 )

@@ -351,15 +351,18 @@ def make_loader(
     pin_memory: bool,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    sampler=None,
 ):
     """A DataLoader. Workers are re-created every epoch (not persistent) so that their random
-    streams derive from the epoch's generator and a resumed run augments exactly as before."""
+    streams derive from the epoch's generator and a resumed run augments exactly as before.
+    ``sampler`` (e.g. a DistributedSampler) replaces ``shuffle``."""
     from torch.utils.data import DataLoader
 
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
         generator=generator,

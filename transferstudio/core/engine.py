@@ -35,6 +35,7 @@ from transferstudio.api import (
     ROLE_UNLABELED,
     ROLE_UNLABELED_TARGET,
     DataError,
+    ExperimentError,
     PluginError,
     Sample,
     StepOutput,
@@ -53,6 +54,7 @@ from transferstudio.core.checkpoint import (
     rng_state,
 )
 from transferstudio.core.device import choose_device, choose_precision, describe
+from transferstudio.core.distributed import Distributed, EpochShardSampler, replicate_trainable
 from transferstudio.core.experiment import Experiment
 from transferstudio.core.features import FeatureCache, cache_key
 from transferstudio.core.metrics import ClassificationReport, MetricAccumulator, format_report
@@ -389,14 +391,22 @@ class _Run:
         # Unlabeled training batches (target domain, contrastive views) drop a short last batch:
         # a batch of one breaks BatchNorm and pairs nothing. Labeled batches keep every image.
         unlabeled = role in (ROLE_UNLABELED, ROLE_UNLABELED_TARGET) or views > 1
+        batch_size, sampler = self.exp.data.batch_size, None
+        if train and self.dist.enabled:
+            # Each process takes its share of the very permutation one process would use, so
+            # the processes' batches together are the single-process batch. Evaluation stays
+            # whole on every process: its report is exactly the single-process one.
+            batch_size //= self.dist.world
+            sampler = EpochShardSampler(dataset, self.dist.world, self.dist.rank, generator)
         return D.make_loader(
             dataset,
-            self.exp.data.batch_size,
-            shuffle=train,
+            batch_size,
+            shuffle=train and sampler is None,
             workers=self.workers,
             pin_memory=self.device.type == "cuda",
             generator=generator,
-            drop_last=train and unlabeled and len(dataset) > self.exp.data.batch_size,
+            drop_last=train and unlabeled and len(dataset) > batch_size,
+            sampler=sampler,
         )
 
     def _role_dataset(self, split: str, role: str, views: int):
@@ -469,7 +479,11 @@ class _Run:
                 time.sleep(0.05)
             if not self.state.stop_requested():
                 self.log("resumed")
-        if self.state.stop_requested():
+        stop = self.state.stop_requested()
+        if getattr(self, "dist", None) is not None and self.dist.enabled:
+            # Every process stops at the same batch, or the others would wait for it forever.
+            stop = self.dist.all_reduce_sum([float(stop)])[0] > 0
+        if stop:
             raise RunCancelled
 
     def _to_device(self, batch: Any) -> Any:
@@ -495,6 +509,9 @@ class _Run:
         self.amp_dtype = choose_precision(self.device, exp.train.precision)
         self.method_spec = self.host.method(exp.method)
         self.backbone_spec = self.host.backbone(exp.model.backbone)
+        self.dist = Distributed.from_env()
+        if self.dist.enabled:
+            self._join_processes()
         data_path = exp.resolve(exp.data.path) if exp.data.path else None
         if data_path is None:
             raise DataError("data.path is empty: choose an image folder or CSV file")
@@ -561,6 +578,27 @@ class _Run:
         self.epoch = 0
         self._setup_method()
 
+    def _join_processes(self) -> None:
+        """Checks and set-up of a multi-process launch (torchrun), before the run exists."""
+        exp, world = self.exp, self.dist.world
+        if not self.method_spec.distributed:
+            raise ExperimentError(
+                f"method {exp.method!r} does not support training in several processes (its "
+                f"plugin does not declare MethodSpec.distributed); run it with one process, "
+                "without torchrun",
+                "method.name",
+            )
+        if exp.data.batch_size % world:
+            raise ExperimentError(
+                f"{exp.data.batch_size} is the global batch, shared by {world} processes: make "
+                f"it a multiple of {world}",
+                "data.batch_size",
+            )
+        if self.device.type == "cuda":  # one GPU per process, as torchrun numbers them
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.dist.start(self.device.type)
+
     def _setup_method(self) -> None:
         # Before the run exists: a bad freeze pattern or head setting is a settings error, not a
         # failed run in the history.
@@ -605,6 +643,11 @@ class _Run:
                 if self.store
                 else self.workspace / "runs" / self.run_id
             )
+        if self.dist.enabled:  # every rank follows rank 0's run (it alone writes)
+            run_id, folder, elapsed = self.dist.broadcast(
+                (self.run_id, str(self.folder), self.elapsed_before)
+            )
+            self.run_id, self.folder, self.elapsed_before = run_id, Path(folder), elapsed
         self.checkpoints = CheckpointStore(self.folder / "checkpoints")
         if self.writer:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -663,9 +706,10 @@ class _Run:
                 )
 
         self.epoch = start_epoch
-        train_batches = len(self.datasets["train"]) // exp.data.batch_size + (
-            1 if len(self.datasets["train"]) % exp.data.batch_size else 0
-        )
+        # Per process: DistributedSampler gives each ceil(n / world) images, in batches of
+        # batch_size / world (the global batch is the experiment's).
+        per_process = -(-len(self.datasets["train"]) // self.dist.world)
+        train_batches = -(-per_process // (exp.data.batch_size // self.dist.world))
         self.steps_per_epoch = max(1, self.method.steps_per_epoch(self.ctx) or train_batches)
         self.state.emit(
             E.RunStarted(
@@ -687,7 +731,10 @@ class _Run:
         for epoch in range(start_epoch, exp.train.epochs):
             self.epoch = epoch
             self._seed_epoch(epoch)
-            if self.method.on_epoch_start(epoch, self.ctx) or self.optimizer is None:
+            trainable_changed = self.method.on_epoch_start(epoch, self.ctx)
+            if self.dist.enabled:
+                self._replicate_once(trainable_changed)
+            if trainable_changed or self.optimizer is None:
                 self._rebuild_optimizer()
             t0 = time.monotonic()
             train_metrics = self._train_epoch(epoch)
@@ -767,6 +814,23 @@ class _Run:
             f"{len(self.optimizer.param_groups)} group(s)"
         )
 
+    def _replicate_once(self, trainable_changed: bool) -> None:
+        """DistributedDataParallel on the trainable modules, once their trainable parameters
+        are set (DDP fixes the set it synchronises when it is built)."""
+        if getattr(self, "_replicated", None) is None:
+            self._replicated = replicate_trainable(self.modules)
+            self.log(
+                f"{self.dist.world} processes ({self.device.type}): DistributedDataParallel on "
+                f"{', '.join(self._replicated)}; {self.exp.data.batch_size // self.dist.world} "
+                "images per process and step"
+            )
+        elif trainable_changed:
+            raise TransferStudioError(
+                "gradual unfreezing (method.params.unfreeze) is not supported with several "
+                "processes: DistributedDataParallel synchronises the parameters that train when "
+                "it starts. Remove the schedule, or train with one process"
+            )
+
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         exp = self.exp
         self.method.train()
@@ -813,6 +877,10 @@ class _Run:
                 and self.state.wants_layer_stats
             ):
                 self.state.emit(E.LayerStats(epoch, i, self.stats_reference.measure()))
+        if self.dist.enabled:  # every process saw its share of the epoch
+            loss_sum, n_seen, correct, counted = self.dist.all_reduce_sum(
+                [loss_sum, n_seen, correct, counted]
+            )
         metrics = {"loss": loss_sum / max(n_seen, 1), "lr": lr}
         if counted:
             metrics["accuracy"] = correct / counted
@@ -1027,6 +1095,8 @@ class _Run:
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
+        if getattr(self, "dist", None) is not None:
+            self.dist.stop()
 
 
 def _failure_message(exc: Exception, run: _Run) -> str:

@@ -1,0 +1,157 @@
+"""``torchrun --nproc-per-node 2 -m transferstudio run``: two CPU processes (Gloo) train with
+DistributedDataParallel and end with the metrics of one process at the same global batch size;
+rank 0 alone writes; a method that does not declare support is refused; a run whose rank 1 is
+killed resumes under torchrun to the uninterrupted result.
+
+LeNet (no BatchNorm, no dropout) and no augmentation: with them the two processes' gradients
+average to exactly the single-process gradient, up to float summation order."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import tiny_experiment, write_class_images
+from transferstudio.core.runs import RunStore
+
+ENV = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _experiment(tmp: Path, method: str | None = None, **overrides) -> Path:
+    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.plugins import load_plugins
+
+    data = write_class_images(tmp / "data", {"a": 10, "b": 10, "c": 10}, 32, 0)  # 24 train
+    overrides = {"data__batch_size": 8, **overrides}
+    raw = tiny_experiment(data, model__backbone="lenet", train__lr=0.001, **overrides).to_dict()
+    raw["augment"]["hflip"] = False
+    if method:
+        raw["method"] = {"name": method, "params": {}}
+    path = tmp / f"exp-{len(list(tmp.glob('exp-*.toml')))}.toml"
+    path.write_text(
+        from_mapping(raw, load_plugins(autoload=False).method_params).to_toml(), "utf-8"
+    )
+    return path
+
+
+def _launch(workspace: Path, *args: str, processes: int = 1, **popen) -> subprocess.Popen:
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        if processes > 1
+        else []
+    )
+    return subprocess.Popen(
+        [sys.executable, *launcher, "-m", "transferstudio", "--workspace", str(workspace), *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str]:
+    out, _ = process.communicate(timeout=600)
+    return process.returncode, out
+
+
+def _only_run(workspace: Path):
+    (record,) = RunStore(workspace).list()
+    report = json.loads((Path(record.folder) / "report.json").read_text("utf-8"))
+    with (Path(record.folder) / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return record, report, rows
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process and two processes on the same experiment (3 epochs, global batch 8)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    exp = _experiment(tmp, train__epochs=3)
+    code, out = _finish(_launch(tmp / "one", "run", str(exp)))
+    assert code == 0, out
+    code, out = _finish(_launch(tmp / "two", "run", str(exp), processes=2))
+    assert code == 0, out
+    return tmp, exp, _only_run(tmp / "one"), _only_run(tmp / "two")
+
+
+def test_two_processes_end_with_the_metrics_of_one(reference):
+    _, _, (_, one, one_rows), (record, two, two_rows) = reference
+    assert two["val"]["metrics"]["accuracy"] == one["val"]["metrics"]["accuracy"]
+    assert two["val"]["metrics"]["loss"] == pytest.approx(one["val"]["metrics"]["loss"], abs=1e-4)
+    # Every epoch's training loss, reduced over both processes, is the single-process one.
+    for a, b in zip(one_rows, two_rows, strict=True):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=1e-4)
+    # The report covers the whole validation split (6 images), not one process's share.
+    assert sum(row["support"] for row in two["val"]["per_class"]) == 6
+    log = (Path(record.folder) / "log.txt").read_text("utf-8")
+    assert "2 processes (cpu): DistributedDataParallel on model; 4 images per process" in log
+
+
+def test_rank_zero_alone_writes(reference):
+    tmp, _, _, (record, _, _) = reference
+    assert len(list((tmp / "two" / "runs").iterdir())) == 1  # no folder of rank 1
+    assert RunStore(tmp / "two").get(record.id).status == "completed"
+
+
+def test_methods_without_distributed_support_and_odd_batches_are_refused(reference):
+    tmp, _, _, _ = reference
+    exp = _experiment(tmp, method="feature-extract")
+    code, out = _finish(_launch(tmp / "refused", "run", str(exp), processes=2))
+    assert code != 0 and "does not support training in several processes" in out
+    exp = _experiment(tmp, data__batch_size=7)
+    code, out = _finish(_launch(tmp / "odd", "run", str(exp), processes=2))
+    assert code != 0 and "make it a multiple of 2" in out
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's workers in /proc")
+def test_a_run_whose_rank_one_is_killed_resumes_to_the_uninterrupted_result(reference):
+    tmp, exp, _, (_, uninterrupted, _) = reference
+    workspace = tmp / "killed"
+    launch = _launch(workspace, "run", str(exp), processes=2)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and launch.poll() is None:
+        if any((workspace / "runs").glob("*/checkpoints/last.json")):
+            break
+        time.sleep(0.01)
+    workers = [p for p in _children(launch.pid) if _rank_of(p) == 1]
+    assert launch.poll() is None and workers, "the run ended before rank 1 could be killed"
+    os.kill(workers[0], signal.SIGKILL)
+    code, out = _finish(launch)
+    assert code != 0  # torchrun ends the whole job when a rank dies
+    (record,) = RunStore(workspace).list()
+    assert record.status != "completed"
+    code, out = _finish(_launch(workspace, "run", "--resume", record.id, processes=2))
+    assert code == 0, out
+    _, resumed, _ = _only_run(workspace)
+    assert resumed["val"]["metrics"] == pytest.approx(uninterrupted["val"]["metrics"])

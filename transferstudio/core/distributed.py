@@ -1,0 +1,125 @@
+"""Several processes, one run: what ``torchrun`` tells a process, and the few collectives the
+engine needs. Training itself uses PyTorch's DistributedDataParallel (applied in place by
+``torch.distributed._composable.replicate``, so methods keep calling their own modules).
+
+Rank 0 alone writes (checkpoints, the run index, logs); every rank agrees on the run through
+:meth:`Distributed.broadcast`; training metrics are summed with :meth:`all_reduce_sum`, and
+evaluation shards are gathered with :meth:`all_gather` so the report is the single-process one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Distributed:
+    """This process's place in a launch (one process: rank 0 of 1, every call a no-op)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    started_group: bool = False
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        """From torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``."""
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            world=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def start(self, device_type: str) -> None:
+        """Join the process group: NCCL between GPUs, Gloo on CPUs."""
+        import torch.distributed as dist
+
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            self.started_group = True
+
+    def stop(self) -> None:
+        import torch.distributed as dist
+
+        if self.started_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.started_group = False
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums over the ranks."""
+        if not self.enabled:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, by rank."""
+        if not self.enabled:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def shard(self, n: int) -> list[int]:
+        """This rank's indices of ``n`` items for evaluation: ``rank, rank + world, ...``."""
+        return list(range(self.rank, n, self.world))
+
+
+def _distributed_sampler_base():
+    from torch.utils.data.distributed import DistributedSampler
+
+    return DistributedSampler
+
+
+class EpochShardSampler(_distributed_sampler_base()):
+    """A DistributedSampler over the permutation a single process would draw with
+    ``generator`` (``torch.randperm``, as DataLoader's shuffling does): rank ``r`` takes items
+    ``r, r + world, ...``, so batch ``k`` of every rank together is batch ``k`` of one process
+    with the global batch size. Padded like DistributedSampler when ``world`` does not divide
+    the dataset."""
+
+    def __init__(self, dataset, world: int, rank: int, generator) -> None:
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False)
+        self.generator = generator
+
+    def __iter__(self):
+        import torch
+
+        order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
+        order += order[: self.total_size - len(order)]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+
+def replicate_trainable(modules: dict[str, Any]) -> list[str]:
+    """Apply DistributedDataParallel in place to every module with trainable parameters (its
+    gradients are averaged over the ranks in backward); returns their names."""
+    from torch.distributed._composable import replicate
+
+    names = []
+    for name, module in modules.items():
+        if any(p.requires_grad for p in module.parameters()):
+            replicate(module)
+            names.append(name)
+    return names
