@@ -137,7 +137,6 @@ def cmd_plugins(args) -> int:
 
 
 def _check_plugin(args) -> int:
-    import importlib
     import tomllib
 
     from transferstudio.testing import check_plugin
@@ -164,9 +163,14 @@ def _check_plugin(args) -> int:
         except tomllib.TOMLDecodeError:
             value = text  # a bare word: a string
         params.setdefault(method, {})[field] = value
-    module = importlib.import_module(record.module)
+    if record.status in ("failed", "refused"):
+        print(f"{record.name} {record.version}: {record.status}")
+        for error in record.errors:
+            print("  " + error.replace("\n", "\n  "))
+        return 1
+    plugin = host.pm.get_plugin(record.name)  # the object the host loaded: no second import
     print(f"checking {record.name} {record.version} ({record.module}) ...", flush=True)
-    report = check_plugin(module, params)
+    report = check_plugin(plugin, params)
     print(report.text())
     return 0 if report.ok else 1
 

@@ -10,6 +10,7 @@ back, and a data source for ``labels.txt`` lists.
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import re
 from pathlib import Path
@@ -330,6 +331,11 @@ def new_plugin(name: str, kind: str, parent: str | Path = ".") -> Path:
     module = name.lower().replace("-", "_")
     if keyword.iskeyword(module):
         raise TransferStudioError(f"plugin name {name!r} is a Python keyword; choose another")
+    if importlib.util.find_spec(module) is not None:
+        raise TransferStudioError(
+            f"a module named {module!r} is already installed; the plugin's tests would import "
+            "it instead of the plugin: choose another name"
+        )
     folder = Path(parent) / name
     if folder.exists():
         raise TransferStudioError(f"{folder} already exists; choose another name or folder")

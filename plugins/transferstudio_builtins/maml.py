@@ -62,6 +62,29 @@ def use_batch_statistics(module: Any) -> int:
     return changed
 
 
+def normalise_with(model: Any, images: Any) -> None:
+    """Give every BatchNorm layer of ``model`` (which uses batch statistics) fixed statistics:
+    those of ``images``. A classifier adapted to a support set then normalises every image with
+    the support set's statistics, so a prediction no longer depends on which other images share
+    its batch. Measured on the glyph runs of tests/plugins/test_fewshot_predict.py (5 unseen
+    classes, 25 query images): with each batch's own statistics 0.60 one at a time, 0.52 in
+    batches of one class and 0.72 all together; with the support set's, 0.68 in every case."""
+    import torch
+    from torch import nn
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.track_running_stats = True
+        layer.momentum = None  # a cumulative average: after one batch, exactly its statistics
+        layer.running_mean = torch.zeros(layer.num_features, device=images.device)
+        layer.running_var = torch.ones(layer.num_features, device=images.device)
+        layer.num_batches_tracked = torch.tensor(0, device=images.device)
+    model.train()
+    with torch.no_grad():
+        model(images)
+    model.eval()
+
+
 def meta_parameters(model: Any) -> dict[str, Any]:
     """The weights MAML adapts and meta-learns: every parameter that requires a gradient."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -246,8 +269,8 @@ class Maml(TransferMethod):
 
     def classifier_from_support(self, images, targets, num_classes: int):
         """A copy of the meta-model adapted to the support set (``eval_inner_steps`` steps of
-        ``inner_lr``, as in evaluation). BatchNorm keeps normalising with the statistics of
-        each batch, as MAML was trained and evaluated."""
+        ``inner_lr``, as in evaluation), normalising with the support set's statistics (see
+        :func:`normalise_with`) so that a prediction does not depend on its batch."""
         import copy
 
         import torch
@@ -273,6 +296,7 @@ class Maml(TransferMethod):
         adapted = copy.deepcopy(self.model).requires_grad_(False)
         for name, value in fast.items():
             adapted.get_parameter(name).copy_(value.detach())
+        normalise_with(adapted, images.to(device))
         return adapted.eval()
 
     def state_summary(self):

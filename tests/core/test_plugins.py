@@ -56,6 +56,19 @@ def test_plugin_that_fails_to_import_is_recorded_and_others_work(site):
     assert "resnet18" in host.backbones
 
 
+def test_plugins_check_reports_a_plugin_that_failed_to_load_without_importing_it_again(
+    site, capsys
+):
+    from transferstudio.cli import main
+
+    _install_fake_distribution(
+        site, "ts-broken", "0.3", "ts_test_broken", "raise ImportError('needs libfoo')\n"
+    )
+    assert main(["plugins", "check", "ts-broken"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("ts-broken:ts-broken 0.3: failed") and "needs libfoo" in out
+
+
 def test_plugin_raising_in_a_hook_keeps_its_other_hooks_and_other_plugins(site):
     _install_fake_distribution(
         site,

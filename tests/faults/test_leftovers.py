@@ -74,6 +74,7 @@ def test_twenty_runs_in_one_session_leave_nothing_behind(window, qtbot):
     exp = window.current_experiment()
     exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, num_workers=2))
     window.load_experiment(exp)
+    before = _snapshot()  # the window open, its model tree built, no run yet
     snapshots = []
     for i in range(RUNS):
         window.start_run()
@@ -86,7 +87,10 @@ def test_twenty_runs_in_one_session_leave_nothing_behind(window, qtbot):
         snapshots.append(_snapshot())
         print(f"run {i + 1:2d}: {snapshots[-1]}")
 
+    # Counts of threads and files settle during the first run (thread pools start); tensors
+    # must not grow even across it.
     first, last = snapshots[0], snapshots[-1]
+    assert first["tensor_mb"] <= before["tensor_mb"], (before, first)
     assert window.runs_table.rowCount() == RUNS
     # Nothing accumulates run after run: the same files, threads and (no) worker processes.
     assert last["children"] == 0, "DataLoader worker processes outlived their run"

@@ -33,39 +33,34 @@ def _write_module(folder, name: str, source: str) -> None:
 
 
 def test_a_plugin_hanging_in_a_hook_is_given_up_by_name_and_the_others_load(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFERSTUDIO_PLUGIN_TIMEOUT", "0.5")
+    monkeypatch.setenv("TRANSFERSTUDIO_PLUGIN_TIMEOUT", "1")
+    exporter_called = threading.Event()
+
+    def exporters():
+        exporter_called.set()
+        return []
+
     hung = plugin_from_namespace(
         "sleepy-plugin",
         transferstudio_backbones=lambda: RELEASE.wait(),
-        transferstudio_exporters=lambda: [],
+        transferstudio_exporters=exporters,
     )
     host = load_plugins(autoload=False, extra=[hung])
     record = host.records[-1]
-    assert record.status == "partial"  # its other hook still counted
+    assert record.status == "partial"
     assert record.errors == [
-        "sleepy-plugin: transferstudio_backbones did not return within 0.5 s (it may hang); skipped"
+        "sleepy-plugin: transferstudio_backbones did not return within 1 s (it may hang); skipped"
     ]
+    assert not exporter_called.is_set()  # one hang is enough: its other hooks are not awaited
     assert "resnet18" in host.backbones and "fine-tune" in host.methods
 
 
-def test_a_plugin_hanging_while_imported_is_given_up(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRANSFERSTUDIO_PLUGIN_TIMEOUT", "0.5")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _write_module(
-        tmp_path,
-        "stuck_at_import",
-        """
-        from tests.faults.test_plugin_faults import RELEASE
-        RELEASE.wait()
-        TRANSFERSTUDIO_API_VERSION = "1.2"
-        """,
-    )
-    host = PluginHost()
-    host.load_module("stuck_at_import")
-    (record,) = host.records
-    assert record.status == "failed"
-    assert "could not import 'stuck_at_import'" in record.errors[0]
-    assert "did not return within 0.5 s" in record.errors[0]
+@pytest.mark.parametrize("setting, seconds", [("20s", 20.0), ("0", 1.0), ("nan", 20.0)])
+def test_a_malformed_timeout_setting_falls_back_instead_of_stopping_the_app(
+    monkeypatch, setting, seconds
+):
+    monkeypatch.setenv("TRANSFERSTUDIO_PLUGIN_TIMEOUT", setting)
+    assert PluginHost().timeout == seconds
 
 
 FAULTY_PLUGIN = """

@@ -60,6 +60,8 @@ def test_bad_names_and_existing_folders_are_refused(tmp_path):
         new_plugin("9lives", "backbone", tmp_path)
     with pytest.raises(TransferStudioError, match="unknown plugin kind 'optimizer'"):
         new_plugin("fine", "optimizer", tmp_path)
+    with pytest.raises(TransferStudioError, match="a module named 'json' is already installed"):
+        new_plugin("json", "exporter", tmp_path)
     new_plugin("taken", "dataset", tmp_path)
     with pytest.raises(TransferStudioError, match="already exists"):
         new_plugin("taken", "dataset", tmp_path)

@@ -99,7 +99,8 @@ def test_the_trained_run_exports_to_onnx_and_torchscript(installed_host, tmp_pat
         out = export_run(
             result.run_id, fmt, tmp_path / f"m{suffix}", installed_host, tmp_path / "ws"
         )
-        assert out.max_abs_diff <= 1e-4 * 10 and out.val_top1_agreement == 1.0, (fmt, out)
+        # export_run itself refuses a file over its tolerance; here: it compared both val images.
+        assert out.val_images == 2 and out.val_top1_agreement == 1.0, (fmt, out)
 
 
 @pytest.mark.slow

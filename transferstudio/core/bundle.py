@@ -57,7 +57,10 @@ def provenance(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def bundle_manifest(
-    meta: dict[str, Any], module_path: str, output_shape: list[int]
+    meta: dict[str, Any],
+    module_path: str,
+    output_shape: list[int],
+    support_set: bool | None = None,
 ) -> dict[str, Any]:
     """The manifest of a bundle of ``module_path`` (``""``: the whole predictor) of the run whose
     checkpoint metadata is ``meta``. A whole-classifier bundle carries the head recipe; a
@@ -65,7 +68,8 @@ def bundle_manifest(
     predictor of a method that learns no fixed classes (few-shot) is marked ``support_set``: it
     has no class names of its own, and its method rebuilds it to predict from a support set."""
     whole = module_path in ("", meta.get("predictor_module", ""))
-    support_set = whole and bool(meta.get("support_set"))
+    # ``support_set``: the caller's decision (it may know the method of an older checkpoint).
+    support_set = whole and bool(meta.get("support_set") if support_set is None else support_set)
     return {
         "format": FORMAT,
         "version": VERSION,

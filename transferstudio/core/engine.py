@@ -1101,7 +1101,22 @@ class _Run:
 
 def _failure_message(exc: Exception, run: _Run) -> str:
     """What the user reads when a run fails: our own errors as they are; running out of memory
-    with what to change; anything else with the plugin whose code raised it named."""
+    with what to change; anything else with the plugin whose code raised it named. Never
+    raises: it runs inside the failure handler, often on a disk that just failed."""
+    try:
+        return _describe_failure(exc, run)
+    except Exception:  # noqa: BLE001 - the plain error is still worth recording
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    # CUDA raises OutOfMemoryError; MPS, cuDNN and cuBLAS allocation failures a RuntimeError.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _describe_failure(exc: Exception, run: _Run) -> str:
     if isinstance(exc, TransferStudioError):
         return str(exc)
     steps = getattr(run, "step", 0)
@@ -1113,13 +1128,13 @@ def _failure_message(exc: Exception, run: _Run) -> str:
         if last
         else ""
     )
-    if isinstance(exc, OSError) and not isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, OSError):
         target = f" {exc.filename}" if exc.filename else ""
         return (
             f"file error{target} at {where}: {exc.strerror or exc}. Check the disk (free space, "
             f"permissions, a removed drive) or choose another workspace (--workspace){kept}"
         )
-    if isinstance(exc, torch.OutOfMemoryError):
+    if _out_of_memory(exc):
         exp = run.exp
         advice = [
             f"lower data.batch_size (now {exp.data.batch_size}; try {max(1, exp.data.batch_size // 2)})"
@@ -1186,8 +1201,6 @@ def run_experiment(
         )
     except Exception as exc:  # noqa: BLE001 - reported as a failed run, never a crash
         message = _failure_message(exc, run)
-        if isinstance(exc, torch.OutOfMemoryError) and run.device.type == "cuda":
-            torch.cuda.empty_cache()  # give the memory back to the rest of the session
         tb = traceback.format_exc()
         run.log(f"run failed: {message}")
         if not isinstance(exc, TransferStudioError):
@@ -1208,3 +1221,7 @@ def run_experiment(
         )
     finally:
         run.close()
+        if run.device.type == "cuda":
+            # The run's modules and activations are gone once it returns; hand the cached
+            # blocks back so the rest of the session (the next run) can use them.
+            torch.cuda.empty_cache()

@@ -36,8 +36,20 @@ BUILTIN_MODULE = "transferstudio_builtins"
 DISABLE_AUTOLOAD_ENV = "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD"
 TIMEOUT_ENV = "TRANSFERSTUDIO_PLUGIN_TIMEOUT"
 DEFAULT_TIMEOUT_S = 20.0
-"""How long one plugin import or registration hook may take before it is given up (seconds);
-registration hooks only build lightweight specs, so anything near this is a hang."""
+"""How long one registration hook may take before it is given up (seconds); hooks only build
+lightweight specs, so anything near this is a hang. Imports are not time-boxed: a module must
+be imported on the main thread (signal handlers, torch's own import), and an import abandoned
+in a thread would keep its import lock."""
+
+
+def _timeout_from_env() -> float:
+    """``TRANSFERSTUDIO_PLUGIN_TIMEOUT`` in seconds (at least 1); a malformed value must not
+    stop the app, so it falls back to the default."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return max(1.0, value) if value == value else DEFAULT_TIMEOUT_S  # NaN fails value == value
 
 
 class PluginTimeout(Exception):
@@ -105,7 +117,7 @@ class PluginHost:
         self.methods: dict[str, MethodSpec] = {}
         self.exporters: dict[str, ExporterSpec] = {}
         self.datasets: dict[str, DatasetSpec] = {}
-        self.timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+        self.timeout = _timeout_from_env()
 
     # ----------------------------------------------------------------- loading
 
@@ -121,7 +133,7 @@ class PluginHost:
                 module=ep.value,
             )
             try:
-                module = _time_boxed(ep.load, self.timeout)
+                module = ep.load()
             except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the app
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -136,7 +148,7 @@ class PluginHost:
         """Import a plugin module by name and register it, guarded like an entry point."""
         record = PluginRecord(name=name or module_name, version=version or "?", module=module_name)
         try:
-            module = _time_boxed(lambda: importlib.import_module(module_name), self.timeout)
+            module = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001
             record.fail("failed", _format_exc(f"could not import {module_name!r}", exc))
             self.records.append(record)
@@ -171,12 +183,14 @@ class PluginHost:
             record.fail("failed", _format_exc(f"{record.name} could not be registered", exc))
             return record
         for hook_name in HOOKS:
-            self._collect(hook_name, plugin, record)
+            if not self._collect(hook_name, plugin, record):
+                break  # a hook hung: the plugin's other hooks are not waited for
         if record.errors and record.status == "ok":
             record.status = "partial"
         return record
 
-    def _collect(self, hook_name: str, plugin: Any, record: PluginRecord) -> None:
+    def _collect(self, hook_name: str, plugin: Any, record: PluginRecord) -> bool:
+        """Register the specs one hook of ``plugin`` returns; False when the hook hung."""
         kind, spec_cls, key_attr = HOOKS[hook_name]
         caller = getattr(self.pm.hook, hook_name)
         registry: dict[str, Any] = getattr(self, kind)
@@ -187,7 +201,7 @@ class PluginHost:
                 specs = _time_boxed(impl.function, self.timeout)
             except PluginTimeout as exc:
                 record.errors.append(f"{record.name}: {hook_name} {exc}")
-                continue
+                return False
             except Exception as exc:  # noqa: BLE001
                 record.errors.append(_format_exc(f"{record.name} raised in {hook_name}", exc))
                 continue
@@ -213,6 +227,7 @@ class PluginHost:
                     continue
                 registry[key] = spec
                 record.provides.setdefault(kind, []).append(key)
+        return True
 
     # ----------------------------------------------------------------- lookup
 

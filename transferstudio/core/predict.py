@@ -100,7 +100,7 @@ def _support_predictor(meta, host, weights, source: str, support) -> Predictor:
     preprocessing = Preprocessing.from_dict(meta["preprocessing"])
     support_set = read_support_folder(support, preprocessing)
     method = rebuild_method(meta, host, weights, source)
-    model = support_classifier(method, support_set)
+    model = support_classifier(method, support_set, str(meta.get("method")), host)
     return Predictor(
         model,
         support_set.class_names,

@@ -9,6 +9,7 @@ set into an ordinary classifier (images -> logits over the folder's classes).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 
 from transferstudio.api import (
     DataError,
+    PluginError,
     Preprocessing,
     TransferMethod,
     TransferStudioError,
@@ -79,6 +81,11 @@ def read_support_folder(folder: str | Path, preprocessing: Preprocessing) -> Sup
     return SupportSet(torch.stack(images), torch.tensor(targets), classes, skipped)
 
 
+class _NotOffered(TransferStudioError, AttributeError):
+    """A context service a rebuild does not offer (an AttributeError too, so ``hasattr`` and
+    ``getattr(ctx, name, default)`` keep working)."""
+
+
 class _SetupContext:
     """The method context of a rebuild: what ``setup`` needs to build modules, no data.
     Backbones are built untrained; their weights come from the checkpoint afterwards."""
@@ -116,7 +123,7 @@ class _SetupContext:
         self.messages.append(text)
 
     def __getattr__(self, name: str):
-        raise TransferStudioError(
+        raise _NotOffered(
             f"the method uses ctx.{name} in setup, which a run rebuilt for prediction does not "
             "offer (no data is loaded): build modules only in setup"
         )
@@ -133,9 +140,10 @@ def rebuild_method(
     spec = host.method(name)
     raw_params = meta.get("experiment", {}).get("method", {}).get("params", {})
     params = P.build(spec.params, raw_params, "method.params.")
-    method = spec.factory(params)
     preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-    method.setup(_SetupContext(host, meta, preprocessing))
+    with _plugin_code(name, host, "setting up its modules"):
+        method = spec.factory(params)
+        method.setup(_SetupContext(host, meta, preprocessing))
     loaded = 0
     for module_name, module in method.modules().items():
         prefix = module_name + "."
@@ -165,9 +173,25 @@ def predicts_from_support(meta: dict[str, Any], host) -> bool:
     return bool(spec is not None and spec.support_set)
 
 
-def support_classifier(method: TransferMethod, support: SupportSet) -> nn.Module:
+def support_classifier(method: TransferMethod, support: SupportSet, name: str = "", host=None):
     """The method's classifier of the support set's classes (eval mode)."""
-    classifier = method.classifier_from_support(
-        support.images, support.targets, len(support.class_names)
-    )
-    return classifier.eval()
+    with _plugin_code(name or type(method).__name__, host, "building a support-set classifier"):
+        classifier = method.classifier_from_support(
+            support.images, support.targets, len(support.class_names)
+        )
+        return classifier.eval()
+
+
+@contextlib.contextmanager
+def _plugin_code(method: str, host, doing: str):
+    """Errors of a method's own code become a :class:`PluginError` naming it and its plugin."""
+    try:
+        yield
+    except TransferStudioError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's code may raise anything
+        plugin = host.plugin_in_traceback(exc.__traceback__) if host is not None else None
+        where = f" (plugin {plugin})" if plugin else ""
+        raise PluginError(
+            f"method {method!r}{where} failed while {doing}: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-import transferstudio_efficientnet_lite as plugin
+
+# Collected with TransferStudio's own tests: skipped, not an import error, where it is absent.
+plugin = pytest.importorskip("transferstudio_efficientnet_lite")
 
 
 def test_the_plugin_conforms(plugin_conformance):
