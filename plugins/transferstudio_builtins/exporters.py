@@ -107,12 +107,6 @@ def load_torchscript(module, path: Path):
 
 
 def export_onnx(module, example, path: Path, metadata: dict) -> None:
-    try:
-        import onnx
-    except ImportError:
-        raise PluginError(
-            "ONNX export needs the onnx packages: pip install 'transferstudio[onnx]'"
-        ) from None
     import torch
 
     batch_statistics = [
@@ -127,6 +121,12 @@ def export_onnx(module, example, path: Path, metadata: dict) -> None:
             f"{', '.join(batch_statistics[:3])}{' ...' if len(batch_statistics) > 3 else ''}, "
             "as MAML models use); export as torchscript, bundle or safetensors instead"
         )
+    try:
+        import onnx
+    except ImportError:
+        raise PluginError(
+            "ONNX export needs the onnx packages: pip install 'transferstudio[onnx]'"
+        ) from None
     with _quiet_legacy_exporters():
         torch.onnx.export(
             module,

@@ -82,3 +82,22 @@ def test_builtin_plugins_use_only_the_public_api():
         and not m.startswith("transferstudio_builtins")
     }
     assert offenders == {}
+
+
+def test_the_third_party_plugin_and_the_scaffold_templates_use_only_the_public_api(tmp_path):
+    from transferstudio.scaffold import KINDS, new_plugin
+
+    sources = sorted((ROOT / "plugins/transferstudio-efficientnet-lite/src").rglob("*.py"))
+    sources += [
+        path
+        for kind in KINDS
+        for path in (new_plugin(f"layer-{kind}", kind, tmp_path) / "src").rglob("*.py")
+    ]
+    assert len(sources) == 5
+    offenders = {
+        str(f): m
+        for f in sources
+        for m in _imports(f)
+        if m.split(".")[0] == "transferstudio" and m != "transferstudio.api"
+    }
+    assert offenders == {}
