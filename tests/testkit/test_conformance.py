@@ -157,3 +157,17 @@ def test_plugins_check_command_reports_and_sets_the_exit_code(capsys, monkeypatc
     assert_conforms(
         plugin_from_namespace("fine", transferstudio_backbones=lambda: [_kit_backbone()])
     )
+
+
+def test_a_support_set_method_without_a_support_classifier_fails():
+    from transferstudio_builtins.protonet import PROTONET, ProtoNet
+
+    from transferstudio import api
+
+    class Forgetful(ProtoNet):
+        classifier_from_support = api.TransferMethod.classifier_from_support
+
+    spec = dataclasses.replace(PROTONET, name="forgetful", factory=Forgetful)
+    (result,) = check_plugin(_plugin(transferstudio_methods=lambda: [spec])).results
+    assert result.status == "failed"
+    assert "method 'forgetful'" in result.detail and "NotImplementedError" in result.detail

@@ -129,13 +129,9 @@ class _SetupContext:
         )
 
 
-def rebuild_method(
-    meta: dict[str, Any], host, weights: dict[str, torch.Tensor], source: str
-) -> TransferMethod:
-    """The method of a checkpoint's metadata ``meta`` (its parameters from the stored
-    experiment), set up again without data, in eval mode, with every module named in
-    ``weights`` (``module.key -> tensor``, as checkpoints store them) loaded; a module the
-    weights do not fit is a :class:`WeightsError` naming ``source``."""
+def setup_without_data(meta: dict[str, Any], host) -> TransferMethod:
+    """The method of ``meta`` (checkpoint-style: ``method``, ``backbone``, ``preprocessing``,
+    ``experiment.method.params``) built and set up without data; its modules untrained."""
     name = meta.get("method")
     spec = host.method(name)
     raw_params = meta.get("experiment", {}).get("method", {}).get("params", {})
@@ -144,6 +140,18 @@ def rebuild_method(
     with _plugin_code(name, host, "setting up its modules"):
         method = spec.factory(params)
         method.setup(_SetupContext(host, meta, preprocessing))
+    return method
+
+
+def rebuild_method(
+    meta: dict[str, Any], host, weights: dict[str, torch.Tensor], source: str
+) -> TransferMethod:
+    """The method of a checkpoint's metadata ``meta`` (its parameters from the stored
+    experiment), set up again without data, in eval mode, with every module named in
+    ``weights`` (``module.key -> tensor``, as checkpoints store them) loaded; a module the
+    weights do not fit is a :class:`WeightsError` naming ``source``."""
+    name = meta.get("method")
+    method = setup_without_data(meta, host)
     loaded = 0
     for module_name, module in method.modules().items():
         prefix = module_name + "."

@@ -308,7 +308,50 @@ def check_method(
         return FAILED, f"trained {len(losses)} step(s) in an epoch of generated data; expected 2"
     if not all(math.isfinite(x) for x in losses):
         return FAILED, f"non-finite loss: {losses}"
-    return OK, "2 steps on generated data, losses " + ", ".join(f"{x:.3g}" for x in losses)
+    trained = "2 steps on generated data, losses " + ", ".join(f"{x:.3g}" for x in losses)
+    if spec.support_set:
+        return OK, trained + "; " + _check_support_classifier(host, spec, folder, params)
+    return OK, trained
+
+
+SUPPORT_CLASSES = 5
+"""Classes of the kit's support folder (5-way, as few-shot methods are commonly set up)."""
+
+
+def _check_support_classifier(host, spec: MethodSpec, folder: Path, params: dict) -> str:
+    """A ``support_set`` method turns a generated support folder into a classifier of its
+    classes (images -> finite logits, one column per class), as ``predict --support`` does."""
+    import torch
+
+    from transferstudio.core.support import (
+        read_support_folder,
+        setup_without_data,
+        support_classifier,
+    )
+
+    pre = host.backbone(KIT_BACKBONE).preprocessing
+    meta = {
+        "method": spec.name,
+        "backbone": KIT_BACKBONE,
+        "preprocessing": pre.to_dict(),
+        "experiment": {"method": {"params": params}},
+        "class_names": [f"class_{k:02d}" for k in range(SUPPORT_CLASSES)],
+        "seed": 0,
+    }
+    method = setup_without_data(meta, host)
+    root = write_class_folders(folder / "support", classes=SUPPORT_CLASSES, per_class=2, seed=3)
+    support = read_support_folder(root, pre)
+    classifier = support_classifier(method, support, spec.name, host)
+    with torch.no_grad():
+        logits = classifier(support.images)
+    if tuple(logits.shape) != (len(support.targets), SUPPORT_CLASSES):
+        raise AssertionError(
+            f"classifier_from_support gave logits of shape {tuple(logits.shape)} for "
+            f"{len(support.targets)} images of {SUPPORT_CLASSES} classes"
+        )
+    if not torch.isfinite(logits).all():
+        raise AssertionError("classifier_from_support gave non-finite logits")
+    return f"a {SUPPORT_CLASSES}-class support folder gives a classifier ({tuple(logits.shape)})"
 
 
 def check_exporter(spec: ExporterSpec, folder: Path) -> tuple[str, str]:
