@@ -27,16 +27,24 @@ def _workspace(args) -> Path:
     return Path(args.workspace).expanduser() if args.workspace else default_workspace()
 
 
+def _silent_state():  # the engine (and torch) is imported only when a run starts
+    """The run state of torchrun's other ranks: Ctrl+C still stops them; nothing is shown."""
+    from transferstudio.core.engine import PlainState
+
+    class Silent(PlainState):
+        def emit(self, event) -> None:
+            pass
+
+    return Silent()
+
+
 def _run_with_console(exp, host, workspace: Path, resume: str | None = None) -> int:
     from transferstudio.console import ConsoleProgress
     from transferstudio.core.engine import run_experiment
 
     progress = ConsoleProgress()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone reports
-        from transferstudio.core.engine import PlainState
-
-        progress = PlainState()
-        progress.emit = lambda event: None  # type: ignore[method-assign]
+        progress = _silent_state()
     previous = signal.getsignal(signal.SIGINT)
 
     def ask_stop(signum, frame):  # first Ctrl+C stops cleanly after the batch; second aborts

@@ -264,3 +264,27 @@ def test_a_failing_support_classifier_is_reported_naming_the_method(
     support, _ = new_classes
     with pytest.raises(PluginError, match="method 'protonet' .*ValueError: prototypes went"):
         open_predictor(runs["protonet"].run_id, host, runs["workspace"], support)
+
+
+def test_a_few_shot_run_from_before_support_set_was_recorded_exports_a_usable_bundle(
+    runs, host, new_classes, tmp_path
+):
+    import json
+
+    old = tmp_path / "old-run"
+    shutil.copytree(runs["protonet"].folder, old)
+    for kind in ("best", "last"):  # what checkpoints held before API 1.2
+        meta_file = old / "checkpoints" / f"{kind}.json"
+        meta = json.loads(meta_file.read_text())
+        meta.pop("support_set", None)
+        meta.pop("predictor_module", None)
+        meta_file.write_text(json.dumps(meta))
+    bundle = tmp_path / "old.tsmodel"
+    export_run(str(old), "bundle", bundle, host, runs["workspace"])
+    support, queries = new_classes
+    paths, _ = gather_images([str(queries)])
+    from_bundle = predict(open_predictor(str(bundle), host, runs["workspace"], support), paths)
+    from_run = predict(
+        open_predictor(runs["protonet"].run_id, host, runs["workspace"], support), paths
+    )
+    assert [p.top for p in from_bundle.predictions] == [p.top for p in from_run.predictions]

@@ -128,8 +128,13 @@ def read_bundle_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def load_bundle(path: str | Path, host) -> Bundle:
     """Reopen a bundle as a model (eval mode): the backbone plugin named in the manifest with the
     head its recipe describes, or the exported sub-module for bundles of the backbone alone."""
-    path = Path(path)
-    manifest, weights = read_bundle(path)
+    return bundle_from(*read_bundle(path), host, Path(path))
+
+
+def bundle_from(
+    manifest: dict[str, Any], weights: dict[str, torch.Tensor], host, path: Path
+) -> Bundle:
+    """:func:`load_bundle` on contents already read (:func:`read_bundle`)."""
     spec = host.backbone(manifest["backbone"])
     recipe = manifest.get("head_recipe")
     module = manifest.get("module", "")

@@ -366,6 +366,8 @@ class _Run:
         self.log_file: io.TextIOBase | None = None
         self.started = time.monotonic()
         self.elapsed_before = 0.0
+        self.dist = Distributed()  # one process until prepare() reads torchrun's environment
+        self.replicated: list[str] | None = None  # modules under DDP, once applied
 
     # ----------------------------------------------------------- helpers
 
@@ -480,7 +482,7 @@ class _Run:
             if not self.state.stop_requested():
                 self.log("resumed")
         stop = self.state.stop_requested()
-        if getattr(self, "dist", None) is not None and self.dist.enabled:
+        if self.dist.enabled:
             # Every process stops at the same batch, or the others would wait for it forever.
             stop = self.dist.all_reduce_sum([float(stop)])[0] > 0
         if stop:
@@ -817,11 +819,11 @@ class _Run:
     def _replicate_once(self, trainable_changed: bool) -> None:
         """DistributedDataParallel on the trainable modules, once their trainable parameters
         are set (DDP fixes the set it synchronises when it is built)."""
-        if getattr(self, "_replicated", None) is None:
-            self._replicated = replicate_trainable(self.modules)
+        if self.replicated is None:
+            self.replicated = replicate_trainable(self.modules)
             self.log(
                 f"{self.dist.world} processes ({self.device.type}): DistributedDataParallel on "
-                f"{', '.join(self._replicated)}; {self.exp.data.batch_size // self.dist.world} "
+                f"{', '.join(self.replicated)}; {self.exp.data.batch_size // self.dist.world} "
                 "images per process and step"
             )
         elif trainable_changed:
@@ -1095,8 +1097,7 @@ class _Run:
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
-        if getattr(self, "dist", None) is not None:
-            self.dist.stop()
+        self.dist.stop()
 
 
 def _failure_message(exc: Exception, run: _Run) -> str:

@@ -159,17 +159,6 @@ def validation_images(folder: Path, host, preprocessing: dict, limit: int = 256)
     return torch.stack(images), ""
 
 
-def _module_name_of(module: nn.Module, weights: dict, meta: dict, host) -> str:
-    """The checkpoint name of a rebuilt few-shot predictor (its weights' key prefix)."""
-    keys = set(module.state_dict())
-    for prefix in sorted({k.split(".", 1)[0] for k in weights}):
-        if {k[len(prefix) + 1 :] for k in weights if k.startswith(prefix + ".")} == keys:
-            return prefix
-    raise TransferStudioError(
-        f"cannot tell which module of the run is method {meta.get('method')!r}'s predictor"
-    )
-
-
 def export_run(
     ref: str | Path,
     fmt: str,
@@ -204,7 +193,11 @@ def export_run(
     meta = ck.meta
     few_shot = predicts_from_support(meta, host)
     if few_shot:  # its predictor (encoder, meta-initialisation) as the method builds it
-        model = rebuild_method(meta, host, ck.weights, f"run {folder}").predictor()
+        method = rebuild_method(meta, host, ck.weights, f"run {folder}")
+        model = method.predictor()
+        if not meta.get("predictor_module"):  # a checkpoint from before it was recorded
+            names = [n for n, m in method.modules().items() if m is model]
+            meta = dict(meta, predictor_module=names[0] if names else None)
     else:
         model = classifier_from_checkpoint(ck, host, f"run {folder}")
     try:
@@ -219,9 +212,6 @@ def export_run(
     with torch.no_grad():
         output_shape = list(module.eval()(example).shape[1:])
     metadata = bundle_manifest(meta, module_path, output_shape, support_set=few_shot)
-    if few_shot and not module_path and not metadata["predictor_module"]:
-        # A checkpoint from before predictor_module was recorded: the method's module.
-        metadata["predictor_module"] = _module_name_of(model, ck.weights, meta, host)
     val, note = (None, "sub-module: checked on a sample batch only")
     if few_shot:
         note = "few-shot model without fixed classes: checked on a sample batch only"

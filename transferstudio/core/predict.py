@@ -47,7 +47,7 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
     """A bundle file (``.tsmodel``), or a finished run (id, unique prefix or folder). Models of
     methods that learn no fixed classes (few-shot) need ``support``: a folder with one subfolder
     of example images per class, whose classes they then predict."""
-    from transferstudio.core.bundle import BUNDLE_SUFFIX, bundle_meta, load_bundle, read_bundle
+    from transferstudio.core.bundle import BUNDLE_SUFFIX, bundle_from, bundle_meta, read_bundle
     from transferstudio.core.run_models import (
         classifier_from_checkpoint,
         load_best_checkpoint,
@@ -62,7 +62,7 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
             prefixed = {f"{module}.{k}": v for k, v in weights.items()}
             return _support_predictor(bundle_meta(manifest), host, prefixed, str(ref), support)
         _refuse_support(support, str(ref))
-        bundle = load_bundle(ref, host)
+        bundle = bundle_from(manifest, weights, host, Path(ref))
         if not bundle.class_names:
             raise TransferStudioError(
                 f"{ref} holds a feature extractor ({bundle.manifest.get('module')!r}), not a "
