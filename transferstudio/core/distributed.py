@@ -9,6 +9,7 @@ evaluation shards are gathered with :meth:`all_gather` so the report is the sing
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,11 @@ class Distributed:
         import torch.distributed as dist
 
         if self.started_group and dist.is_initialized():
+            # Leave together: a rank that tears Gloo down while another still talks to it can
+            # abort at exit ("terminate called without an active exception", seen in CI once).
+            # If another rank died, torchrun ends this one anyway.
+            with contextlib.suppress(Exception):
+                dist.barrier()
             dist.destroy_process_group()
             self.started_group = False
 
