@@ -38,13 +38,16 @@ def _silent_state():  # the engine (and torch) is imported only when a run start
     return Silent()
 
 
-def _run_with_console(exp, host, workspace: Path, resume: str | None = None) -> int:
+def _run_with_console(
+    exp, host, workspace: Path, resume: str | None = None, event_stream: str | None = None
+) -> int:
     from transferstudio.console import ConsoleProgress
     from transferstudio.core.engine import run_experiment
 
-    progress = ConsoleProgress()
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 alone reports
-        progress = _silent_state()
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 alone reports
+    if event_stream is not None:
+        return _run_streaming(exp, host, workspace, resume, Path(event_stream), rank0)
+    progress = ConsoleProgress() if rank0 else _silent_state()
     previous = signal.getsignal(signal.SIGINT)
 
     def ask_stop(signum, frame):  # first Ctrl+C stops cleanly after the batch; second aborts
@@ -65,6 +68,32 @@ def _run_with_console(exp, host, workspace: Path, resume: str | None = None) -> 
     return 0 if result.status == "completed" else 1
 
 
+def _run_streaming(exp, host, workspace: Path, resume, control_dir: Path, rank0: bool) -> int:
+    """``run --event-stream``: events as lines for the window (core/event_stream.py), the
+    outcome as a last line, and every error as that line too, so the window can show it."""
+    import dataclasses
+
+    from transferstudio.api import TransferStudioError
+    from transferstudio.core.engine import run_experiment
+    from transferstudio.core.event_stream import StreamResult, StreamState
+
+    state = StreamState(control_dir, writes=rank0)
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: setattr(state, "stop", True))
+    try:
+        result = run_experiment(exp, host, state, workspace, resume=resume)
+    except TransferStudioError as exc:
+        if rank0:
+            state.write(StreamResult(run_id="", folder="", status="error", message=str(exc)))
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if rank0:
+        fields = dataclasses.asdict(result)
+        state.write(StreamResult(**{**fields, "folder": str(result.folder)}))
+    return {"completed": 0, "cancelled": 130}.get(result.status, 1)
+
+
 def cmd_run(args) -> int:
     from transferstudio.core import experiment as X
 
@@ -81,11 +110,13 @@ def cmd_run(args) -> int:
                 f"note: resuming uses the run's own {exp_file}, not {args.experiment}",
                 file=sys.stderr,
             )
-        return _run_with_console(exp, host, workspace, resume=record.id)
+        return _run_with_console(
+            exp, host, workspace, resume=record.id, event_stream=args.event_stream
+        )
     if not args.experiment:
         raise _usage("run needs an experiment file (or --resume RUN_ID)")
     exp = X.load(args.experiment, host.method_params, args.set)
-    return _run_with_console(exp, host, workspace)
+    return _run_with_console(exp, host, workspace, event_stream=args.event_stream)
 
 
 def cmd_demo(args) -> int:
@@ -349,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a setting, e.g. --set train.epochs=5 (repeatable)",
     )
     p.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or killed run")
+    p.add_argument(
+        "--event-stream",
+        metavar="CONTROL_DIR",
+        help="for programs driving the run (the window): events as JSON lines on stdout; "
+        "files 'stop' and 'pause' in CONTROL_DIR stop or pause it",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("gui", help="open the window (the default without a command)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tiny_experiment, write_class_images
+from tests.helpers import child_pids, tiny_experiment, torchrun_rank, write_class_images
 from transferstudio.core.runs import RunStore
 
 ENV = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
@@ -112,28 +112,6 @@ def test_methods_without_distributed_support_and_odd_batches_are_refused(referen
     assert code != 0 and "make it a multiple of 2" in out
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def _rank_of(pid: int) -> int | None:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    ranks = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"RANK=")]
-    return int(ranks[0]) if ranks else None
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's workers in /proc")
 def test_a_run_whose_rank_one_is_killed_resumes_to_the_uninterrupted_result(reference):
     tmp, exp, _, (_, uninterrupted, _) = reference
@@ -144,7 +122,7 @@ def test_a_run_whose_rank_one_is_killed_resumes_to_the_uninterrupted_result(refe
         if any((workspace / "runs").glob("*/checkpoints/last.json")):
             break
         time.sleep(0.01)
-    workers = [p for p in _children(launch.pid) if _rank_of(p) == 1]
+    workers = [p for p in child_pids(launch.pid) if torchrun_rank(p) == 1]
     assert launch.poll() is None and workers, "the run ended before rank 1 could be killed"
     os.kill(workers[0], signal.SIGKILL)
     code, out = _finish(launch)

@@ -1117,6 +1117,16 @@ def _out_of_memory(exc: Exception) -> bool:
     )
 
 
+def _peer_lost(exc: Exception) -> bool:
+    """A collective failed because another process is gone (Gloo reports a closed connection
+    as a plain RuntimeError; NCCL and the store as DistError)."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.distributed.DistError) or (
+        isinstance(exc, RuntimeError)
+        and any(s in text for s in ("connection closed by peer", "remote worker", "gloo"))
+    )
+
+
 def _describe_failure(exc: Exception, run: _Run) -> str:
     if isinstance(exc, TransferStudioError):
         return str(exc)
@@ -1144,6 +1154,13 @@ def _describe_failure(exc: Exception, run: _Run) -> str:
             advice.append('turn on mixed precision (train.precision = "auto")')
         advice.append("use a smaller data.image_size or backbone, or freeze more layers")
         return f"out of memory on {describe(run.device)} at {where}: " + "; ".join(advice) + kept
+    if run.dist.enabled and _peer_lost(exc):
+        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return (
+            f"another training process stopped at {where}, and this one could not go on "
+            f"({type(exc).__name__}: {first_line}); torchrun ends the others. Its own error is "
+            f"in the processes' output{kept}"
+        )
     plugin = run.host.plugin_in_traceback(exc.__traceback__)
     source = f"plugin {plugin}" if plugin else "TransferStudio itself (please report it)"
     return (

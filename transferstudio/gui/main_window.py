@@ -334,6 +334,10 @@ class MainWindow(QMainWindow):
             button.clicked.connect(action.trigger)
             action.changed.connect(lambda b=button, a=action: b.setEnabled(a.isEnabled()))
             buttons.addWidget(button)
+        buttons.addWidget(QLabel("processes / GPUs:"))
+        self.processes = named(QSpinBox(), "training.processes", "processes or GPUs")
+        self.processes.setRange(1, _max_processes())
+        buttons.addWidget(self.processes)
         self.device_label = named(QLabel("device: -"), "training.device")
         buttons.addWidget(self.device_label, 1)
         layout.addLayout(buttons)
@@ -863,7 +867,13 @@ class MainWindow(QMainWindow):
         self.epoch_bar.setValue(0)
         self.batch_bar.setValue(0)
         self._run_started_at = time.monotonic()
-        worker = RunWorker(exp, self.host, self.workspace)
+        processes = self.processes.value() if self.processes.isEnabled() else 1
+        if processes > 1:
+            from transferstudio.gui.process_run import ProcessRun
+
+            worker = ProcessRun(exp, self.workspace, processes)
+        else:
+            worker = RunWorker(exp, self.host, self.workspace)
         worker.run_started.connect(self._on_run_started)
         worker.batches_ended.connect(self._on_batches)
         worker.epoch_ended.connect(self._on_epoch)
@@ -873,8 +883,12 @@ class MainWindow(QMainWindow):
         # Bound methods, never lambdas: a lambda would run in the worker's thread.
         worker.errored.connect(self._on_run_error)
         worker.wants_layer_stats = self._stats_visible()
-        self.controller.start(worker)
-        self.statusBar().showMessage("training ...")
+        if processes > 1:
+            self.controller.start_process(worker)
+            self.statusBar().showMessage(f"starting {processes} processes under torchrun ...")
+        else:
+            self.controller.start(worker)
+            self.statusBar().showMessage("training ...")
 
     def toggle_pause(self) -> None:
         self.controller.pause(self.act_pause.isChecked())
@@ -1228,6 +1242,15 @@ class MainWindow(QMainWindow):
             self.act_pause.setChecked(False)
         for widget in (self.data_path, self.backbone_combo, self.method_combo):
             widget.setEnabled(not running)
+        method = self.host.methods.get(self.method_combo.currentData())
+        distributed = method is not None and method.distributed
+        self.processes.setEnabled(not running and distributed)
+        self.processes.setToolTip(
+            PROCESSES_TIP
+            if distributed
+            else f"{self.method_combo.currentData()} does not support training in several "
+            "processes (docs/distributed.md); it runs in one."
+        )
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         if self.controller.running:
@@ -1243,6 +1266,22 @@ class MainWindow(QMainWindow):
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         event.accept()
+
+
+PROCESSES_TIP = (
+    "More than 1 runs the experiment under torchrun with DistributedDataParallel: one process "
+    "per GPU (NCCL), or CPU processes (Gloo). The batch size stays the global batch and must be "
+    "a multiple of this number."
+)
+
+
+def _max_processes() -> int:
+    """One process per GPU when CUDA is there, else one per CPU core."""
+    import os
+
+    import torch
+
+    return max(torch.cuda.device_count() if torch.cuda.is_available() else os.cpu_count() or 1, 1)
 
 
 def _blocks(backbone_node) -> list:

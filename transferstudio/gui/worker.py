@@ -22,8 +22,9 @@ from transferstudio.core import events as E
 EMIT_INTERVAL_S = 0.05
 
 
-class RunWorker(QObject):
-    """Runs one experiment in a QThread; signals are named for what happened."""
+class RunSignals(QObject):
+    """The signals of a run, named for what happened, and the engine events that become them
+    (:meth:`dispatch`). Shared by a run in a thread and a run in other processes."""
 
     run_started = Signal(object)  # events.RunStarted
     batches_ended = Signal(list)  # [events.BatchEnded, ...] since the last signal
@@ -33,34 +34,20 @@ class RunWorker(QObject):
     finished = Signal(object)  # engine.RunResult
     errored = Signal(str, str)  # message, details
 
-    def __init__(self, experiment, host, workspace: Path, resume: str | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.experiment = experiment
-        self.host = host
-        self.workspace = Path(workspace)
-        self.resume = resume
-        self.wants_layer_stats = True  # the engine then emits weight drift and gradient norms
-        self._stop = threading.Event()
-        self._pause = threading.Event()
         self._pending: list[E.BatchEnded] = []
         self._last_emit = 0.0
 
-    # -- the engine's RunState -------------------------------------------------------------
-
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    def pause_requested(self) -> bool:
-        return self._pause.is_set()
-
-    def emit(self, event: Any) -> None:
+    def dispatch(self, event: Any) -> None:
+        """Emit the signal for one engine event; batch events are coalesced."""
         if isinstance(event, E.BatchEnded):
             self._pending.append(event)
             now = time.monotonic()
             if now - self._last_emit >= EMIT_INTERVAL_S or event.batch + 1 == event.batches:
-                self._flush(now)
+                self.flush(now)
             return
-        self._flush(time.monotonic())
+        self.flush(time.monotonic())
         if isinstance(event, E.RunStarted):
             self.run_started.emit(event)
         elif isinstance(event, E.EpochEnded):
@@ -72,11 +59,37 @@ class RunWorker(QObject):
         elif isinstance(event, E.RunFailed):
             self.logged.emit(f"run failed: {event.message}")
 
-    def _flush(self, now: float) -> None:
+    def flush(self, now: float) -> None:
+        """Emit the batches held back for coalescing."""
         if self._pending:
             batch, self._pending = self._pending, []
             self._last_emit = now
             self.batches_ended.emit(batch)
+
+
+class RunWorker(RunSignals):
+    """Runs one experiment in a QThread; signals are named for what happened."""
+
+    def __init__(self, experiment, host, workspace: Path, resume: str | None = None) -> None:
+        super().__init__()
+        self.experiment = experiment
+        self.host = host
+        self.workspace = Path(workspace)
+        self.resume = resume
+        self.wants_layer_stats = True  # the engine then emits weight drift and gradient norms
+        self._stop = threading.Event()
+        self._pause = threading.Event()
+
+    # -- the engine's RunState -------------------------------------------------------------
+
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def pause_requested(self) -> bool:
+        return self._pause.is_set()
+
+    def emit(self, event: Any) -> None:
+        self.dispatch(event)
 
     # -- control (called from the GUI thread) ------------------------------------------------
 
@@ -129,19 +142,29 @@ def release_free_memory() -> None:
 
 
 class RunController(QObject):
-    """Owns the QThread of the current run. One run at a time."""
+    """Owns the current run: a :class:`RunWorker` in its QThread, or a
+    :class:`~transferstudio.gui.process_run.ProcessRun` (torchrun). One run at a time."""
 
     state_changed = Signal(str)  # idle | running | paused | stopping
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.thread: QThread | None = None
-        self.worker: RunWorker | None = None
+        self.worker: Any = None  # RunWorker | ProcessRun
         self.state = "idle"
 
     @property
     def running(self) -> bool:
-        return self.thread is not None
+        return self.worker is not None
+
+    def start_process(self, run: Any) -> None:
+        """Start a ProcessRun; the controller is idle again once its processes have exited."""
+        if self.running:
+            raise RuntimeError("a run is already in progress")
+        self.worker = run
+        run.ended.connect(self._cleanup)
+        self._set_state("running")
+        run.start()
 
     def start(self, worker: RunWorker) -> None:
         if self.running:
@@ -185,10 +208,12 @@ class RunController(QObject):
             self._set_state("stopping")
 
     def stop_and_wait(self, timeout_ms: int = 60_000) -> bool:
-        """Stop the run and block until its thread has ended (used when closing)."""
-        if self.thread is None:
+        """Stop the run and block until its thread or processes have ended (when closing)."""
+        if self.worker is None:
             return True
         self.stop()
+        if self.thread is None:  # a ProcessRun: ``ended`` cleans up
+            return self.worker.wait(timeout_ms)
         finished = self.thread.wait(timeout_ms)
         self._cleanup()
         return finished
