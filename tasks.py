@@ -95,6 +95,7 @@ def main(argv: list[str]) -> int:
                 "plugins",
                 "tests",
                 "benchmarks",
+                "installer",
                 "docs/generate.py",
                 "tasks.py",
             ]

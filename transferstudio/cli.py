@@ -137,7 +137,7 @@ def cmd_demo(args) -> int:
 def cmd_gui(args) -> int:
     from transferstudio.gui.app import run_gui
 
-    return run_gui(args.experiment, _workspace(args))
+    return run_gui(args.experiment, _workspace(args), self_test=args.self_test)
 
 
 def cmd_init(args) -> int:
@@ -156,6 +156,8 @@ def cmd_init(args) -> int:
 def cmd_plugins(args) -> int:
     if args.action == "check":
         return _check_plugin(args)
+    if args.action == "path":
+        return _plugin_path()
     host = _host()
     for record in host.records:
         print(
@@ -171,6 +173,27 @@ def cmd_plugins(args) -> int:
     if failed and not args.verbose:
         print(
             f"\n{len(failed)} plugin(s) with problems; 'transferstudio plugins -v' shows tracebacks"
+        )
+    return 0
+
+
+def _plugin_path() -> int:
+    from transferstudio.core.plugins import PLUGIN_PATH_ENV, plugin_folders
+
+    folders = plugin_folders()
+    for folder in folders:
+        print(folder)
+    if not folders:
+        print(
+            f"(none: plugins are found in this Python environment; {PLUGIN_PATH_ENV} adds folders)",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"install a plugin into a folder with: python{sys.version_info[0]}."
+            f"{sys.version_info[1]} -m pip install --target {folders[-1]} PLUGIN "
+            "(see docs/installing.md)",
+            file=sys.stderr,
         )
     return 0
 
@@ -390,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gui", help="open the window (the default without a command)")
     p.add_argument("experiment", nargs="?", help="experiment .toml file (default: the demo)")
+    p.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check an installation: open the window, wait until it is ready, close it",
+    )
     p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("init", help="print a complete, commented experiment file")
@@ -402,9 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plugins",
         help="list plugins, what they provide, and their errors; 'plugins check NAME' runs the "
-        "test kit's conformance checks on one",
+        "test kit's conformance checks on one; 'plugins path' prints the plugin folders",
     )
-    p.add_argument("action", nargs="?", choices=["list", "check"], default="list")
+    p.add_argument("action", nargs="?", choices=["list", "check", "path"], default="list")
     p.add_argument("name", nargs="?", help="for 'check': the plugin's name as listed")
     p.add_argument("-v", "--verbose", action="store_true", help="show full tracebacks")
     p.add_argument(
@@ -467,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        args.func, args.experiment = cmd_gui, None
+        args.func, args.experiment, args.self_test = cmd_gui, None, False
     from transferstudio.api import TransferStudioError
 
     try:

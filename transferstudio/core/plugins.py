@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import sys
 import traceback
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -34,6 +36,7 @@ from transferstudio.api import (
 ENTRY_POINT_GROUP = PROJECT_NAME
 BUILTIN_MODULE = "transferstudio_builtins"
 DISABLE_AUTOLOAD_ENV = "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD"
+PLUGIN_PATH_ENV = "TRANSFERSTUDIO_PLUGIN_PATH"
 TIMEOUT_ENV = "TRANSFERSTUDIO_PLUGIN_TIMEOUT"
 DEFAULT_TIMEOUT_S = 20.0
 """How long one registration hook may take before it is given up (seconds); hooks only build
@@ -298,8 +301,31 @@ def _format_exc(summary: str, exc: BaseException) -> str:
     return f"{summary}: {type(exc).__name__}: {exc}\n{tb}"
 
 
+def plugin_folders() -> list[Path]:
+    """Folders searched for plugins besides the Python environment: those in
+    ``TRANSFERSTUDIO_PLUGIN_PATH`` (os.pathsep-separated) and, in the installed application
+    (a frozen build, which has no pip of its own), the user's plugin folder. A plugin is
+    installed there with any pip of the same Python version: ``pip install --target FOLDER``."""
+    folders = [Path(p).expanduser() for p in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep)]
+    folders = [f for f in folders if str(f) not in ("", ".")]
+    if getattr(sys, "frozen", False):
+        from platformdirs import user_data_dir
+
+        folders.append(Path(user_data_dir("TransferStudio", appauthor=False)) / "plugins")
+    return folders
+
+
+def _add_plugin_folders() -> None:
+    # Appended, not prepended: a plugin folder that also received torch or numpy (pip without
+    # --no-deps) must not replace the application's own copies.
+    for folder in plugin_folders():
+        if folder.is_dir() and str(folder) not in sys.path:
+            sys.path.append(str(folder))
+
+
 def load_plugins(autoload: bool | None = None, extra: Iterable[Any] = ()) -> PluginHost:
-    """A host with the built-ins and, unless disabled, every installed plugin.
+    """A host with the built-ins and, unless disabled, every installed plugin (in the Python
+    environment and in :func:`plugin_folders`).
 
     ``autoload=None`` reads ``TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD`` (``1`` loads built-ins
     only). ``extra`` plugin objects are registered after the others (used by tests).
@@ -308,6 +334,7 @@ def load_plugins(autoload: bool | None = None, extra: Iterable[Any] = ()) -> Plu
         autoload = os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("1", "true", "yes")
     host = PluginHost()
     if autoload:
+        _add_plugin_folders()
         host.load_entry_points()
     if not any(r.module == BUILTIN_MODULE for r in host.records):
         host.load_module(BUILTIN_MODULE, version=_dist_version(), name=PROJECT_NAME)

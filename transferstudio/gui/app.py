@@ -6,9 +6,30 @@ import sys
 from pathlib import Path
 
 
-def run_gui(experiment_path: str | None = None, workspace: Path | None = None) -> int:
+def resource_file(name: str) -> Path | None:
+    """A file of ``resources/``: in the installed application (PyInstaller puts it beside the
+    program) or in a source checkout; ``None`` when this installation has none (a wheel)."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    roots = [Path(bundle)] if bundle else []
+    roots.append(Path(__file__).resolve().parents[2])
+    for root in roots:
+        if (root / "resources" / name).is_file():
+            return root / "resources" / name
+    return None
+
+
+SELF_TEST_TIMEOUT_S = 120
+
+
+def run_gui(
+    experiment_path: str | None = None, workspace: Path | None = None, self_test: bool = False
+) -> int:
     """Open the main window on an experiment file, or on the demo experiment (generated on
-    first use), and run the event loop."""
+    first use), and run the event loop. ``self_test`` checks an installation instead: the
+    window opens, builds its model tree and scans the data, then closes as if the user had
+    closed it; exit status 0 when all of that worked."""
+    import time
+
     from PySide6.QtWidgets import QApplication
 
     from transferstudio.core import experiment as X
@@ -19,6 +40,13 @@ def run_gui(experiment_path: str | None = None, workspace: Path | None = None) -
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("TransferStudio")
     app.setOrganizationName("TransferStudio")
+    app.setDesktopFileName("transferstudio")  # matches resources/transferstudio.desktop
+    icon = resource_file("transferstudio.svg")
+    if icon is not None:
+        from PySide6.QtGui import QIcon
+
+        app.setWindowIcon(QIcon(str(icon)))
+    started = time.monotonic()
     workspace = workspace or default_workspace()
     host = load_plugins()
     if experiment_path is None:
@@ -31,4 +59,43 @@ def run_gui(experiment_path: str | None = None, workspace: Path | None = None) -
     window = MainWindow(host, workspace, exp, path)
     window.resize(1400, 900)
     window.show()
+    if self_test:
+        return _self_test(app, window, started)
     return app.exec()
+
+
+def _self_test(app, window, started: float) -> int:
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    outcome: dict[str, int] = {}
+
+    def check() -> None:
+        ready = window.tree_model is not None and window.scan_result is not None
+        waited = time.monotonic() - started
+        if not ready and waited < SELF_TEST_TIMEOUT_S and window.last_error is None:
+            return
+        timer.stop()
+        if ready:
+            print(
+                f"window ready in {waited:.1f} s: {len(window.host.methods)} methods, "
+                f"{len(window.host.backbones)} backbones, model tree of "
+                f"{window.tree_model.rowCount()} top-level modules, "
+                f"{len(window.scan_result.classes)} classes in the data"
+            )
+        else:
+            print(
+                f"window not ready after {waited:.0f} s: "
+                + (window.last_error[0] if window.last_error else "timed out"),
+                file=sys.stderr,
+            )
+        outcome["code"] = 0 if ready else 1
+        window.close()  # the user's path: closeEvent saves the layout
+        app.quit()
+
+    timer = QTimer()
+    timer.timeout.connect(check)
+    timer.start(100)
+    app.exec()
+    return outcome.get("code", 1)

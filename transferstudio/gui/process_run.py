@@ -29,18 +29,13 @@ STDERR_TAIL_LINES = 60
 def torchrun_command(processes: int, workspace: Path, cli_args: list[str]) -> list[str]:
     """The command line (program first) that runs ``transferstudio CLI_ARGS`` in ``processes``
     local processes under torchrun."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={processes}",
-        "-m",
-        "transferstudio",
-        "--workspace",
-        str(workspace),
-        *cli_args,
-    ]
+    launch = ["--standalone", f"--nproc-per-node={processes}"]
+    app = ["--workspace", str(workspace), *cli_args]
+    if getattr(sys, "frozen", False):
+        # The installed application is its own torchrun and its own worker
+        # (installer/launcher.py); it has no "python -m".
+        return [sys.executable, "torchrun", *launch, "--no-python", sys.executable, *app]
+    return [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "transferstudio", *app]
 
 
 class ProcessRun(RunSignals):
