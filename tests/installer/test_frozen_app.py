@@ -166,3 +166,42 @@ def test_torchrun_runs_inside_the_app(home, tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 processes (cpu): DistributedDataParallel" in done.stdout
+
+
+@pytest.mark.skipif(
+    not (APP.parent / "install.sh").is_file(), reason="a Linux build carries install.sh"
+)
+def test_install_sh_adds_the_program_menu_entry_and_icons_and_removes_them(home, tmp_path):
+    import shutil
+
+    prefix = tmp_path / "prefix"
+    install = APP.parent / "install.sh"
+    done = subprocess.run(
+        ["bash", str(install), str(prefix)], env=_env(home), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    program = prefix / "lib" / "transferstudio" / "transferstudio"
+    desktop = prefix / "share" / "applications" / "transferstudio.desktop"
+    entry = desktop.read_text("utf-8")
+    assert f"Exec={program} gui %f" in entry and f"TryExec={program}" in entry
+    if shutil.which("desktop-file-validate"):
+        check = subprocess.run(["desktop-file-validate", str(desktop)], capture_output=True)
+        assert check.returncode == 0, check.stdout
+    icons = prefix / "share" / "icons" / "hicolor"
+    assert (icons / "scalable" / "apps" / "transferstudio.svg").is_file()
+    assert (icons / "256x256" / "apps" / "transferstudio.png").is_file()
+    # the link in bin/ starts the installed copy
+    done = _app_at(prefix / "bin" / "transferstudio", home, "--version")
+    assert done.returncode == 0 and done.stdout.startswith("transferstudio "), done.stderr
+    done = subprocess.run(
+        ["bash", str(install), "--uninstall", str(prefix)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert not program.exists() and not desktop.exists()
+    assert not list(icons.rglob("transferstudio.*"))
+
+
+def _app_at(program: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(program), *args], env=_env(home), capture_output=True, text=True, timeout=120
+    )
