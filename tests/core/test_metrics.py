@@ -51,3 +51,14 @@ def test_absent_class_does_not_drag_macro_recall_down():
     acc = MetricAccumulator(3)
     acc.update(_logits_for([0, 1], 3), torch.tensor([0, 1]))
     assert acc.report().metrics["recall_macro"] == 1.0
+
+
+def test_a_loss_of_exactly_zero_is_reported():
+    # A perfect model's cross-entropy underflows to 0.0; it was once dropped from the report
+    # (the metrics CSV then showed NaN for the validation loss).
+    acc = MetricAccumulator(2, ["a", "b"])
+    acc.update(torch.tensor([[100.0, -100.0], [-100.0, 100.0]]), torch.tensor([0, 1]), 0.0)
+    assert acc.report().metrics["loss"] == 0.0
+    without = MetricAccumulator(2, ["a", "b"])
+    without.update(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    assert "loss" not in without.report().metrics

@@ -40,6 +40,7 @@ class MetricAccumulator:
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
         self.topk_correct = dict.fromkeys(self.topk, 0)
         self.loss_sum = 0.0
+        self.loss_count = 0  # images whose batch came with a loss (a loss of 0.0 counts)
         self.count = 0
 
     def update(
@@ -59,6 +60,7 @@ class MetricAccumulator:
             self.topk_correct[k] += int((top == targets.unsqueeze(1)).any(dim=1).sum())
         if loss is not None:
             self.loss_sum += float(loss) * n
+            self.loss_count += n
         self.count += n
 
     def report(self) -> ClassificationReport:
@@ -89,8 +91,9 @@ class MetricAccumulator:
         }
         for k in self.topk:
             metrics[f"top{k}_accuracy"] = self.topk_correct[k] / total if total else 0.0
-        if self.count and self.loss_sum:
-            metrics["loss"] = self.loss_sum / self.count
+        # Not "if loss_sum": a perfect model's loss can be exactly 0.0 and must still show.
+        if self.loss_count:
+            metrics["loss"] = self.loss_sum / self.loss_count
         per_class = [
             {
                 "class": name,
