@@ -119,6 +119,144 @@ def cmd_run(args) -> int:
     return _run_with_console(exp, host, workspace, event_stream=args.event_stream)
 
 
+def cmd_lr_find(args) -> int:
+    from transferstudio.core import experiment as X
+    from transferstudio.core.atomic import write_text_atomic
+    from transferstudio.core.lr_finder import find_lr
+
+    host = _host()
+    exp = X.load(args.experiment, host.method_params, args.set)
+    print(
+        f"learning-rate range test: {args.steps} steps from {args.start:g} to {args.end:g} "
+        f"({exp.method} on {exp.model.backbone}); nothing is saved"
+    )
+
+    def progress(step: int, lr: float, loss: float, smoothed: float) -> None:
+        if sys.stdout.isatty():
+            print(f"\r\033[Kstep {step + 1}/{args.steps} lr {lr:.2e} loss {loss:.4f}", end="")
+
+    result = find_lr(
+        exp, host, _workspace(args), args.start, args.end, args.steps, on_point=progress
+    )
+    if sys.stdout.isatty():
+        print()
+    shown = set(range(0, len(result.lrs), max(1, len(result.lrs) // 12)))
+    if result.suggestion is not None:
+        shown.add(result.lrs.index(result.suggestion))
+    print(f"{'lr':>10}  {'loss':>8}  {'smoothed':>8}")
+    for i in sorted(shown):
+        marker = "  <- suggested" if result.lrs[i] == result.suggestion else ""
+        print(f"{result.lrs[i]:10.2e}  {result.losses[i]:8.4f}  {result.smoothed[i]:8.4f}{marker}")
+    print(f"sweep ended: {result.stopped_because}")
+    if args.json:
+        write_text_atomic(Path(args.json), json.dumps(result.to_dict(), indent=2))
+        print(f"curve written to {args.json}")
+    if result.suggestion is None:
+        print(
+            "no suggestion: the loss did not fall over the sweep; widen it (--start, --end) or "
+            "take more steps"
+        )
+        return 1
+    print(
+        f"suggested learning rate: {result.suggestion:.2e} (steepest descent; the minimum was "
+        f"at {result.min_loss_lr:.2e})"
+    )
+    if args.apply:
+        exp.train.lr = float(f"{result.suggestion:.3g}")
+        write_text_atomic(Path(args.experiment), exp.to_toml())
+        print(f"train.lr = {exp.train.lr:g} written to {args.experiment}")
+    else:
+        print(f"use it: --set train.lr={result.suggestion:.3g}, or run again with --apply")
+    return 0
+
+
+def _print_sweep(summary) -> None:
+    print(f"sweep {summary.name}: {summary.direction} val {summary.metric}")
+    print("  space: " + "; ".join(summary.space))
+    for t in summary.trials:
+        value = f"{t.value:.4f}" if t.value is not None else "-"
+        params = ", ".join(
+            f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+            for k, v in t.params.items()
+        )
+        note = f"  ({t.message})" if t.message else ""
+        print(f"  #{t.number:<3} {t.state:<9} {value:>8}  {params}  run {t.run_id or '-'}{note}")
+    if summary.importances:
+        print(
+            "  importance: "
+            + ", ".join(
+                f"{k} {v:.2f}"
+                for k, v in sorted(summary.importances.items(), key=lambda kv: -kv[1])
+            )
+        )
+    if summary.best is not None:
+        print(
+            f"best: trial #{summary.best.number}, val {summary.metric} {summary.best.value:.4f}, "
+            f"run {summary.best.run_id}"
+        )
+
+
+def cmd_sweep(args) -> int:
+    from transferstudio.core import experiment as X
+    from transferstudio.core.sweep import load_sweep, parse_space, run_sweep, summarize
+
+    host = _host()
+    workspace = _workspace(args)
+    if args.show:
+        study, _ = load_sweep(workspace, args.show, host)
+        _print_sweep(summarize(study))
+        return 0
+    exp = X.load(args.experiment, host.method_params, args.set) if args.experiment else None
+    name = args.name or (exp.name if exp is not None else None)
+    if name is None:
+        raise _usage("sweep needs an experiment file, or --name of a sweep to continue")
+    space = parse_space(exp, args.param) if exp is not None else None
+    timeout = args.timeout_min * 60 if args.timeout_min else None
+    stop = {"asked": False}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def ask_stop(signum, frame):
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print("\nstopping the sweep after this batch (Ctrl+C again to abort)...", file=sys.stderr)
+
+    def after_trial(summary) -> None:
+        t = summary.trials[-1]
+        value = f"{t.value:.4f}" if t.value is not None else "-"
+        best = summary.best.value if summary.best is not None else float("nan")
+        print(
+            f"trial #{t.number} {t.state.lower()}: val {summary.metric} {value} (best {best:.4f})"
+        )
+
+    signal.signal(signal.SIGINT, ask_stop)
+    try:
+        summary = run_sweep(
+            exp,
+            host,
+            workspace,
+            name,
+            trials=args.trials,
+            timeout_s=timeout,
+            space=space,
+            sampler=args.sampler,
+            pruner=args.pruner,
+            seed=args.seed,
+            on_trial=after_trial,
+            should_stop=lambda: stop["asked"],
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    _print_sweep(summary)
+    print(f"sweep ended: {summary.stopped_because}")
+    if summary.best is not None and summary.best.run_id:
+        from transferstudio.core.runs import RunStore
+
+        folder = Path(RunStore(workspace).get(summary.best.run_id).folder)
+        print(f"open the best trial: transferstudio gui {folder / 'experiment.toml'}")
+    return 130 if summary.stopped_because == "stopped by the user" else 0
+
+
 def cmd_demo(args) -> int:
     from transferstudio.core import experiment as X
     from transferstudio.core.demo import prepare_demo
@@ -410,6 +548,57 @@ def build_parser() -> argparse.ArgumentParser:
         "files 'stop' and 'pause' in CONTROL_DIR stop or pause it",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test: loss against exponentially rising learning rates, "
+        "and a suggested train.lr",
+    )
+    p.add_argument("experiment", help="experiment .toml file")
+    p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (1e-7)")
+    p.add_argument("--end", type=float, default=10.0, help="last learning rate (10)")
+    p.add_argument("--apply", action="store_true", help="write the suggestion into the file")
+    p.add_argument("--json", metavar="FILE", help="also write the curve as JSON")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set data.batch_size=16 (repeatable)",
+    )
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser(
+        "sweep",
+        help="hyperparameter search (Optuna): every trial is a run; the same command again "
+        "continues the sweep",
+    )
+    p.add_argument("experiment", nargs="?", help="experiment .toml file (to start a sweep)")
+    p.add_argument("--trials", type=int, help="finish this many trials (complete or pruned)")
+    p.add_argument("--timeout-min", type=float, help="stop starting trials after this time")
+    p.add_argument("--name", help="sweep name (default: the experiment's name)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY[=SPEC]",
+        help="a searched setting, e.g. train.lr, train.lr=1e-5:1e-1:log, "
+        "method.params.freeze_up_to=layer3,layer4 (repeatable; default: lr, weight decay and "
+        "the method's bounded parameters)",
+    )
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    p.add_argument("--pruner", choices=["median", "none"], default="median")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--show", metavar="NAME", help="print a sweep's trials and best trial")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the experiment (repeatable)",
+    )
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("gui", help="open the window (the default without a command)")
     p.add_argument("experiment", nargs="?", help="experiment .toml file (default: the demo)")

@@ -458,3 +458,17 @@ def test_the_predict_panel_takes_a_support_folder_for_a_few_shot_run(window, qtb
     }
     panel.clear_support_button.click()
     assert panel.support is None and not panel.clear_support_button.isEnabled()
+
+
+def test_the_learning_rate_finder_applies_its_suggestion_to_the_form(window, qtbot):
+    window.backbone_combo.setCurrentIndex(window.backbone_combo.findData("lenet"))
+    window.train_form.widgets["lr"].setValue(0.5)
+    window.act_lr_find.trigger()
+    dialog = window.lr_dialog
+    qtbot.waitUntil(lambda: dialog.result is not None, timeout=120_000)
+    assert dialog.result.suggestion is not None and dialog.apply_button.isEnabled()
+    dialog.apply_button.click()
+    expected = float(f"{dialog.result.suggestion:.3g}")
+    assert window.train_form.widgets["lr"].value() == pytest.approx(expected, abs=1e-6)
+    assert window.current_experiment().train.lr == pytest.approx(expected, abs=1e-6)
+    assert not (window.workspace / "runs").exists()  # the sweep wrote no run

@@ -844,28 +844,14 @@ class _Run:
         lr = self.optimizer.param_groups[0]["lr"]
         for i, batch in enumerate(batches):
             self._check_stop()
-            batch = self._to_device(batch)
-            lr = set_lr(
-                self.optimizer, lr_factor(self.step, total_steps, self.steps_per_epoch, exp.train)
-            )
-            with self._autocast():
-                out: StepOutput = self.method.training_step(batch, self.ctx)
-            loss_value = float(out.loss.detach())
-            if not np.isfinite(loss_value):
+            factor = lr_factor(self.step, total_steps, self.steps_per_epoch, exp.train)
+            out, loss_value, lr = self.optimizer_step(batch, factor)
+            if out is None:
                 raise NonFiniteLoss(
                     f"the loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; the run "
                     "stopped and the last good checkpoint is kept. Try a lower learning rate "
                     "(train.lr), gradient clipping (train.grad_clip) or fp32 precision"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
-            if exp.train.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, exp.train.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.step += 1
             n = out.targets.numel() if out.targets is not None else 1
             loss_sum += loss_value * n
             n_seen += n
@@ -887,6 +873,28 @@ class _Run:
         if counted:
             metrics["accuracy"] = correct / counted
         return metrics
+
+    def optimizer_step(self, batch: Any, factor: float) -> tuple[StepOutput | None, float, float]:
+        """One training step of the method on ``batch`` with every group's learning rate at
+        ``factor`` times its base: ``(output, loss, lr of the first group)``. A non-finite loss
+        is not stepped on: the output is then ``None`` (the caller says what that means)."""
+        batch = self._to_device(batch)
+        lr = set_lr(self.optimizer, factor)
+        with self._autocast():
+            out: StepOutput = self.method.training_step(batch, self.ctx)
+        loss_value = float(out.loss.detach())
+        if not np.isfinite(loss_value):
+            return None, loss_value, lr
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        if self.exp.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.exp.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return out, loss_value, lr
 
     def _evaluate(self, split: str):
         self.method.eval()

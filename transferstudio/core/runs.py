@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS runs (
     message TEXT,
     folder TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS run_tags (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
 CREATE TABLE IF NOT EXISTS epoch_metrics (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     epoch INTEGER NOT NULL,
@@ -172,6 +178,29 @@ class RunStore:
                     "UPDATE runs SET status=?, message=?, duration_s=? WHERE id=?",
                     (status, message, duration_s, run_id),
                 )
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Attach ``key = value`` labels to a run (its sweep and trial, the run a baseline is
+        for); a key set again is replaced."""
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO run_tags (run_id, key, value) VALUES (?, ?, ?)",
+                [(run_id, k, str(v)) for k, v in tags.items()],
+            )
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        """The labels of one run."""
+        with self._connect() as db:
+            rows = db.execute("SELECT key, value FROM run_tags WHERE run_id=?", (run_id,))
+            return dict(rows.fetchall())
+
+    def tagged(self, key: str, value: str | None = None) -> dict[str, str]:
+        """``{run id: value}`` of the runs carrying label ``key`` (with ``value``, if given)."""
+        query, args = "SELECT run_id, value FROM run_tags WHERE key=?", [key]
+        if value is not None:
+            query, args = query + " AND value=?", [key, value]
+        with self._connect() as db:
+            return dict(db.execute(query, args).fetchall())
 
     def get(self, run_id: str) -> RunRecord:
         """A run by id (or unique id prefix)."""

@@ -87,6 +87,7 @@ class MainWindow(QMainWindow):
         self._epochs = 1
         self._start_epoch = 0
         self._last_result = None
+        self.lr_dialog = None  # the learning-rate finder, while open
         self.setObjectName("MainWindow")
         self.setWindowTitle("TransferStudio")
         self.setDockNestingEnabled(True)
@@ -143,6 +144,9 @@ class MainWindow(QMainWindow):
         self.act_pause = self._action("action.pause", "&Pause", self.toggle_pause, "Ctrl+P")
         self.act_pause.setCheckable(True)
         self.act_stop = self._action("action.stop", "S&top", self.stop_run, "Ctrl+.")
+        self.act_lr_find = self._action(
+            "action.lr_find", "Find &learning rate...", self.find_learning_rate, "Ctrl+L"
+        )
         self.act_plugins = self._action("action.plugins", "&Plugins...", self.show_plugins)
         self.act_about = self._action("action.about", "&About TransferStudio", self.show_about)
         self.act_workspace = self._action(
@@ -164,6 +168,8 @@ class MainWindow(QMainWindow):
         run_menu = bar.addMenu("&Run")
         for action in (self.act_start, self.act_pause, self.act_stop):
             run_menu.addAction(action)
+        run_menu.addSeparator()
+        run_menu.addAction(self.act_lr_find)
         model_menu = bar.addMenu("&Model")
         model_menu.setObjectName("menu.model")
         for spec in self.host.exporters.values():
@@ -890,6 +896,24 @@ class MainWindow(QMainWindow):
             self.controller.start(worker)
             self.statusBar().showMessage("training ...")
 
+    def find_learning_rate(self) -> None:
+        """The learning-rate range test on the experiment as shown; Apply sets train.lr."""
+        from transferstudio.gui.lr_finder_dialog import LrFinderDialog
+
+        try:
+            exp = self.current_experiment()
+        except TransferStudioError as exc:
+            self.show_error("Cannot find a learning rate", str(exc))
+            return
+        self.lr_dialog = LrFinderDialog(exp, self.host, self.workspace, self)
+        self.lr_dialog.applied.connect(self._apply_learning_rate)
+        self.lr_dialog.open()
+        self.lr_dialog.start()
+
+    def _apply_learning_rate(self, lr: float) -> None:
+        self.train_form.widgets["lr"].setValue(lr)
+        self.statusBar().showMessage(f"train.lr = {lr:g} (from the learning-rate finder)")
+
     def toggle_pause(self) -> None:
         self.controller.pause(self.act_pause.isChecked())
 
@@ -1236,6 +1260,7 @@ class MainWindow(QMainWindow):
             error = "data.path: choose an image folder or CSV file"
         self.form_error.setText(error)
         self.act_start.setEnabled(not running and not error)
+        self.act_lr_find.setEnabled(not running and not error)
         self.act_pause.setEnabled(running)
         self.act_stop.setEnabled(running and self.controller.state != "stopping")
         if not running:

@@ -1,0 +1,465 @@
+"""Hyperparameter search over an experiment, on Optuna.
+
+A sweep is an Optuna study kept in the workspace (``sweeps.sqlite``, Optuna's own SQLite
+storage); every trial is an ordinary run in the run store, tagged with its sweep and trial
+number. The search space comes from the settings dataclasses: a key such as ``train.lr`` or
+``method.params.temperature`` takes its range or choices from the field's ``param(min=, max=,
+choices=)``, unless the user gives one. Samplers: TPE or random; bad trials are pruned on their
+validation metric after each epoch (median rule). The budget is a number of finished trials,
+a time, or both. Running the same sweep again continues it: a trial that was interrupted (the
+process killed, or Stop) is tried again with the same parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferstudio.api import ExperimentError, TransferStudioError
+from transferstudio.core import events as E
+from transferstudio.core import params as P
+from transferstudio.core.experiment import SECTIONS, Experiment, from_mapping, load_toml_text
+from transferstudio.core.plugins import PluginHost
+from transferstudio.core.runs import RunStore
+
+STORAGE_FILE = "sweeps.sqlite"
+LOWER_IS_BETTER = {"loss"}
+DEFAULT_KEYS = ("train.lr", "train.weight_decay")
+# Sensible ranges where the field's own bounds are too wide to search (lr may be 0..10).
+DEFAULT_RANGES = {"train.lr": (1e-5, 1e-1), "train.weight_decay": (1e-6, 1e-1)}
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched setting: a float or int range (``log`` for a log-uniform one) or choices."""
+
+    key: str
+    kind: str  # float | int | choice
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial) -> Any:
+        """Draw this setting for an Optuna trial."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"{self.key} in {{{', '.join(map(str, self.choices))}}}"
+        scale = " (log)" if self.log else ""
+        return f"{self.key} in [{self.low:g}, {self.high:g}]{scale}"
+
+
+def _field(exp: Experiment, key: str) -> P.FieldInfo:
+    parts = key.split(".")
+    if len(parts) == 3 and parts[:2] == ["method", "params"]:
+        cls = type(exp.method_params)
+    elif len(parts) == 2 and parts[0] in SECTIONS:
+        cls = SECTIONS[parts[0]]
+    else:
+        raise ExperimentError(
+            "cannot be searched: name a setting as SECTION.KEY (train.lr) or method.params.KEY",
+            key,
+        )
+    for info in P.fields_of(cls):
+        if info.name == parts[-1]:
+            return info
+    names = ", ".join(f.name for f in P.fields_of(cls))
+    raise ExperimentError(f"no such setting; {'.'.join(parts[:-1])} has: {names}", key)
+
+
+def dimension(exp: Experiment, key: str, spec: str = "") -> Dimension:
+    """The search dimension of setting ``key``: from ``spec`` ("LOW:HIGH", "LOW:HIGH:log" or
+    "a,b,c") when given, else from the field's bounds or choices."""
+    info = _field(exp, key)
+    if spec and ":" not in spec:
+        values = [v.strip() for v in spec.split(",") if v.strip()]
+        return Dimension(key, "choice", choices=tuple(_coerce(info, v, key) for v in values))
+    if info.kind is bool:
+        return Dimension(key, "choice", choices=(False, True))
+    if info.choices and not spec:
+        return Dimension(key, "choice", choices=tuple(info.choices))
+    if info.kind not in (int, float):
+        raise ExperimentError(
+            f"is a {info.kind.__name__} setting without choices: give them, e.g. {key}=a,b",
+            key,
+        )
+    if spec:
+        low_text, _, rest = spec.partition(":")
+        high_text, _, scale = rest.partition(":")
+        try:
+            low, high = float(low_text), float(high_text)
+        except ValueError:
+            raise ExperimentError(f"range {spec!r}: write LOW:HIGH, e.g. 1e-5:1e-1", key) from None
+        log = scale.strip() == "log"
+    else:
+        low, high = DEFAULT_RANGES.get(key, (info.min, info.max))
+        if low is None or high is None:
+            raise ExperimentError(f"has no range in its definition: give one, e.g. {key}=0:10", key)
+        log = info.kind is float and low > 0 and high / low >= 100
+    if info.min is not None and low < info.min or info.max is not None and high > info.max:
+        raise ExperimentError(
+            f"range {low:g}..{high:g} leaves the setting's limits {info.min}..{info.max}", key
+        )
+    if not low < high or (log and low <= 0):
+        raise ExperimentError(
+            f"range {low:g}..{high:g} is empty" + (" or not positive (log)" if log else ""), key
+        )
+    if info.kind is int:
+        return Dimension(key, "int", int(low), int(high), log)
+    return Dimension(key, "float", low, high, log)
+
+
+def _coerce(info: P.FieldInfo, text: str, key: str) -> Any:
+    try:
+        if info.kind is bool:
+            return {"true": True, "false": False}[text.lower()]
+        return info.kind(text)
+    except (ValueError, KeyError):
+        raise ExperimentError(f"{text!r} is not a {info.kind.__name__}", key) from None
+
+
+def default_space(exp: Experiment) -> list[Dimension]:
+    """``train.lr`` and ``train.weight_decay`` (log-uniform), and every method parameter that
+    declares choices, is a switch, or has both bounds."""
+    space = [dimension(exp, key) for key in DEFAULT_KEYS]
+    for info in P.fields_of(type(exp.method_params)):
+        key = f"method.params.{info.name}"
+        if (
+            info.kind is bool
+            or info.choices
+            or (info.kind in (int, float) and info.min is not None and info.max is not None)
+        ):
+            space.append(dimension(exp, key))
+    return space
+
+
+def parse_space(exp: Experiment, items: Sequence[str]) -> list[Dimension]:
+    """``KEY`` or ``KEY=SPEC`` items (the CLI's ``--param``); empty: :func:`default_space`."""
+    if not items:
+        return default_space(exp)
+    space = []
+    for item in items:
+        key, _, spec = item.partition("=")
+        space.append(dimension(exp, key.strip(), spec.strip()))
+    return space
+
+
+def with_params(exp: Experiment, host: PluginHost, params: dict[str, Any]) -> Experiment:
+    """A copy of ``exp`` with ``params`` (dotted keys) set, validated like a file."""
+    raw = exp.to_dict()
+    for key, value in params.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_mapping(raw, host.method_params, exp.base_dir, "sweep trial")
+
+
+@dataclass
+class TrialSummary:
+    """One trial as the table shows it."""
+
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    value: float | None
+    params: dict[str, Any]
+    run_id: str | None
+    message: str = ""
+
+
+@dataclass
+class SweepSummary:
+    """A sweep's trials, its best trial and the parameter importances."""
+
+    name: str
+    metric: str
+    direction: str  # maximize | minimize
+    space: list[str]
+    trials: list[TrialSummary] = field(default_factory=list)
+    best: TrialSummary | None = None
+    importances: dict[str, float] = field(default_factory=dict)
+    stopped_because: str = ""
+
+    def best_so_far(self) -> list[tuple[int, float]]:
+        """``(trial number, best value up to it)`` over finished trials, for the curve."""
+        out, best = [], None
+        better = max if self.direction == "maximize" else min
+        for t in sorted(self.trials, key=lambda t: t.number):
+            if t.state == "COMPLETE" and t.value is not None:
+                best = t.value if best is None else better(best, t.value)
+                out.append((t.number, best))
+        return out
+
+
+class _TrialState:
+    """The engine's RunState for one trial: reports each epoch's validation metric to Optuna
+    and stops the run when the pruner says so, or when the sweep is asked to stop."""
+
+    def __init__(self, trial, metric: str, store: RunStore, sweep: str, forward=None,
+                 should_stop: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        self.trial, self.metric, self.store, self.sweep = trial, metric, store, sweep
+        self.forward = forward
+        self.should_stop = should_stop
+        self.pruned = False
+        self.stop = False
+        self.run_id: str | None = None
+
+    def stop_requested(self) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            self.stop = True
+        return self.stop or self.pruned
+
+    def pause_requested(self) -> bool:
+        return False
+
+    def emit(self, event: Any) -> None:
+        if isinstance(event, E.RunStarted):
+            self.run_id = event.run_id
+            self.trial.set_user_attr("run_id", event.run_id)
+            self.store.set_tags(
+                event.run_id, {"sweep": self.sweep, "trial": str(self.trial.number)}
+            )
+        elif isinstance(event, E.EpochEnded):
+            value = event.val.get(self.metric)
+            if value is not None and math.isfinite(value):
+                self.trial.report(value, event.epoch)
+                if self.trial.should_prune():
+                    self.pruned = True
+        if self.forward is not None:
+            self.forward(event)
+
+
+def _storage(workspace: Path):
+    import optuna
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{workspace / STORAGE_FILE}")
+
+
+def _sampler(kind: str, seed: int):
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    raise ExperimentError(f"unknown sampler {kind!r}; use tpe or random", "sampler")
+
+
+def _pruner(kind: str):
+    import optuna
+
+    if kind == "median":
+        # Two finished trials before anything is pruned, and never on the first epoch.
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ExperimentError(f"unknown pruner {kind!r}; use median or none", "pruner")
+
+
+def sweep_names(workspace: str | Path) -> list[str]:
+    """The sweeps of a workspace, oldest first."""
+    import optuna
+
+    if not (Path(workspace) / STORAGE_FILE).exists():
+        return []
+    return [s.study_name for s in optuna.get_all_study_summaries(_storage(Path(workspace)))]
+
+
+def load_sweep(workspace: str | Path, name: str, host: PluginHost) -> tuple[Any, Experiment]:
+    """The Optuna study of sweep ``name`` and the experiment it searches over."""
+    import optuna
+
+    if name not in sweep_names(workspace):
+        known = ", ".join(sweep_names(workspace)) or "none yet"
+        raise TransferStudioError(f"no sweep named {name!r} in {workspace}; sweeps: {known}")
+    study = optuna.load_study(study_name=name, storage=_storage(Path(workspace)))
+    attrs = study.user_attrs
+    raw = load_toml_text(attrs["experiment"], f"sweep {name}")
+    exp = from_mapping(raw, host.method_params, attrs.get("base_dir", "."), f"sweep {name}")
+    return study, exp
+
+
+def summarize(study, exp: Experiment | None = None) -> SweepSummary:
+    """The trials, best trial and importances of a study."""
+    import optuna
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    summary = SweepSummary(
+        study.study_name,
+        attrs.get("metric", "accuracy"),
+        study.direction.name.lower(),
+        list(attrs.get("space", [])),
+    )
+    for t in study.get_trials(deepcopy=False):
+        summary.trials.append(
+            TrialSummary(
+                t.number,
+                t.state.name,
+                t.value if t.state == TrialState.COMPLETE else None,
+                dict(t.params),
+                t.user_attrs.get("run_id") or attrs.get(f"run_id_{t.number}"),
+                t.user_attrs.get("message", ""),
+            )
+        )
+    complete = [t for t in summary.trials if t.state == "COMPLETE" and t.value is not None]
+    if complete:
+        pick = max if summary.direction == "maximize" else min
+        summary.best = pick(complete, key=lambda t: t.value)
+    if len(complete) >= 2:
+        import warnings
+
+        try:
+            # Optuna's default (PED-ANOVA) warns that all importances are equal while too few
+            # trials separate good from bad; they are shown as they are.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                summary.importances = dict(optuna.importance.get_param_importances(study))
+        except (RuntimeError, ValueError):  # parameters without variation yet
+            summary.importances = {}
+    return summary
+
+
+def run_sweep(
+    exp: Experiment | None,
+    host: PluginHost,
+    workspace: str | Path,
+    name: str,
+    trials: int | None = None,
+    timeout_s: float | None = None,
+    space: Sequence[Dimension] | None = None,
+    sampler: str = "tpe",
+    pruner: str = "median",
+    seed: int = 0,
+    on_event: Callable[[Any], None] | None = None,
+    on_trial: Callable[[SweepSummary], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SweepSummary:
+    """Run (or continue) sweep ``name`` until ``trials`` trials have finished (complete or
+    pruned), ``timeout_s`` has passed, or ``should_stop()``. ``exp`` and ``space`` start a new
+    sweep; an existing sweep continues with its own (``exp`` may then be ``None``).
+    ``on_event`` receives every run's engine events; ``on_trial`` the summary after each trial.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from transferstudio.core.engine import run_experiment
+
+    if trials is None and timeout_s is None:
+        raise ExperimentError("give a budget: a number of trials, a time, or both", "trials")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    workspace = Path(workspace)
+    store = RunStore(workspace)
+    if name in sweep_names(workspace):
+        study, exp = load_sweep(workspace, name, host)
+        space = [Dimension(**d) for d in study.user_attrs["dimensions"]]
+        # The sampler and pruner are not stored by Optuna; they are rebuilt with a seed moved
+        # on by the trials so far, so a random sampler does not repeat its first draws.
+        seed += len(study.trials)
+        study = optuna.load_study(
+            study_name=name,
+            storage=_storage(workspace),
+            sampler=_sampler(study.user_attrs.get("sampler", sampler), seed),
+            pruner=_pruner(study.user_attrs.get("pruner", pruner)),
+        )
+        _requeue_interrupted(study, store, exp.name)
+    else:
+        if exp is None:
+            raise TransferStudioError(f"no sweep named {name!r}: give an experiment to start it")
+        space = list(space) if space else default_space(exp)
+        metric = exp.train.early_stopping_metric
+        study = optuna.create_study(
+            study_name=name,
+            storage=_storage(workspace),
+            direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
+            sampler=_sampler(sampler, seed),
+            pruner=_pruner(pruner),
+        )
+        study.set_user_attr("experiment", exp.to_toml(comments=False))
+        study.set_user_attr("base_dir", exp.base_dir)
+        study.set_user_attr("metric", metric)
+        study.set_user_attr("sampler", sampler)
+        study.set_user_attr("pruner", pruner)
+        study.set_user_attr("space", [d.describe() for d in space])
+        study.set_user_attr(
+            "dimensions", [d.__dict__ | {"choices": list(d.choices)} for d in space]
+        )
+    metric = study.user_attrs["metric"]
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    stopped = ""
+    while True:
+        done = len(study.get_trials(deepcopy=False, states=finished_states))
+        if trials is not None and done >= trials:
+            stopped = f"{done} trials finished"
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            stopped = f"the time budget ({timeout_s:g} s) is spent"
+            break
+        if should_stop is not None and should_stop():
+            stopped = "stopped by the user"
+            break
+        trial = study.ask()
+        params = {d.key: d.suggest(trial) for d in space}
+        trial_exp = with_params(exp, host, params)
+        trial_exp.name = _trial_run_name(exp.name, name, trial.number)
+        state = _TrialState(trial, metric, store, name, on_event, should_stop)
+        result = run_experiment(trial_exp, host, state, workspace)
+        if state.pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            store.set_status(result.run_id, "pruned", "pruned by the sweep (median rule)")
+        elif result.status == "completed" and result.best_metric is not None:
+            study.tell(trial, result.best_metric)
+        else:
+            trial.set_user_attr("message", result.message or result.status)
+            if result.status == "cancelled":
+                trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=TrialState.FAIL)
+        if on_trial is not None:
+            on_trial(summarize(study))
+    summary = summarize(study)
+    summary.stopped_because = stopped
+    return summary
+
+
+def _trial_run_name(experiment: str, sweep: str, number: int) -> str:
+    return f"{experiment}-{sweep}-t{number}"
+
+
+def _requeue_interrupted(study, store: RunStore, experiment: str) -> None:
+    """Trials a killed process left running, and trials stopped by the user, are tried again
+    with the same parameters; runs of killed trials are marked cancelled (resumable)."""
+    from optuna.trial import TrialState
+
+    requeued = set(study.user_attrs.get("requeued", []))
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study.tell(t.number, state=TrialState.FAIL)
+        run_id = t.user_attrs.get("run_id")
+        if run_id is None:  # killed before its run reported its id: found by its name
+            wanted = _trial_run_name(experiment, study.study_name, t.number)
+            run_id = next((r.id for r in store.list() if r.name == wanted), None)
+            if run_id is not None:
+                study.set_user_attr(f"run_id_{t.number}", run_id)
+                store.set_tags(run_id, {"sweep": study.study_name, "trial": str(t.number)})
+        if run_id is not None:
+            store.set_status(run_id, "cancelled", "its sweep was interrupted")
+    stale_numbers = {t.number for t in stale}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        interrupted = t.user_attrs.get("interrupted") or t.number in stale_numbers
+        if interrupted and t.number not in requeued:
+            study.enqueue_trial(dict(t.params), skip_if_exists=False)
+            requeued.add(t.number)
+    study.set_user_attr("requeued", sorted(requeued))
