@@ -7,7 +7,7 @@ error types whose messages are shown to users.
 
 A plugin module declares the API version it was written for::
 
-    TRANSFERSTUDIO_API_VERSION = "1.2"
+    TRANSFERSTUDIO_API_VERSION = "1.3"
 
 The host accepts a plugin when the major versions match and the plugin's minor version is not
 newer than the host's (:func:`is_compatible`). This module does not import torch, so listing
@@ -66,7 +66,7 @@ __all__ = [
     "parse_unfreeze_schedule",
 ]
 
-API_VERSION = "1.2"
+API_VERSION = "1.3"
 """Version of this API. Minor bumps only add; a major bump may remove or change.
 
 1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
@@ -79,7 +79,10 @@ API_VERSION = "1.2"
 learn no fixed classes (few-shot) predict the classes of a support folder given at prediction
 time; the bundle entry names ``BUNDLE_WEIGHTS_ENTRY``, ``BUNDLE_MANIFEST_ENTRY``; and
 ``BackboneSpec.packaged_weights`` (pretrained weights shipped with the plugin) and
-``DatasetSpec.write_example`` (a small example of a data format, for the test kit)."""
+``DatasetSpec.write_example`` (a small example of a data format, for the test kit).
+
+1.3 added ``MethodSpec.baseline``: the method that trains the same model without this method's
+transfer, for the transfer-gain baseline (``transferstudio baseline``)."""
 
 ROLE_LABELED = "labeled"
 """Labeled images from ``data.path`` (class folders or CSV), split train/val/test."""
@@ -549,12 +552,19 @@ class MethodSpec:
     data_roles: tuple[str, ...] = (ROLE_LABELED,)
     optional_roles: tuple[str, ...] = ()
     support_set: bool = False
+    """(API 1.2) The method learns no fixed classes: its predictor classifies the classes of a
+    support set given at prediction time (``transferstudio predict --support FOLDER``), through
+    :meth:`TransferMethod.classifier_from_support`. Its runs are not reloaded as classifiers of
+    their training classes (as teachers, say)."""
     distributed: bool = False
     """(API 1.2) The method trains correctly in several processes (``torchrun``): the engine
     applies DistributedDataParallel to its trainable modules and shards the train batches, so
     every trainable module must be called through its own ``forward`` in each step and no
     state may depend on seeing the whole epoch. Other methods are refused under torchrun."""
-    """(API 1.2) The method learns no fixed classes: its predictor classifies the classes of a
-    support set given at prediction time (``transferstudio predict --support FOLDER``), through
-    :meth:`TransferMethod.classifier_from_support`. Its runs are not reloaded as classifiers of
-    their training classes (as teachers, say)."""
+    baseline: str | None = None
+    """(API 1.3) What the transfer-gain baseline of a run of this method is. ``None``: the
+    same experiment from random initialisation (``model.weights = "none"``), which measures
+    what the pretrained weights bring. A method id: the same model and weights trained with
+    that method instead (its parameters at their defaults, except those both methods share),
+    which measures what this method brings over it: domain adaptation against source-only
+    fine-tuning, distillation against the student trained alone."""

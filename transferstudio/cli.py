@@ -399,6 +399,11 @@ def cmd_runs(args) -> int:
             from transferstudio.console import final_table
 
             print(final_table(report))
+        from transferstudio.core.baseline import gains
+
+        gain = gains(store).get(record.id)
+        if gain is not None:
+            print(f"transfer gain: {gain.describe()} (baseline run {gain.baseline_id})")
         metrics = store.epoch_metrics(record.id)
         if metrics.get("val"):
             print(
@@ -419,15 +424,48 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {store.workspace} yet; try 'transferstudio demo'")
         return 0
+    from transferstudio.core.baseline import gains
+
+    found = gains(store)
     print(
-        f"{'id':40} {'status':10} {'backbone':16} {'method':16} {'best':>8} {'epochs':>6} {'time':>8}"
+        f"{'id':40} {'status':10} {'backbone':16} {'method':16} {'best':>8} {'epochs':>6} "
+        f"{'time':>8}  transfer gain"
     )
     for r in runs:
         best = f"{r.best_metric:.4f}" if r.best_metric is not None else "-"
+        gain = found[r.id].describe() if r.id in found else ""
         print(
             f"{r.id:40} {r.status:10} {r.backbone:16} {r.method:16} {best:>8} "
-            f"{r.epochs_done:>6} {r.duration_s:>7.1f}s"
+            f"{r.epochs_done:>6} {r.duration_s:>7.1f}s  {gain}".rstrip()
         )
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    from transferstudio.console import ConsoleProgress
+    from transferstudio.core import experiment as X
+    from transferstudio.core.baseline import baseline_experiment, differences, run_baseline
+    from transferstudio.core.runs import RunStore
+
+    host = _host()
+    workspace = _workspace(args)
+    record = RunStore(workspace).get(args.run)
+    exp = X.load(Path(record.folder) / "experiment.toml", host.method_params)
+    baseline, what = baseline_experiment(exp, host)
+    changed = ", ".join(
+        f"{k}: {a!r} -> {b!r}" for k, (a, b) in differences(exp, baseline).items() if k != "name"
+    )
+    print(f"baseline of run {record.id}: {what} (changed: {changed or 'nothing else'})")
+    result, gain = run_baseline(record.id, host, workspace, ConsoleProgress())
+    print(f"baseline run: {result.run_id} ({result.status})")
+    if gain is None:
+        print(f"no transfer gain: the baseline run is {result.status}")
+        return 1
+    print(f"{'':24} {'transfer':>10} {'baseline':>10} {'gain':>8}")
+    print(
+        f"{gain.split + ' ' + gain.metric:24} {gain.transfer_value:10.4f} "
+        f"{gain.baseline_value:10.4f} {gain.gain:+8.4f}"
+    )
     return 0
 
 
@@ -599,6 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a setting of the experiment (repeatable)",
     )
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "baseline",
+        help="transfer gain: re-run a run's experiment without the transfer (random init; "
+        "source-only for domain adaptation; the student alone for distillation) and compare",
+    )
+    p.add_argument("run", help="run id (or unique prefix) of a completed run")
+    p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("gui", help="open the window (the default without a command)")
     p.add_argument("experiment", nargs="?", help="experiment .toml file (default: the demo)")

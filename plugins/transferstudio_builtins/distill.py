@@ -498,4 +498,5 @@ DISTILL = MethodSpec(
     params=DistillParams,
     factory=Distill,
     data_roles=(ROLE_LABELED,),
+    baseline="fine-tune",  # the student trained alone, without the teacher
 )

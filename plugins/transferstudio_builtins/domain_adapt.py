@@ -408,6 +408,7 @@ DAN = MethodSpec(
     factory=Dan,
     data_roles=(ROLE_LABELED, ROLE_UNLABELED_TARGET),
     optional_roles=(ROLE_LABELED_TARGET,),
+    baseline="fine-tune",  # source only: the same backbone, no adaptation
 )
 
 DANN = MethodSpec(
@@ -418,4 +419,5 @@ DANN = MethodSpec(
     factory=Dann,
     data_roles=(ROLE_LABELED, ROLE_UNLABELED_TARGET),
     optional_roles=(ROLE_LABELED_TARGET,),
+    baseline="fine-tune",  # source only: the same backbone, no adaptation
 )

@@ -472,3 +472,37 @@ def test_the_learning_rate_finder_applies_its_suggestion_to_the_form(window, qtb
     assert window.train_form.widgets["lr"].value() == pytest.approx(expected, abs=1e-6)
     assert window.current_experiment().train.lr == pytest.approx(expected, abs=1e-6)
     assert not (window.workspace / "runs").exists()  # the sweep wrote no run
+
+
+def _run_to_end(window, qtbot, start):
+    start()
+    with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000) as blocker:
+        pass
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    return blocker.args[0]
+
+
+def _select_run(window, run_id):
+    window.runs_table.clearSelection()
+    window.runs_table.selectRow([r.id for r in window.run_records].index(run_id))
+
+
+def test_transfer_gain_runs_the_baseline_and_shows_the_gain(window, qtbot, monkeypatch):
+    window.backbone_combo.setCurrentIndex(window.backbone_combo.findData("lenet"))
+    source = _run_to_end(window, qtbot, window.start_run)  # from random initialisation
+    _select_run(window, source.run_id)
+    monkeypatch.setattr(window, "show_error", lambda title, text, details="": errors.append(text))
+    errors: list[str] = []
+    window.run_selected_baseline()
+    assert errors and "already starts from random initialisation" in errors[0]
+    window._set_weights(str(source.folder))  # pretrained on the task: the transfer
+    transfer = _run_to_end(window, qtbot, window.start_run)
+    _select_run(window, transfer.run_id)
+    baseline = _run_to_end(window, qtbot, window.run_selected_baseline)
+    from transferstudio.core.runs import RunStore
+
+    assert RunStore(window.workspace).tags(baseline.run_id)["baseline_of"] == transfer.run_id
+    row = [r.id for r in window.run_records].index(transfer.run_id)
+    text = window.runs_table.item(row, 7).text()
+    assert text.endswith("over random initialisation") and text[0] in "+-", text
+    assert window.run_gains[transfer.run_id].baseline_id == baseline.run_id

@@ -363,9 +363,18 @@ class MainWindow(QMainWindow):
     def _build_runs_dock(self) -> None:
         panel = QWidget()
         layout = QVBoxLayout(panel)
-        self.runs_table = named(QTableWidget(0, 7), "runs.table", "run history")
+        self.runs_table = named(QTableWidget(0, 8), "runs.table", "run history")
         self.runs_table.setHorizontalHeaderLabels(
-            ["date", "name", "backbone", "method", "best val", "duration", "status"]
+            [
+                "date",
+                "name",
+                "backbone",
+                "method",
+                "best val",
+                "duration",
+                "status",
+                "transfer gain",
+            ]
         )
         self.runs_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.runs_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -378,6 +387,7 @@ class MainWindow(QMainWindow):
         for name, text, slot in (
             ("runs.refresh", "Refresh", self.refresh_runs),
             ("runs.open", "Open experiment", self.open_selected_run),
+            ("runs.baseline", "Transfer gain", self.run_selected_baseline),
             ("runs.delete", "Delete...", self.delete_selected_runs),
         ):
             button = named(QPushButton(text), name)
@@ -868,18 +878,21 @@ class MainWindow(QMainWindow):
         except TransferStudioError as exc:
             self.show_error("Cannot start", str(exc))
             return
+        self._start(exp)
+
+    def _start(self, exp: X.Experiment, tags: dict[str, str] | None = None) -> None:
         self.curves.clear()
         self.log_view.clear()
         self.epoch_bar.setValue(0)
         self.batch_bar.setValue(0)
         self._run_started_at = time.monotonic()
-        processes = self.processes.value() if self.processes.isEnabled() else 1
+        processes = self.processes.value() if self.processes.isEnabled() and not tags else 1
         if processes > 1:
             from transferstudio.gui.process_run import ProcessRun
 
             worker = ProcessRun(exp, self.workspace, processes)
         else:
-            worker = RunWorker(exp, self.host, self.workspace)
+            worker = RunWorker(exp, self.host, self.workspace, tags=tags)
         worker.run_started.connect(self._on_run_started)
         worker.batches_ended.connect(self._on_batches)
         worker.epoch_ended.connect(self._on_epoch)
@@ -1065,12 +1078,16 @@ class MainWindow(QMainWindow):
         self.gallery_label.setText(f"cannot show the misclassified images: {message}")
 
     def refresh_runs(self) -> None:
+        from transferstudio.core.baseline import gains
         from transferstudio.core.runs import RunStore
 
-        self.run_records = RunStore(self.workspace).list()
+        store = RunStore(self.workspace)
+        self.run_records = store.list()
+        self.run_gains = gains(store)
         self.runs_table.setRowCount(len(self.run_records))
         for r, rec in enumerate(self.run_records):
             best = f"{rec.best_metric:.4f}" if rec.best_metric is not None else "-"
+            gain = self.run_gains.get(rec.id)
             values = [
                 rec.created.replace("T", " "),
                 rec.name,
@@ -1079,11 +1096,35 @@ class MainWindow(QMainWindow):
                 best,
                 f"{rec.duration_s:.0f} s",
                 rec.status,
+                gain.describe() if gain is not None else "",
             ]
             for c, value in enumerate(values):
                 item = QTableWidgetItem(value)
                 item.setData(Qt.ItemDataRole.UserRole, rec.id)
                 self.runs_table.setItem(r, c, item)
+
+    def run_selected_baseline(self) -> None:
+        """Run the transfer-gain baseline of the selected run in the window; when it completes,
+        the runs table shows the gain on the original run's row."""
+        from transferstudio.core.baseline import BASELINE_KIND, BASELINE_OF, baseline_experiment
+
+        ids = self._selected_run_ids()
+        if len(ids) != 1 or self.controller.running:
+            self.statusBar().showMessage("select one completed run (and no run in progress)")
+            return
+        record = next(r for r in self.run_records if r.id == ids[0])
+        try:
+            if record.status != "completed":
+                raise TransferStudioError(
+                    f"run {record.id} is {record.status}: a transfer gain compares completed runs"
+                )
+            exp = X.load(Path(record.folder) / "experiment.toml", self.host.method_params)
+            baseline, what = baseline_experiment(exp, self.host)
+        except TransferStudioError as exc:
+            self.show_error("Cannot measure the transfer gain", str(exc))
+            return
+        self._start(baseline, {BASELINE_OF: record.id, BASELINE_KIND: what})
+        self.statusBar().showMessage(f"baseline of {record.id}: {what} ...")
 
     def _selected_run_ids(self) -> list[str]:
         rows = sorted({i.row() for i in self.runs_table.selectedIndexes()})

@@ -70,12 +70,20 @@ class RunSignals(QObject):
 class RunWorker(RunSignals):
     """Runs one experiment in a QThread; signals are named for what happened."""
 
-    def __init__(self, experiment, host, workspace: Path, resume: str | None = None) -> None:
+    def __init__(
+        self,
+        experiment,
+        host,
+        workspace: Path,
+        resume: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.experiment = experiment
         self.host = host
         self.workspace = Path(workspace)
         self.resume = resume
+        self.tags = tags or {}  # labels for the run store (e.g. the run a baseline is for)
         self.wants_layer_stats = True  # the engine then emits weight drift and gradient norms
         self._stop = threading.Event()
         self._pause = threading.Event()
@@ -89,6 +97,10 @@ class RunWorker(RunSignals):
         return self._pause.is_set()
 
     def emit(self, event: Any) -> None:
+        if self.tags and isinstance(event, E.RunStarted):
+            from transferstudio.core.runs import RunStore
+
+            RunStore(self.workspace).set_tags(event.run_id, self.tags)
         self.dispatch(event)
 
     # -- control (called from the GUI thread) ------------------------------------------------
