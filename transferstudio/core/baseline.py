@@ -78,7 +78,11 @@ class Gain:
         return -difference if self.metric in LOWER_IS_BETTER else difference
 
     def describe(self) -> str:
-        return f"{self.gain:+.4f} {self.split} {self.metric} over {self.baseline}"
+        """E.g. ``0.9125 vs 0.5500: +0.3625 test accuracy over random initialisation``."""
+        return (
+            f"{self.transfer_value:.4f} vs {self.baseline_value:.4f}: {self.gain:+.4f} "
+            f"{self.split} {self.metric} over {self.baseline}"
+        )
 
 
 def headline(report: dict[str, Any]) -> tuple[str, str, float] | None:

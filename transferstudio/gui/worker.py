@@ -190,6 +190,9 @@ class RunController(QObject):
         # thread waits for this thread (closing the window during a run).
         worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
         worker.errored.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
+        # Deleted by its own thread as it ends (Qt's pattern): a deleteLater() called later
+        # from the GUI thread would be queued to a thread that no longer runs an event loop.
+        self.thread.finished.connect(worker.deleteLater)
         self.thread.finished.connect(self._cleanup)
         self._set_state("running")
         self.thread.start()
@@ -198,7 +201,7 @@ class RunController(QObject):
         if self.thread is not None:
             self.thread.wait()
             self.thread.deleteLater()
-        if self.worker is not None:
+        elif self.worker is not None:  # a ProcessRun lives in this thread
             self.worker.deleteLater()
         self.thread = None
         self.worker = None
