@@ -101,6 +101,7 @@ class MainWindow(QMainWindow):
         self._build_runs_dock()
         self._build_evaluation_dock()
         self._build_predict_dock()
+        self._build_sweeps_dock()
         self._arrange_default_layout()
         self._build_menus()
         self.statusBar().showMessage("ready")
@@ -190,6 +191,7 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(dock["dock.data"], dock["dock.model"])
         self.tabifyDockWidget(dock["dock.runs"], dock["dock.evaluation"])
         self.tabifyDockWidget(dock["dock.evaluation"], dock["dock.predict"])
+        self.tabifyDockWidget(dock["dock.predict"], dock["dock.sweeps"])
         dock["dock.data"].raise_()
         dock["dock.runs"].raise_()
         # The live curves get most of the height; the runs table and its comparison plot take
@@ -198,6 +200,17 @@ class MainWindow(QMainWindow):
         self.resizeDocks(
             [dock["dock.data"], dock["dock.method"]], [340, 320], Qt.Orientation.Horizontal
         )
+
+    def _build_sweeps_dock(self) -> None:
+        from transferstudio.gui.sweep_panel import SweepPanel
+
+        self.sweep_panel = SweepPanel(self.host, self.workspace, self.current_experiment)
+        self.sweep_panel.open_experiment.connect(self._open_sweep_trial)
+        self.sweep_panel.sweep_ended.connect(self.refresh_runs)
+        self._dock("sweeps", "Sweeps", self.sweep_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+
+    def _open_sweep_trial(self, path: str) -> None:
+        self.open_file(Path(path))
 
     def _dock(self, name: str, title: str, widget: QWidget, area) -> QDockWidget:
         dock = QDockWidget(title, self)
@@ -1319,6 +1332,17 @@ class MainWindow(QMainWindow):
         )
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        if self.sweep_panel.running:
+            answer = QMessageBox.question(
+                self,
+                "A sweep is in progress",
+                "Stop the sweep and quit? Its finished trials are kept; Start continues it "
+                "later, retrying the interrupted trial.",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+            self.sweep_panel.stop_and_wait()
         if self.controller.running:
             answer = QMessageBox.question(
                 self,
