@@ -121,6 +121,7 @@ def cmd_run(args) -> int:
 
 def cmd_lr_find(args) -> int:
     from transferstudio.core import experiment as X
+    from transferstudio.core import params as P
     from transferstudio.core.atomic import write_text_atomic
     from transferstudio.core.lr_finder import find_lr
 
@@ -162,9 +163,13 @@ def cmd_lr_find(args) -> int:
         f"at {result.min_loss_lr:.2e})"
     )
     if args.apply:
-        exp.train.lr = float(f"{result.suggestion:.3g}")
-        write_text_atomic(Path(args.experiment), exp.to_toml())
-        print(f"train.lr = {exp.train.lr:g} written to {args.experiment}")
+        # The file as it is (without --set overrides), with only train.lr changed, kept within
+        # the setting's limits.
+        saved = X.load(args.experiment, host.method_params)
+        limits = next(f for f in P.fields_of(type(saved.train)) if f.name == "lr")
+        saved.train.lr = min(max(float(f"{result.suggestion:.3g}"), limits.min), limits.max)
+        write_text_atomic(Path(args.experiment), saved.to_toml())
+        print(f"train.lr = {saved.train.lr:g} written to {args.experiment}")
     else:
         print(f"use it: --set train.lr={result.suggestion:.3g}, or run again with --apply")
     return 0
@@ -210,7 +215,7 @@ def cmd_sweep(args) -> int:
     name = args.name or (exp.name if exp is not None else None)
     if name is None:
         raise _usage("sweep needs an experiment file, or --name of a sweep to continue")
-    space = parse_space(exp, args.param) if exp is not None else None
+    space = parse_space(exp, args.param) if exp is not None and args.param else None
     timeout = args.timeout_min * 60 if args.timeout_min else None
     stop = {"asked": False}
     previous = signal.getsignal(signal.SIGINT)
@@ -625,8 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
         "method.params.freeze_up_to=layer3,layer4 (repeatable; default: lr, weight decay and "
         "the method's bounded parameters)",
     )
-    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
-    p.add_argument("--pruner", choices=["median", "none"], default="median")
+    p.add_argument("--sampler", choices=["tpe", "random"], help="tpe (default) or random")
+    p.add_argument("--pruner", choices=["median", "none"], help="median (default) or none")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--show", metavar="NAME", help="print a sweep's trials and best trial")
     p.add_argument(

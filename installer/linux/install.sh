@@ -8,6 +8,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 if [[ "${1:-}" == "--uninstall" ]]; then UNINSTALL=1; shift; else UNINSTALL=0; fi
 PREFIX="${1:-$HOME/.local}"
+mkdir -p "$PREFIX" && PREFIX="$(cd "$PREFIX" && pwd)"   # absolute: the links must not be relative
 APP="$PREFIX/lib/transferstudio"
 DESKTOP="$PREFIX/share/applications/transferstudio.desktop"
 ICONS="$PREFIX/share/icons/hicolor"
@@ -29,7 +30,8 @@ if [[ "$HERE" != "$APP" ]]; then
 fi
 mkdir -p "$PREFIX/bin" "$(dirname "$DESKTOP")" "$ICONS/scalable/apps"
 ln -sfn "$APP/transferstudio" "$PREFIX/bin/transferstudio"
-sed -e "s|^Exec=transferstudio|Exec=$APP/transferstudio|" \
+# Exec quotes the path (it may contain spaces); TryExec takes it unquoted.
+sed -e "s|^Exec=transferstudio|Exec=\"$APP/transferstudio\"|" \
     -e "s|^TryExec=transferstudio|TryExec=$APP/transferstudio|" \
     "$APP/share/transferstudio.desktop" > "$DESKTOP"
 cp "$APP/share/transferstudio.svg" "$ICONS/scalable/apps/transferstudio.svg"

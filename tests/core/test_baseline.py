@@ -140,3 +140,17 @@ def test_baseline_command_prints_the_comparison(pretrained, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "model.weights:" in done.stdout and "-> 'none'" in done.stdout
     assert "val loss" in done.stdout and "transfer" in done.stdout and "gain" in done.stdout
+
+
+def test_fusion_baseline_also_takes_away_each_branchs_pretrained_weights(pretrained, host):
+    _, data, _, exp, _ = pretrained
+    fusion = tiny_experiment(
+        data,
+        model__weights=exp.model.weights,
+        method__name="fusion",
+        method__params={"backbones": ["", "lenet"], "weights": ["", exp.model.weights]},
+    )
+    baseline, what = baseline_experiment(fusion, host)
+    assert what == "random initialisation"
+    assert baseline.method_params.weights == ["", "none"]  # "" follows model.weights = none
+    assert set(differences(fusion, baseline)) == {"name", "model.weights", "method.params.weights"}

@@ -85,6 +85,14 @@ def test_the_sweep_stops_when_asked_and_keeps_its_points(task, host):
     assert len(result.lrs) == 12 and result.stopped_because == "stopped by the user"
 
 
+def test_a_zero_train_lr_and_discriminative_rates_are_handled(task, host):
+    tmp, experiment = task
+    exp = experiment(0.0)  # allowed by the setting; the sweep sets its own rates
+    exp.method_params.backbone_lr_mult = 0.1
+    result = find_lr(exp, host, tmp / "ws", steps=40)
+    assert len(result.lrs) == 40 and all(math.isfinite(x) for x in result.losses)
+
+
 def test_lr_find_command_prints_and_applies_the_suggestion(task, tmp_path):
     _, experiment = task
     exp_file = tmp_path / "exp.toml"
@@ -92,7 +100,8 @@ def test_lr_find_command_prints_and_applies_the_suggestion(task, tmp_path):
     curve = tmp_path / "curve.json"
     done = subprocess.run(
         [sys.executable, "-m", "transferstudio", "--workspace", str(tmp_path / "ws"), "lr-find"]
-        + [str(exp_file), "--steps", "60", "--apply", "--json", str(curve)],
+        + [str(exp_file), "--steps", "60", "--apply", "--json", str(curve)]
+        + ["--set", "data.batch_size=4"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -103,5 +112,7 @@ def test_lr_find_command_prints_and_applies_the_suggestion(task, tmp_path):
     assert len(saved["lrs"]) == 60
     import tomllib
 
-    lr = tomllib.loads(exp_file.read_text())["train"]["lr"]
+    written = tomllib.loads(exp_file.read_text())
+    lr = written["train"]["lr"]
     assert lr == pytest.approx(saved["suggestion"], rel=1e-2) and lr != 0.5
+    assert written["data"]["batch_size"] == 8  # only train.lr changed, not the --set override

@@ -161,3 +161,46 @@ def test_a_killed_sweep_resumes_from_the_command_line(data, tmp_path):
     assert store.get(failed[0].run_id).status == "cancelled"
     for t in finished:
         assert store.get(t.run_id).status in ("completed", "pruned")
+
+
+def test_choices_outside_the_settings_limits_are_refused_before_anything_runs(data):
+    with pytest.raises(ExperimentError) as info:
+        dimension(_experiment(data), "train.lr", "0.01,20")
+    assert "train.lr" in str(info.value)
+
+
+def test_a_sweep_whose_trials_keep_failing_stops_and_says_why(data, host, tmp_path):
+    exp = _experiment(data)
+    space = parse_space(exp, ["model.backbone=nosuchnet"])
+    summary = run_sweep(exp, host, tmp_path / "ws", "f", trials=5, space=space)
+    assert "3 trials in a row failed" in summary.stopped_because
+    assert [t.state for t in summary.trials] == ["FAIL"] * 3
+    assert all("nosuchnet" in t.message for t in summary.trials)
+
+
+def test_continuing_a_sweep_with_another_experiment_or_sampler_is_refused(data, host, tmp_path):
+    exp = _experiment(data)
+    workspace = tmp_path / "ws"
+    run_sweep(exp, host, workspace, "c", trials=0, sampler="random")
+    changed = _experiment(data, train__epochs=5)
+    with pytest.raises(ExperimentError, match="differs in train.epochs"):
+        run_sweep(changed, host, workspace, "c", trials=1)
+    with pytest.raises(ExperimentError, match="sampler 'random', not 'tpe'"):
+        run_sweep(None, host, workspace, "c", trials=1, sampler="tpe")
+    # the same experiment (as the CLI passes it again) continues
+    assert len(run_sweep(exp, host, workspace, "c", trials=1).trials) == 1
+
+
+def test_a_metric_the_method_does_not_measure_stops_the_sweep_with_the_key(data, host, tmp_path):
+    from transferstudio.core.experiment import from_mapping
+
+    exp = _experiment(data, train__early_stopping_metric="f1_macro", train__epochs=1)
+
+    raw = exp.to_dict()
+    raw["method"] = {"name": "simclr", "params": {}}
+    exp = from_mapping(raw, host.method_params)
+    space = parse_space(exp, ["train.lr=1e-4:1e-2:log"])
+    with pytest.raises(ExperimentError) as info:
+        run_sweep(exp, host, tmp_path / "ws", "m", trials=2, space=space)
+    assert "does not measure val f1_macro" in str(info.value)
+    assert "train.early_stopping_metric" in str(info.value)

@@ -53,7 +53,8 @@ def test_the_sweep_is_drawn_and_its_suggestion_applied(qtbot, open_dialog, task)
         pass
     result = dialog.result
     assert result is not None and dialog.error is None and not dialog.running
-    assert not shiboken6.isValid(worker)  # deleted in its thread as the thread ended
+    # deleted once the thread has ended (by the GUI thread, to which it was handed back)
+    qtbot.waitUntil(lambda: not shiboken6.isValid(worker), timeout=5_000)
     assert len(result.lrs) > 50 and result.suggestion is not None
     # every point arrived through the coalesced signals, in order, and is drawn
     assert [p[1] for p in dialog.points] == result.lrs

@@ -72,7 +72,8 @@ def _run(qtbot, panel) -> None:
         assert panel.running and not panel.start_button.isEnabled()
         assert panel.stop_button.isEnabled() and not panel.space.isEnabled()
         assert not panel.name.isEnabled() and not panel.trials.isEnabled()
-    assert not panel.running and not shiboken6.isValid(worker)  # deleted in its thread
+    assert not panel.running
+    qtbot.waitUntil(lambda: not shiboken6.isValid(worker), timeout=5_000)  # deleted
     assert panel.start_button.isEnabled() and not panel.stop_button.isEnabled()
 
 
@@ -113,8 +114,8 @@ def test_a_sweep_runs_and_its_trials_best_and_importances_are_shown(
     study, _ = load_sweep(tmp_path / "ws", "lr", host)
     assert (study.user_attrs["sampler"], study.user_attrs["pruner"]) == ("random", "median")
     assert summary.space == [
-        "train.lr in [0.0001, 0.01] (log)",
-        "train.weight_decay in [1e-06, 0.01] (log)",
+        "train.lr=0.0001:0.01:log",
+        "train.weight_decay=1e-06:0.01:log",
     ]
     # every trial is a run of the workspace
     store = RunStore(tmp_path / "ws")
@@ -198,4 +199,7 @@ def test_choosing_an_existing_sweep_shows_it_without_running(
     assert [row[0] for row in rows] == [str(t.number) for t in done.trials]
     assert [row[4] for row in rows] == [t.run_id for t in done.trials]
     assert "Start continues it" in panel.status.text()
+    # its own settings are shown, in the form the space field takes
+    assert panel.space.text() == "; ".join(done.space) and panel.space.text().count("=") >= 2
+    assert panel.sampler.currentText() == "random"
     assert len(sweep_names(tmp_path / "ws")) == 1 and len(RunStore(tmp_path / "ws").list()) == 2

@@ -175,3 +175,15 @@ def test_closing_the_window_stops_the_processes_first(ddp_window, qtbot, monkeyp
     assert not any(Path(f"/proc/{p}").exists() for p in workers)
     (record,) = RunStore(window.workspace).list()
     assert record.status == "cancelled"
+
+
+def test_processes_that_do_not_stop_in_time_are_ended_with_their_workers(ddp_window, qtbot):
+    window = ddp_window
+    run = _start_long_run(window, qtbot)
+    workers = child_pids(run.process.processId())
+    assert len(workers) == 2
+    assert run.wait(1) is False  # not done in 1 ms: terminated (SIGTERM, then the group)
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=30_000)
+    qtbot.waitUntil(lambda: not any(Path(f"/proc/{p}").exists() for p in workers), timeout=30_000)
+    assert window.last_error is not None  # the user is told the run ended abnormally
+    window.error_box.close()

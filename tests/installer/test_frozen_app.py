@@ -70,7 +70,9 @@ def test_version(home):
 def test_plugins_lists_the_builtins_from_their_entry_point(home):
     done = _app(home, "plugins")
     assert done.returncode == 0, done.stderr
-    assert "transferstudio 0.1.0  [ok]  module transferstudio_builtins" in done.stdout
+    from transferstudio import __version__
+
+    assert f"transferstudio {__version__}  [ok]  module transferstudio_builtins" in done.stdout
     for name in ("fine-tune", "distill", "dann", "protonet", "resnet18", "mobilenet_v2"):
         assert name in done.stdout
     # The entry-point metadata is in the bundle: importlib.metadata finds the group.
@@ -183,7 +185,7 @@ def test_install_sh_adds_the_program_menu_entry_and_icons_and_removes_them(home,
     program = prefix / "lib" / "transferstudio" / "transferstudio"
     desktop = prefix / "share" / "applications" / "transferstudio.desktop"
     entry = desktop.read_text("utf-8")
-    assert f"Exec={program} gui %f" in entry and f"TryExec={program}" in entry
+    assert f'Exec="{program}" gui %f' in entry and f"TryExec={program}" in entry
     if shutil.which("desktop-file-validate"):
         check = subprocess.run(["desktop-file-validate", str(desktop)], capture_output=True)
         assert check.returncode == 0, check.stdout
@@ -205,3 +207,20 @@ def _app_at(program: Path, home: Path, *args: str) -> subprocess.CompletedProces
     return subprocess.run(
         [str(program), *args], env=_env(home), capture_output=True, text=True, timeout=120
     )
+
+
+def test_a_sweep_and_the_learning_rate_finder_run_in_the_app(home, tmp_path):
+    """Optuna's SQLite storage (alembic migrations read as files) works in the bundle."""
+    from tests.helpers import tiny_experiment, write_class_images
+
+    data = write_class_images(tmp_path / "data", {"a": 8, "b": 8}, 24, 0)
+    exp = tiny_experiment(data, model__backbone="lenet", data__batch_size=8, train__epochs=1)
+    exp_file = tmp_path / "exp.toml"
+    exp_file.write_text(exp.to_toml(), "utf-8")
+    workspace = str(tmp_path / "ws")
+    done = _app(home, "--workspace", workspace, "sweep", str(exp_file), "--trials", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "best: trial #" in done.stdout
+    done = _app(home, "--workspace", workspace, "lr-find", str(exp_file), "--steps", "20")
+    assert done.returncode in (0, 1), done.stdout + done.stderr  # 1: no suggestion in 20 steps
+    assert "sweep ended" in done.stdout

@@ -54,6 +54,15 @@ def baseline_experiment(exp: Experiment, host: PluginHost) -> tuple[Experiment, 
                 "model.weights to pretrained weights, or compare two runs yourself"
             )
         raw["model"]["weights"] = "none"
+        # A method's own weights settings (fusion's per-backbone ``weights``) go too: every
+        # pretrained part starts random. Empty entries already follow model.weights.
+        params = raw["method"]["params"]
+        for key, value in params.items():
+            if key == "weights" or key.endswith("_weights"):
+                if isinstance(value, str) and value:
+                    params[key] = "none"
+                elif isinstance(value, list):
+                    params[key] = ["none" if v else v for v in value]
         what = "random initialisation"
     raw["name"] = f"{exp.name}-baseline"
     return from_mapping(raw, host.method_params, exp.base_dir, "baseline"), what

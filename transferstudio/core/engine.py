@@ -596,6 +596,12 @@ class _Run:
                 f"it a multiple of {world}",
                 "data.batch_size",
             )
+        if self.device.type == "mps":
+            raise ExperimentError(
+                "several processes train on CUDA GPUs or on the CPU; Apple's MPS has no "
+                'distributed backend: set train.device = "cpu", or run one process',
+                "train.device",
+            )
         if self.device.type == "cuda":  # one GPU per process, as torchrun numbers them
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
@@ -729,7 +735,7 @@ class _Run:
             )
         )
 
-        metric = exp.train.early_stopping_metric
+        metric = self.metric_used = exp.train.early_stopping_metric
         for epoch in range(start_epoch, exp.train.epochs):
             self.epoch = epoch
             self._seed_epoch(epoch)
@@ -746,7 +752,7 @@ class _Run:
             val_metrics.update({f"diag_{k}": float(v) for k, v in diagnostics.items()})
             if metric not in val_metrics and "loss" in val_metrics:
                 self.log(f"val {metric} is not measured by {exp.method}; using val loss")
-                metric = "loss"
+                metric = self.metric_used = "loss"
             value = val_metrics.get(metric)
             improved = value is not None and (
                 self.best is None
@@ -1062,7 +1068,9 @@ class _Run:
             "method": self.exp.method,
             "backbone": self.exp.model.backbone,
             "device": str(self.device),
-            "metric": self.exp.train.early_stopping_metric,
+            # The metric the best epoch was chosen by (val loss when the method does not
+            # measure the configured one).
+            "metric": getattr(self, "metric_used", self.exp.train.early_stopping_metric),
             "best_metric": self.best,
             "best_epoch": self.best_epoch,
             "epochs_done": len(self.history),
@@ -1084,7 +1092,7 @@ class _Run:
             write_text_atomic(self.folder / "report.json", json.dumps(report, indent=2))
             self.store.set_status(self.run_id, "completed", None, duration)
         self.log(
-            f"finished in {duration:.1f} s; best val {self.exp.train.early_stopping_metric} "
+            f"finished in {duration:.1f} s; best val {report['metric']} "
             f"{self.best:.4f} at epoch {(self.best_epoch or 0) + 1}"
             if self.best is not None
             else f"finished in {duration:.1f} s"
@@ -1129,9 +1137,9 @@ def _peer_lost(exc: Exception) -> bool:
     """A collective failed because another process is gone (Gloo reports a closed connection
     as a plain RuntimeError; NCCL and the store as DistError)."""
     text = str(exc).lower()
-    return isinstance(exc, torch.distributed.DistError) or (
-        isinstance(exc, RuntimeError)
-        and any(s in text for s in ("connection closed by peer", "remote worker", "gloo"))
+    lost = ("connection closed by peer", "connection reset by peer", "remote worker crash")
+    return isinstance(exc, torch.distributed.DistNetworkError) or (
+        isinstance(exc, RuntimeError) and any(s in text for s in lost)
     )
 
 

@@ -11,6 +11,7 @@ would have.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -84,7 +85,7 @@ def find_lr(
     """Run the range test: ``steps`` steps from ``start_lr`` to ``end_lr`` (geometric), stopping
     early when the loss diverges. ``on_point(step, lr, loss, smoothed)`` follows progress;
     ``should_stop()`` ends the sweep early (the points so far are kept)."""
-    from transferstudio.core.engine import PlainState, _Run
+    from transferstudio.core.engine import PlainState, RunCancelled, _Run
 
     if not 0 < start_lr < end_lr:
         raise TransferStudioError(
@@ -92,7 +93,13 @@ def find_lr(
         )
     if steps < 5:
         raise TransferStudioError(f"the sweep needs at least 5 steps (got {steps})")
-    run = _Run(exp, host, PlainState(), Path(workspace), None, writer=False)
+    # Base learning rates of 1 (times each group's multiplier): a step's factor is then the
+    # swept rate itself, whatever train.lr is (0 included).
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, lr=1.0))
+    state = PlainState()
+    if should_stop is not None:  # also checked inside data loading (feature caches, say)
+        state.stop_requested = should_stop  # type: ignore[method-assign]
+    run = _Run(exp, host, state, Path(workspace), None, writer=False)
     result = LrFinderResult()
     try:
         run.prepare()
@@ -105,6 +112,7 @@ def find_lr(
         average, best = 0.0, math.inf
         epoch = 0
         while len(result.lrs) < steps and not result.stopped_because:
+            run.epoch = epoch  # each pass over the data draws a new shuffle
             run._seed_epoch(epoch)
             before = len(result.lrs)
             for batch in run.method.train_batches(run.ctx, epoch):
@@ -115,7 +123,7 @@ def find_lr(
                     result.stopped_because = "stopped by the user"
                     break
                 lr = start_lr * ratio**i
-                out, loss, _ = run.optimizer_step(batch, lr / exp.train.lr)
+                out, loss, _ = run.optimizer_step(batch, lr)
                 if out is None:
                     result.stopped_because = f"the loss became {loss} at lr {lr:.3g}"
                     break
@@ -127,12 +135,16 @@ def find_lr(
                 if on_point is not None:
                     on_point(i, lr, loss, smoothed)
                 best = min(best, smoothed)
-                if i > steps // 10 and smoothed > DIVERGENCE * best:
+                # "4 times the minimum", written so that it also holds for losses that can
+                # go negative (learned task weights add log terms).
+                if i > steps // 10 and smoothed - best > (DIVERGENCE - 1) * abs(best):
                     result.stopped_because = f"the loss diverged at lr {lr:.3g}"
                     break
             if len(result.lrs) == before and not result.stopped_because:
                 raise TransferStudioError("the training split gave no batches to sweep over")
             epoch += 1
+    except RunCancelled:  # stopped while the method prepared its data (a feature cache)
+        result.stopped_because = "stopped by the user"
     finally:
         run.close()
     result.suggestion, result.min_loss_lr = suggest(result.lrs, result.smoothed)

@@ -27,6 +27,7 @@ from transferstudio.core.plugins import PluginHost
 from transferstudio.core.runs import RunStore
 
 STORAGE_FILE = "sweeps.sqlite"
+MAX_FAILURES_IN_A_ROW = 3  # then the sweep stops: a broken setting would fail every trial
 LOWER_IS_BETTER = {"loss"}
 DEFAULT_KEYS = ("train.lr", "train.weight_decay")
 # Sensible ranges where the field's own bounds are too wide to search (lr may be 0..10).
@@ -53,10 +54,10 @@ class Dimension:
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
     def describe(self) -> str:
+        """The dimension as ``--param`` takes it: ``train.lr=1e-05:0.1:log``, ``key=a,b``."""
         if self.kind == "choice":
-            return f"{self.key} in {{{', '.join(map(str, self.choices))}}}"
-        scale = " (log)" if self.log else ""
-        return f"{self.key} in [{self.low:g}, {self.high:g}]{scale}"
+            return f"{self.key}={','.join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)}"
+        return f"{self.key}={self.low:g}:{self.high:g}" + (":log" if self.log else "")
 
 
 def _field(exp: Experiment, key: str) -> P.FieldInfo:
@@ -83,7 +84,10 @@ def dimension(exp: Experiment, key: str, spec: str = "") -> Dimension:
     info = _field(exp, key)
     if spec and ":" not in spec:
         values = [v.strip() for v in spec.split(",") if v.strip()]
-        return Dimension(key, "choice", choices=tuple(_coerce(info, v, key) for v in values))
+        choices = tuple(_coerce(info, v, key) for v in values)
+        for value in choices:  # the setting's own limits and choices, checked now
+            P.coerce_value(info, value, key)
+        return Dimension(key, "choice", choices=choices)
     if info.kind is bool:
         return Dimension(key, "choice", choices=(False, True))
     if info.choices and not spec:
@@ -213,12 +217,13 @@ class _TrialState:
         self.should_stop = should_stop
         self.pruned = False
         self.stop = False
+        self.unmeasured = False  # the method does not report the sweep's metric
         self.run_id: str | None = None
 
     def stop_requested(self) -> bool:
         if self.should_stop is not None and self.should_stop():
             self.stop = True
-        return self.stop or self.pruned
+        return self.stop or self.pruned or self.unmeasured
 
     def pause_requested(self) -> bool:
         return False
@@ -232,7 +237,9 @@ class _TrialState:
             )
         elif isinstance(event, E.EpochEnded):
             value = event.val.get(self.metric)
-            if value is not None and math.isfinite(value):
+            if self.metric not in event.val:
+                self.unmeasured, self.stop = True, True
+            elif value is not None and math.isfinite(value):
                 self.trial.report(value, event.epoch)
                 if self.trial.should_prune():
                     self.pruned = True
@@ -340,8 +347,8 @@ def run_sweep(
     trials: int | None = None,
     timeout_s: float | None = None,
     space: Sequence[Dimension] | None = None,
-    sampler: str = "tpe",
-    pruner: str = "median",
+    sampler: str | None = None,
+    pruner: str | None = None,
     seed: int = 0,
     on_event: Callable[[Any], None] | None = None,
     on_trial: Callable[[SweepSummary], None] | None = None,
@@ -363,22 +370,39 @@ def run_sweep(
     workspace = Path(workspace)
     store = RunStore(workspace)
     if name in sweep_names(workspace):
-        study, exp = load_sweep(workspace, name, host)
-        space = [Dimension(**d) for d in study.user_attrs["dimensions"]]
+        study, stored = load_sweep(workspace, name, host)
+        if exp is not None:
+            _refuse_changes(name, exp, stored)
+        exp = stored
+        attrs = study.user_attrs
+        given = {
+            "space": [d.describe() for d in space] if space else None,
+            "sampler": sampler,
+            "pruner": pruner,
+        }
+        for key, value in given.items():
+            if value is not None and value != attrs.get(key):
+                raise ExperimentError(
+                    f"sweep {name!r} runs with {key} {attrs.get(key)!r}, not {value!r}: continue "
+                    "it as it is, or give the new search its own --name",
+                    key,
+                )
+        space = [Dimension(**d) for d in attrs["dimensions"]]
         # The sampler and pruner are not stored by Optuna; they are rebuilt with a seed moved
         # on by the trials so far, so a random sampler does not repeat its first draws.
         seed += len(study.trials)
         study = optuna.load_study(
             study_name=name,
             storage=_storage(workspace),
-            sampler=_sampler(study.user_attrs.get("sampler", sampler), seed),
-            pruner=_pruner(study.user_attrs.get("pruner", pruner)),
+            sampler=_sampler(attrs["sampler"], seed),
+            pruner=_pruner(attrs["pruner"]),
         )
         _requeue_interrupted(study, store, exp.name)
     else:
         if exp is None:
             raise TransferStudioError(f"no sweep named {name!r}: give an experiment to start it")
         space = list(space) if space else default_space(exp)
+        sampler, pruner = sampler or "tpe", pruner or "median"
         metric = exp.train.early_stopping_metric
         study = optuna.create_study(
             study_name=name,
@@ -400,7 +424,14 @@ def run_sweep(
     deadline = time.monotonic() + timeout_s if timeout_s else None
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
     stopped = ""
+    failures_in_a_row = 0
     while True:
+        if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            stopped = (
+                f"{failures_in_a_row} trials in a row failed (see their messages); fix the "
+                "cause, then run the sweep again to continue it"
+            )
+            break
         done = len(study.get_trials(deepcopy=False, states=finished_states))
         if trials is not None and done >= trials:
             stopped = f"{done} trials finished"
@@ -412,26 +443,62 @@ def run_sweep(
             stopped = "stopped by the user"
             break
         trial = study.ask()
-        params = {d.key: d.suggest(trial) for d in space}
-        trial_exp = with_params(exp, host, params)
-        trial_exp.name = _trial_run_name(exp.name, name, trial.number)
         state = _TrialState(trial, metric, store, name, on_event, should_stop)
-        result = run_experiment(trial_exp, host, state, workspace)
-        if state.pruned:
+        try:
+            params = {d.key: d.suggest(trial) for d in space}
+            trial_exp = with_params(exp, host, params)
+            trial_exp.name = _trial_run_name(exp.name, name, trial.number)
+            result = run_experiment(trial_exp, host, state, workspace)
+        except TransferStudioError as exc:  # settings or data refused before the run began
+            trial.set_user_attr("message", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            failures_in_a_row += 1
+            if on_trial is not None:
+                on_trial(summarize(study))
+            continue
+        if state.unmeasured:
+            message = (
+                f"{exp.method} does not measure val {metric}; set train.early_stopping_metric "
+                "to a metric it reports (loss is always there) and start a new sweep"
+            )
+            trial.set_user_attr("message", message)
+            study.tell(trial, state=TrialState.FAIL)
+            store.set_status(result.run_id, "failed", message)
+            raise ExperimentError(message, "train.early_stopping_metric")
+        if state.pruned and result.status != "completed":
             study.tell(trial, state=TrialState.PRUNED)
             store.set_status(result.run_id, "pruned", "pruned by the sweep (median rule)")
+            failures_in_a_row = 0
         elif result.status == "completed" and result.best_metric is not None:
             study.tell(trial, result.best_metric)
+            failures_in_a_row = 0
         else:
             trial.set_user_attr("message", result.message or result.status)
             if result.status == "cancelled":
                 trial.set_user_attr("interrupted", True)
+            else:
+                failures_in_a_row += 1
             study.tell(trial, state=TrialState.FAIL)
         if on_trial is not None:
             on_trial(summarize(study))
     summary = summarize(study)
     summary.stopped_because = stopped
     return summary
+
+
+def _refuse_changes(name: str, exp: Experiment, stored: Experiment) -> None:
+    """A sweep continues with the experiment it started with; a changed file would mix two
+    searches in one study."""
+    from transferstudio.core.baseline import differences
+
+    changed = [k for k in differences(stored.with_absolute_paths(), exp.with_absolute_paths())]
+    if changed:
+        raise ExperimentError(
+            f"sweep {name!r} was started with another experiment (it differs in "
+            f"{', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''}): run it without "
+            "changes to continue it, or give the new search its own --name",
+            "name",
+        )
 
 
 def _trial_run_name(experiment: str, sweep: str, number: int) -> str:
@@ -454,7 +521,7 @@ def _requeue_interrupted(study, store: RunStore, experiment: str) -> None:
             if run_id is not None:
                 study.set_user_attr(f"run_id_{t.number}", run_id)
                 store.set_tags(run_id, {"sweep": study.study_name, "trial": str(t.number)})
-        if run_id is not None:
+        if run_id is not None and store.get(run_id).status == "running":
             store.set_status(run_id, "cancelled", "its sweep was interrupted")
     stale_numbers = {t.number for t in stale}
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QProgressBar, QPushB
 from transferstudio.api import TransferStudioError
 from transferstudio.core.lr_finder import LrFinderResult, find_lr
 from transferstudio.gui.widgets import named
-from transferstudio.gui.worker import EMIT_INTERVAL_S, release_free_memory
+from transferstudio.gui.worker import EMIT_INTERVAL_S, hand_back_to_gui_thread, release_free_memory
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -46,6 +46,12 @@ class LrSweepWorker(QObject):
     @Slot()
     def run(self) -> None:
         """Sweep; emits ``finished`` with the result or ``failed`` with a message."""
+        try:
+            self._run()
+        finally:
+            hand_back_to_gui_thread(self)
+
+    def _run(self) -> None:
         try:
             result = find_lr(
                 self.experiment,
@@ -167,9 +173,6 @@ class LrFinderDialog(QDialog):
         # thread waits for this thread (closing the dialog during the sweep).
         self.worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
         self.worker.failed.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        # The worker lives in the thread: deleted there as it ends (a deleteLater from the GUI
-        # thread afterwards would be posted to a finished thread and never run).
-        self.thread.finished.connect(self.worker.deleteLater)
         self.thread.finished.connect(self._cleanup)
         self.stop_button.setEnabled(True)
         self.status.setText(f"sweeping {self.steps} learning rates; nothing is saved")
@@ -240,6 +243,7 @@ class LrFinderDialog(QDialog):
             return
         self.thread.wait()
         self.thread.deleteLater()
+        self.worker.deleteLater()  # handed back to this thread at the end of its run
         self.thread = self.worker = None
         self.stop_button.setEnabled(False)
         release_free_memory()

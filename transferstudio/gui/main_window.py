@@ -916,7 +916,11 @@ class MainWindow(QMainWindow):
         worker.errored.connect(self._on_run_error)
         worker.wants_layer_stats = self._stats_visible()
         if processes > 1:
-            self.controller.start_process(worker)
+            try:
+                self.controller.start_process(worker)
+            except OSError as exc:
+                self.show_error("Cannot start torchrun", f"{exc}")
+                return
             self.statusBar().showMessage(f"starting {processes} processes under torchrun ...")
         else:
             self.controller.start(worker)

@@ -11,6 +11,7 @@ and the last lines the processes wrote to stderr are shown with the error.
 from __future__ import annotations
 
 import collections
+import shlex
 import shutil
 import sys
 import tempfile
@@ -54,6 +55,7 @@ class ProcessRun(RunSignals):
         self.control_dir = self.folder / "control"
         self.control_dir.mkdir()
         self.process: QProcess | None = None
+        self.launch: list[str] = []  # the command line started
         self.result: S.StreamResult | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._stdout_rest = b""
@@ -91,7 +93,8 @@ class ProcessRun(RunSignals):
         )
 
     def start(self) -> None:
-        program, *args = self.command()
+        self.launch = self.command()
+        program, *args = self.launch
         self.process = QProcess(self)
         env = QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONUNBUFFERED", "1")
@@ -104,13 +107,17 @@ class ProcessRun(RunSignals):
         self.process.start(program, args)
 
     def wait(self, timeout_ms: int) -> bool:
-        """Block until the processes have exited; kill them after ``timeout_ms``."""
+        """Block until the processes have exited; end them after ``timeout_ms``. First
+        SIGTERM to torchrun, which stops its workers before it exits (killing torchrun alone
+        would leave them training); SIGKILL only if that takes more than 30 s."""
         if self.process is None or self.process.state() == QProcess.ProcessState.NotRunning:
             return True
         if self.process.waitForFinished(timeout_ms):
             return True
-        self.process.kill()  # torchrun's agent; its workers die with their parent's group
-        self.process.waitForFinished(5000)
+        self.process.terminate()
+        if not self.process.waitForFinished(30_000):
+            self.process.kill()
+            self.process.waitForFinished(5000)
         return False
 
     # -- reading the processes' output ------------------------------------------------------
@@ -151,7 +158,7 @@ class ProcessRun(RunSignals):
     def _on_process_error(self, error: QProcess.ProcessError) -> None:
         if error == QProcess.ProcessError.FailedToStart:
             self.errored.emit(
-                f"Could not start torchrun ({sys.executable} -m torch.distributed.run)",
+                f"Could not start torchrun ({shlex.join(self.launch[:3])})",
                 self.process.errorString() if self.process is not None else "",
             )
             self._end()
@@ -190,7 +197,7 @@ class ProcessRun(RunSignals):
                 resume = torchrun_command(
                     self.processes, self.workspace, ["run", "--resume", self.run_id]
                 )
-                message += " Its saved checkpoints are kept; resume it with:\n" + " ".join(resume)
+                message += " Its saved checkpoints are kept; resume it with:\n" + shlex.join(resume)
             self.errored.emit(message, details)
         self._end()
 

@@ -43,7 +43,7 @@ from transferstudio.core.sweep import (
     sweep_names,
 )
 from transferstudio.gui.widgets import named
-from transferstudio.gui.worker import release_free_memory
+from transferstudio.gui.worker import hand_back_to_gui_thread, release_free_memory
 
 NEW_SWEEP = "(new sweep)"
 BAR_WIDTH = 20  # characters of the importance bars
@@ -71,6 +71,12 @@ class SweepWorker(QObject):
     @Slot()
     def run(self) -> None:
         """Run the sweep; emits ``finished`` with its summary or ``failed`` with a message."""
+        try:
+            self._run()
+        finally:
+            hand_back_to_gui_thread(self)
+
+    def _run(self) -> None:
         try:
             summary = run_sweep(
                 host=self.host,
@@ -244,8 +250,6 @@ class SweepPanel(QWidget):
         # thread waits for this thread (closing the window during a sweep).
         self.worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
         self.worker.failed.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        # Deleted in its own thread as that ends (a later deleteLater would never run).
-        self.thread.finished.connect(self.worker.deleteLater)
         self.thread.finished.connect(self._cleanup)
         self._set_running(True)
         self.status.setText(f"{action}...")
@@ -329,8 +333,16 @@ class SweepPanel(QWidget):
             self.status.setText(str(exc))
             return
         self.name.setText(name)
+        # A sweep continues with its own sampler, pruner and space: show them.
+        attrs = study.user_attrs
+        self.sampler.setCurrentText(attrs.get("sampler", "tpe"))
+        self.pruner.setCurrentText(attrs.get("pruner", "median"))
+        self.space.setText("; ".join(attrs.get("space", [])))
         self.show_summary(summarize(study))
-        self.status.setText(f"sweep {name!r}: {self._best_text()}; Start continues it")
+        self.status.setText(
+            f"sweep {name!r}: {self._best_text()}; Start continues it (with its own "
+            "experiment, sampler, pruner and space)"
+        )
 
     @Slot(object)
     def _on_trial(self, summary: SweepSummary) -> None:
@@ -364,6 +376,7 @@ class SweepPanel(QWidget):
             return
         self.thread.wait()
         self.thread.deleteLater()
+        self.worker.deleteLater()  # handed back to this thread at the end of its run
         self.thread = self.worker = None
         self._set_running(False)
         self.refresh_sweeps()

@@ -130,9 +130,27 @@ class RunWorker(RunSignals):
         except Exception as exc:  # noqa: BLE001 - shown in a dialog; the app stays usable
             self.errored.emit(f"{type(exc).__name__}: {exc}", traceback.format_exc())
             return
+        finally:
+            hand_back_to_gui_thread(self)
         if result.status == "failed":
             self.errored.emit(result.message, "")
         self.finished.emit(result)
+
+
+def hand_back_to_gui_thread(worker: QObject) -> None:
+    """Move a worker from its finishing thread back to the GUI thread, so that the GUI thread
+    deletes it (``deleteLater`` after the thread has ended). Called at the end of the worker's
+    ``run``, from its own thread (only the owning thread may move an object).
+
+    Why not ``thread.finished -> deleteLater``: the worker would then be destroyed in the
+    ending thread, and destroying a QObject that has a Python wrapper needs the GIL; a GUI
+    thread holding the GIL while Qt holds a lock that destruction takes (constructing a
+    dialog parented to the window, say) deadlocks. Seen in CI: the window hung in show_error."""
+    from PySide6.QtCore import QCoreApplication
+
+    app = QCoreApplication.instance()
+    if app is not None:
+        worker.moveToThread(app.thread())
 
 
 def release_free_memory() -> None:
@@ -176,7 +194,11 @@ class RunController(QObject):
         self.worker = run
         run.ended.connect(self._cleanup)
         self._set_state("running")
-        run.start()
+        try:
+            run.start()
+        except Exception:  # e.g. the experiment file could not be written: not left "running"
+            self._cleanup()
+            raise
 
     def start(self, worker: RunWorker) -> None:
         if self.running:
@@ -190,9 +212,6 @@ class RunController(QObject):
         # thread waits for this thread (closing the window during a run).
         worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
         worker.errored.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        # Deleted by its own thread as it ends (Qt's pattern): a deleteLater() called later
-        # from the GUI thread would be queued to a thread that no longer runs an event loop.
-        self.thread.finished.connect(worker.deleteLater)
         self.thread.finished.connect(self._cleanup)
         self._set_state("running")
         self.thread.start()
@@ -201,7 +220,7 @@ class RunController(QObject):
         if self.thread is not None:
             self.thread.wait()
             self.thread.deleteLater()
-        elif self.worker is not None:  # a ProcessRun lives in this thread
+        if self.worker is not None:  # back in this thread (hand_back_to_gui_thread)
             self.worker.deleteLater()
         self.thread = None
         self.worker = None
