@@ -455,6 +455,13 @@ def cmd_baseline(args) -> int:
     host = _host()
     workspace = _workspace(args)
     record = RunStore(workspace).get(args.run)
+    if record.status != "completed":
+        from transferstudio.api import TransferStudioError
+
+        raise TransferStudioError(
+            f"run {record.id} is {record.status}: a transfer gain compares completed runs; "
+            f"finish it first (transferstudio run --resume {record.id})"
+        )
     exp = X.load(Path(record.folder) / "experiment.toml", host.method_params)
     baseline, what = baseline_experiment(exp, host)
     changed = ", ".join(

@@ -61,6 +61,7 @@ def test_the_space_comes_from_the_settings_dataclasses(data):
         ("train.lr", "a:b", "write LOW:HIGH"),
         ("model.backbone", "", "without choices"),
         ("train.grad_clip", "", "has no range"),
+        ("train.epochs", "2.5:5", "whole numbers"),
     ],
 )
 def test_a_bad_dimension_names_the_key_and_the_reason(data, key, spec, reason):

@@ -12,6 +12,7 @@ process killed, or Stop) is tried again with the same parameters.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -119,6 +120,8 @@ def dimension(exp: Experiment, key: str, spec: str = "") -> Dimension:
             f"range {low:g}..{high:g} is empty" + (" or not positive (log)" if log else ""), key
         )
     if info.kind is int:
+        if low != int(low) or high != int(high):
+            raise ExperimentError(f"range {low:g}..{high:g}: give whole numbers", key)
         return Dimension(key, "int", int(low), int(high), log)
     return Dimension(key, "float", low, high, log)
 
@@ -248,10 +251,18 @@ class _TrialState:
 
 
 def _storage(workspace: Path):
-    import optuna
-
     workspace.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{workspace / STORAGE_FILE}")
+    return _storage_at(str((workspace / STORAGE_FILE).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _storage_at(path: str):
+    # One storage (and SQLAlchemy engine) per file: the window asks for the sweep list often,
+    # and each new storage would open its own connection pool.
+    import optuna
+    from sqlalchemy.engine import URL
+
+    return optuna.storages.RDBStorage(URL.create("sqlite", database=path).render_as_string())
 
 
 def _sampler(kind: str, seed: int):
