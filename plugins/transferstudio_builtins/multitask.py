@@ -282,4 +282,5 @@ MULTITASK = MethodSpec(
     params=MultitaskParams,
     factory=Multitask,
     data_roles=(ROLE_MULTILABEL,),
+    distributed=True,
 )

@@ -133,3 +133,37 @@ def test_a_run_whose_rank_one_is_killed_resumes_to_the_uninterrupted_result(refe
     assert code == 0, out
     _, resumed, _ = _only_run(workspace)
     assert resumed["val"]["metrics"] == pytest.approx(uninterrupted["val"]["metrics"])
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
+def test_multitask_in_two_processes_ends_with_the_metrics_of_one(tmp_path, weighting):
+    """multitask declares distributed support: its heads (and learned task weights) are
+    synchronised like fine-tune's model, so 2 processes end where 1 does."""
+    from transferstudio.testing.synthetic import write_multilabel_csv
+
+    labels = write_multilabel_csv(tmp_path / "data", per_class=10)  # 32 train, 8 val
+    exp = tiny_experiment(
+        labels,
+        model__backbone="lenet",
+        data__label_columns=["shape", "tone"],
+        data__batch_size=8,
+        data__val_split=0.2,
+        augment__hflip=False,
+        train__epochs=3,
+        train__lr=0.001,
+        method__name="multitask",
+        method__params={"weighting": weighting},
+    )
+    path = tmp_path / "exp.toml"
+    path.write_text(exp.to_toml(), "utf-8")
+    for name, processes in (("one", 1), ("two", 2)):
+        code, out = _finish(_launch(tmp_path / name, "run", str(path), processes=processes))
+        assert code == 0, out
+    _, one, one_rows = _only_run(tmp_path / "one")
+    record, two, two_rows = _only_run(tmp_path / "two")
+    for key, value in one["val"]["metrics"].items():
+        assert two["val"]["metrics"][key] == pytest.approx(value, abs=1e-4), key
+    for a, b in zip(one_rows, two_rows, strict=True):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=1e-4)
+    log = (Path(record.folder) / "log.txt").read_text("utf-8")
+    assert "2 processes (cpu): DistributedDataParallel on model" in log
