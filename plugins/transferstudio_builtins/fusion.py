@@ -283,4 +283,5 @@ FUSION = MethodSpec(
     params=FusionParams,
     factory=Fusion,
     data_roles=(ROLE_LABELED,),
+    distributed=True,
 )

@@ -135,14 +135,11 @@ def test_a_run_whose_rank_one_is_killed_resumes_to_the_uninterrupted_result(refe
     assert resumed["val"]["metrics"] == pytest.approx(uninterrupted["val"]["metrics"])
 
 
-@pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
-def test_multitask_in_two_processes_ends_with_the_metrics_of_one(tmp_path, weighting):
-    """multitask declares distributed support: its heads (and learned task weights) are
-    synchronised like fine-tune's model, so 2 processes end where 1 does."""
+def _multitask(tmp: Path, weighting: str):
     from transferstudio.testing.synthetic import write_multilabel_csv
 
-    labels = write_multilabel_csv(tmp_path / "data", per_class=10)  # 32 train, 8 val
-    exp = tiny_experiment(
+    labels = write_multilabel_csv(tmp / "data", per_class=10)  # 32 train, 8 val
+    return tiny_experiment(
         labels,
         model__backbone="lenet",
         data__label_columns=["shape", "tone"],
@@ -154,6 +151,37 @@ def test_multitask_in_two_processes_ends_with_the_metrics_of_one(tmp_path, weigh
         method__name="multitask",
         method__params={"weighting": weighting},
     )
+
+
+def _fusion(tmp: Path, mode: str):
+    data = write_class_images(tmp / "data", {"a": 10, "b": 10, "c": 10}, 32, 0)  # 24 train
+    return tiny_experiment(
+        data,
+        model__backbone="lenet",
+        data__batch_size=8,
+        augment__hflip=False,
+        train__epochs=3,
+        train__lr=0.001,
+        method__name="fusion",
+        method__params={"backbones": ["", "lenet"], "mode": mode},
+    )
+
+
+@pytest.mark.parametrize(
+    "make, variant",
+    [
+        (_multitask, "fixed"),
+        (_multitask, "uncertainty"),
+        (_fusion, "concat"),
+        (_fusion, "weighted_sum"),
+    ],
+    ids=["multitask-fixed", "multitask-uncertainty", "fusion-concat", "fusion-weighted_sum"],
+)
+def test_other_methods_in_two_processes_end_with_the_metrics_of_one(tmp_path, make, variant):
+    """multitask and fusion declare distributed support: their one model (heads, learned task
+    weights, fusion weights, both branches) is synchronised like fine-tune's, so 2 processes
+    end where 1 does."""
+    exp = make(tmp_path, variant)
     path = tmp_path / "exp.toml"
     path.write_text(exp.to_toml(), "utf-8")
     for name, processes in (("one", 1), ("two", 2)):
