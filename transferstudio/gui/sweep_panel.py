@@ -168,8 +168,9 @@ class SweepPanel(QWidget):
         # The form fields, disabled while a sweep runs.
         self.fields = (self.name, self.existing, self.trials, self.timeout_min, self.sampler,
                        self.pruner, self.space)  # fmt: skip
-        labels = ("Sweep", "Existing sweeps", "Trials", "Time budget", "Sampler", "Pruner",
-                  "Searched settings")  # fmt: skip
+        # "in total": a continued sweep counts the trials it already finished.
+        labels = ("Sweep", "Existing sweeps", "Trials (in total)", "Time budget", "Sampler",
+                  "Pruner", "Searched settings")  # fmt: skip
         form = QFormLayout()
         for label, widget in zip(labels, self.fields, strict=True):
             form.addRow(label, widget)
