@@ -178,15 +178,20 @@ class SweepPanel(QWidget):
         for button in (self.start_button, self.stop_button, self.open_best):
             buttons.addWidget(button)
         buttons.addStretch(1)
-        results = QHBoxLayout()
+        # Three columns: settings, trials, curve over importances. The dock is wide and short;
+        # stacked, the form alone filled its height.
+        settings = QVBoxLayout()
+        settings.addLayout(form)
+        settings.addLayout(buttons)
+        settings.addWidget(self.status)
+        settings.addStretch(1)
+        results = QVBoxLayout()
         results.addWidget(self.plot, 2)
         results.addWidget(self.importances, 1)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
-        layout.addWidget(self.table, 2)
-        layout.addLayout(results, 1)
+        layout = QHBoxLayout(self)
+        layout.addLayout(settings, 2)
+        layout.addWidget(self.table, 4)
+        layout.addLayout(results, 3)
 
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
