@@ -50,7 +50,7 @@ def _launch(workspace: Path, *args: str, processes: int = 1, **popen) -> subproc
     )
     return subprocess.Popen(
         [sys.executable, *launcher, "-m", "transferstudio", "--workspace", str(workspace), *args],
-        env=ENV,
+        env=popen.pop("env", ENV),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -195,3 +195,58 @@ def test_other_methods_in_two_processes_end_with_the_metrics_of_one(tmp_path, ma
         assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=1e-4)
     log = (Path(record.folder) / "log.txt").read_text("utf-8")
     assert "2 processes (cpu): DistributedDataParallel on model" in log
+
+
+RANK0_FAILS = """
+import os
+from dataclasses import replace
+
+from transferstudio.api import hookimpl
+from transferstudio_builtins.fine_tune import FINE_TUNE, FineTune
+
+TRANSFERSTUDIO_API_VERSION = "1.3"
+
+
+class FailsOnRankZero(FineTune):
+    steps = 0
+
+    def training_step(self, batch, ctx):
+        FailsOnRankZero.steps += 1
+        if os.environ.get("RANK") == "0" and FailsOnRankZero.steps == 4:
+            raise RuntimeError("rank 0 broke at step 4")
+        return super().training_step(batch, ctx)
+
+
+@hookimpl
+def transferstudio_methods():
+    return [replace(FINE_TUNE, name="fails-on-rank-0", factory=FailsOnRankZero)]
+"""
+
+
+def test_a_rank_that_fails_alone_ends_the_job_instead_of_waiting_for_the_others(tmp_path):
+    """Rank 0 fails mid-epoch while rank 1 is inside a gradient all-reduce: rank 0 must leave
+    the group at once (no barrier the others never reach), so torchrun ends the job. Before,
+    the job hung until Gloo's 30-minute timeout."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "rank0_fails.py").write_text(RANK0_FAILS, "utf-8")
+    info = plugins / "rank0_fails-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rank0-fails\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[transferstudio]\nrank0_fails = rank0_fails\n")
+    exp = _experiment(tmp_path, train__epochs=3)
+    text = exp.read_text("utf-8").replace('name = "fine-tune"', 'name = "fails-on-rank-0"')
+    exp.write_text(text, "utf-8")
+    env = {k: v for k, v in ENV.items() if k != "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD"}
+    launch = _launch(tmp_path / "ws", "run", str(exp), processes=2, env={
+        **env, "TRANSFERSTUDIO_PLUGIN_PATH": str(plugins)})  # fmt: skip
+    try:
+        out, _ = launch.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        for pid in child_pids(launch.pid):  # the workers hold the pipe open
+            os.kill(pid, signal.SIGKILL)
+        launch.kill()
+        launch.communicate()
+        pytest.fail("the job hung after rank 0 failed")
+    assert launch.returncode != 0
+    assert "rank 0 broke at step 4" in out

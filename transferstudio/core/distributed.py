@@ -45,15 +45,20 @@ class Distributed:
             dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
             self.started_group = True
 
-    def stop(self) -> None:
+    def stop(self, together: bool = True) -> None:
+        """Leave the process group. ``together`` (every rank ended the run at the same point:
+        completed or stopped by agreement) waits for the others first; a rank that failed on
+        its own leaves at once, so that torchrun sees it exit and ends the others."""
         import torch.distributed as dist
 
         if self.started_group and dist.is_initialized():
-            # Leave together: a rank that tears Gloo down while another still talks to it can
-            # abort at exit ("terminate called without an active exception", seen in CI once).
-            # If another rank died, torchrun ends this one anyway.
-            with contextlib.suppress(Exception):
-                dist.barrier()
+            if together:
+                # A rank that tears Gloo down while another still talks to it can abort at
+                # exit ("terminate called without an active exception", seen in CI once).
+                with contextlib.suppress(Exception):
+                    dist.barrier()
+            # Not after a failure: the others are inside a training collective, and a barrier
+            # there never matches (a job hung in CI until the disk-full run was killed).
             dist.destroy_process_group()
             self.started_group = False
 

@@ -368,6 +368,7 @@ class _Run:
         self.elapsed_before = 0.0
         self.dist = Distributed()  # one process until prepare() reads torchrun's environment
         self.replicated: list[str] | None = None  # modules under DDP, once applied
+        self.failed = False  # this process's run failed (other ranks may still be training)
 
     # ----------------------------------------------------------- helpers
 
@@ -1113,7 +1114,7 @@ class _Run:
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
-        self.dist.stop()
+        self.dist.stop(together=not self.failed)
 
 
 def _failure_message(exc: Exception, run: _Run) -> str:
@@ -1234,6 +1235,7 @@ def run_experiment(
             len(getattr(run, "history", [])),
         )
     except Exception as exc:  # noqa: BLE001 - reported as a failed run, never a crash
+        run.failed = True
         message = _failure_message(exc, run)
         tb = traceback.format_exc()
         run.log(f"run failed: {message}")
