@@ -556,6 +556,10 @@ def _usage(message: str) -> _UsageError:
     return _UsageError(message)
 
 
+def _add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferstudio",
@@ -572,24 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="generate a small synthetic dataset and fine-tune on it (offline)"
     )
     p.add_argument("--epochs", type=int, help="override the demo's number of epochs")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an experiment setting, e.g. train.lr=0.01",
-    )
+    _add_set_option(p, "override an experiment setting, e.g. train.lr=0.01")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run an experiment file headless")
     p.add_argument("experiment", nargs="?", help="experiment .toml file")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set train.epochs=5 (repeatable)",
-    )
+    _add_set_option(p, "override a setting, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a stopped or killed run")
     p.add_argument(
         "--event-stream",
@@ -610,13 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", type=float, default=10.0, help="last learning rate (10)")
     p.add_argument("--apply", action="store_true", help="write the suggestion into the file")
     p.add_argument("--json", metavar="FILE", help="also write the curve as JSON")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set data.batch_size=16 (repeatable)",
-    )
+    _add_set_option(p, "override a setting, e.g. --set data.batch_size=16 (repeatable)")
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser(
@@ -641,13 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruner", choices=["median", "none"], help="median (default) or none")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--show", metavar="NAME", help="print a sweep's trials and best trial")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting of the experiment (repeatable)",
-    )
+    _add_set_option(p, "override a setting of the experiment (repeatable)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(

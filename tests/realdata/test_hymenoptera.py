@@ -21,6 +21,19 @@ pytestmark = [
 ]
 
 
+def _probe(host):
+    """The linear probe on ImageNet MobileNetV2 features (5 epochs, CPU)."""
+    raw = {
+        "name": "hymenoptera-probe",
+        "data": {"path": str(HYMENOPTERA), "batch_size": 32},
+        "augment": {"random_resized_crop": False, "hflip": False},
+        "model": {"backbone": "mobilenet_v2", "weights": str(MOBILENET)},
+        "train": {"epochs": 5, "lr": 0.001, "device": "cpu"},
+        "method": {"name": "feature-extract", "params": {"head": "linear"}},
+    }
+    return from_mapping(raw, host.method_params)
+
+
 def test_scan_handles_the_gif_placeholder():
     from transferstudio_builtins.datasets import image_folder_source
 
@@ -34,15 +47,7 @@ def test_scan_handles_the_gif_placeholder():
 
 def test_linear_probe_on_pretrained_mobilenet_reaches_published_accuracy(host, tmp_path):
     features.clear_memory()
-    raw = {
-        "name": "hymenoptera-probe",
-        "data": {"path": str(HYMENOPTERA), "batch_size": 32},
-        "augment": {"random_resized_crop": False, "hflip": False},
-        "model": {"backbone": "mobilenet_v2", "weights": str(MOBILENET)},
-        "train": {"epochs": 5, "lr": 0.001, "device": "cpu"},
-        "method": {"name": "feature-extract", "params": {"head": "linear"}},
-    }
-    result = run_experiment(from_mapping(raw, host.method_params), host, PlainState(), tmp_path)
+    result = run_experiment(_probe(host), host, PlainState(), tmp_path)
     features.clear_memory()
     assert result.status == "completed", result.message
     # The data README gives 0.954 for a linear probe; the PyTorch tutorial reports 0.93-0.96.
@@ -55,15 +60,7 @@ def test_transfer_gain_of_imagenet_weights_on_hymenoptera(host, tmp_path):
     from transferstudio.core.baseline import run_baseline
 
     features.clear_memory()
-    raw = {
-        "name": "hymenoptera-probe",
-        "data": {"path": str(HYMENOPTERA), "batch_size": 32},
-        "augment": {"random_resized_crop": False, "hflip": False},
-        "model": {"backbone": "mobilenet_v2", "weights": str(MOBILENET)},
-        "train": {"epochs": 5, "lr": 0.001, "device": "cpu"},
-        "method": {"name": "feature-extract", "params": {"head": "linear"}},
-    }
-    transfer = run_experiment(from_mapping(raw, host.method_params), host, PlainState(), tmp_path)
+    transfer = run_experiment(_probe(host), host, PlainState(), tmp_path)
     assert transfer.status == "completed", transfer.message
     result, gain = run_baseline(transfer.run_id, host, tmp_path)
     features.clear_memory()

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core import events as E
 from transferstudio.core import params as P
 from transferstudio.core.experiment import Experiment, from_mapping, load
 from transferstudio.core.plugins import PluginHost
@@ -136,27 +135,6 @@ def gains(store: RunStore) -> dict[str, Gain]:
     return out
 
 
-class _Tagging:
-    """Passes the engine's events on, tagging the baseline run as soon as it exists."""
-
-    def __init__(self, state, store: RunStore, tags: dict[str, str]) -> None:
-        self.state, self.store, self.tags = state, store, tags
-
-    def stop_requested(self) -> bool:
-        return self.state.stop_requested()
-
-    def pause_requested(self) -> bool:
-        return self.state.pause_requested()
-
-    def __getattr__(self, name: str) -> Any:  # wants_layer_stats and the like
-        return getattr(self.state, name)
-
-    def emit(self, event: Any) -> None:
-        if isinstance(event, E.RunStarted):
-            self.store.set_tags(event.run_id, self.tags)
-        self.state.emit(event)
-
-
 def run_baseline(run_id: str, host: PluginHost, workspace: str | Path, state=None):
     """Run the baseline of run ``run_id`` (its own ``experiment.toml``); returns the baseline's
     :class:`~transferstudio.core.engine.RunResult` and the :class:`Gain` (``None`` when the
@@ -173,7 +151,7 @@ def run_baseline(run_id: str, host: PluginHost, workspace: str | Path, state=Non
     exp = load(Path(record.folder) / "experiment.toml", host.method_params)
     baseline, what = baseline_experiment(exp, host)
     tags = {BASELINE_OF: record.id, BASELINE_KIND: what}
-    result = run_experiment(baseline, host, _Tagging(state or PlainState(), store, tags), workspace)
+    result = run_experiment(baseline, host, state or PlainState(), workspace, tags=tags)
     gain = compare(store, record.id, result.run_id) if result.status == "completed" else None
     return result, gain
 

@@ -369,6 +369,7 @@ class _Run:
         self.dist = Distributed()  # one process until prepare() reads torchrun's environment
         self.replicated: list[str] | None = None  # modules under DDP, once applied
         self.failed = False  # this process's run failed (other ranks may still be training)
+        self.tags: dict[str, str] = {}  # labels for the run store, set when the run is created
 
     # ----------------------------------------------------------- helpers
 
@@ -652,6 +653,8 @@ class _Run:
                 if self.store
                 else self.workspace / "runs" / self.run_id
             )
+            if self.store and self.tags:  # with the row: a run killed at once is still found
+                self.store.set_tags(self.run_id, self.tags)
         if self.dist.enabled:  # every rank follows rank 0's run (it alone writes)
             run_id, folder, elapsed = self.dist.broadcast(
                 (self.run_id, str(self.folder), self.elapsed_before)
@@ -1193,6 +1196,7 @@ def run_experiment(
     workspace: str | Path | None = None,
     resume: str | None = None,
     writer: bool | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunResult:
     """Run (or, with ``resume=RUN_ID``, continue) an experiment to the end.
 
@@ -1200,6 +1204,8 @@ def run_experiment(
     :class:`TransferStudioError`. Once the run exists, a cancel returns status ``cancelled``
     (checkpoints kept, resumable) and an error returns status ``failed`` after a
     :class:`~transferstudio.core.events.RunFailed` event; the last good checkpoint stays.
+    ``tags`` label a new run in the run store (its sweep and trial, the run a baseline is for)
+    as it is created.
     """
     from transferstudio.core.runs import default_workspace
 
@@ -1208,6 +1214,7 @@ def run_experiment(
     run = _Run(
         exp, host, state, workspace, resume, is_writer_process() if writer is None else writer
     )
+    run.tags = {k: str(v) for k, v in (tags or {}).items()}
     run.prepare()
     run.open_run()
     try:

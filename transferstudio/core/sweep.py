@@ -213,9 +213,10 @@ class _TrialState:
     """The engine's RunState for one trial: reports each epoch's validation metric to Optuna
     and stops the run when the pruner says so, or when the sweep is asked to stop."""
 
-    def __init__(self, trial, metric: str, store: RunStore, sweep: str, forward=None,
-                 should_stop: Callable[[], bool] | None = None) -> None:  # fmt: skip
-        self.trial, self.metric, self.store, self.sweep = trial, metric, store, sweep
+    def __init__(
+        self, trial, metric: str, forward=None, should_stop: Callable[[], bool] | None = None
+    ) -> None:
+        self.trial, self.metric = trial, metric
         self.forward = forward
         self.should_stop = should_stop
         self.pruned = False
@@ -235,9 +236,6 @@ class _TrialState:
         if isinstance(event, E.RunStarted):
             self.run_id = event.run_id
             self.trial.set_user_attr("run_id", event.run_id)
-            self.store.set_tags(
-                event.run_id, {"sweep": self.sweep, "trial": str(self.trial.number)}
-            )
         elif isinstance(event, E.EpochEnded):
             value = event.val.get(self.metric)
             if self.metric not in event.val:
@@ -408,7 +406,7 @@ def run_sweep(
             sampler=_sampler(attrs["sampler"], seed),
             pruner=_pruner(attrs["pruner"]),
         )
-        _requeue_interrupted(study, store, exp.name)
+        _requeue_interrupted(study, store)
     else:
         if exp is None:
             raise TransferStudioError(f"no sweep named {name!r}: give an experiment to start it")
@@ -454,12 +452,13 @@ def run_sweep(
             stopped = "stopped by the user"
             break
         trial = study.ask()
-        state = _TrialState(trial, metric, store, name, on_event, should_stop)
+        state = _TrialState(trial, metric, on_event, should_stop)
         try:
             params = {d.key: d.suggest(trial) for d in space}
             trial_exp = with_params(exp, host, params)
-            trial_exp.name = _trial_run_name(exp.name, name, trial.number)
-            result = run_experiment(trial_exp, host, state, workspace)
+            trial_exp.name = f"{exp.name}-{name}-t{trial.number}"
+            tags = {"sweep": name, "trial": str(trial.number)}
+            result = run_experiment(trial_exp, host, state, workspace, tags=tags)
         except TransferStudioError as exc:  # settings or data refused before the run began
             trial.set_user_attr("message", str(exc))
             study.tell(trial, state=TrialState.FAIL)
@@ -512,11 +511,7 @@ def _refuse_changes(name: str, exp: Experiment, stored: Experiment) -> None:
         )
 
 
-def _trial_run_name(experiment: str, sweep: str, number: int) -> str:
-    return f"{experiment}-{sweep}-t{number}"
-
-
-def _requeue_interrupted(study, store: RunStore, experiment: str) -> None:
+def _requeue_interrupted(study, store: RunStore) -> None:
     """Trials a killed process left running, and trials stopped by the user, are tried again
     with the same parameters; runs of killed trials are marked cancelled (resumable)."""
     from optuna.trial import TrialState
@@ -526,12 +521,12 @@ def _requeue_interrupted(study, store: RunStore, experiment: str) -> None:
     for t in stale:
         study.tell(t.number, state=TrialState.FAIL)
         run_id = t.user_attrs.get("run_id")
-        if run_id is None:  # killed before its run reported its id: found by its name
-            wanted = _trial_run_name(experiment, study.study_name, t.number)
-            run_id = next((r.id for r in store.list() if r.name == wanted), None)
+        if run_id is None:  # killed before its run reported its id: found by its tags
+            of_trial = store.tagged("trial", str(t.number))
+            of_sweep = store.tagged("sweep", study.study_name)
+            run_id = next((r for r in of_sweep if r in of_trial), None)
             if run_id is not None:
                 study.set_user_attr(f"run_id_{t.number}", run_id)
-                store.set_tags(run_id, {"sweep": study.study_name, "trial": str(t.number)})
         if run_id is not None and store.get(run_id).status == "running":
             store.set_status(run_id, "cancelled", "its sweep was interrupted")
     stale_numbers = {t.number for t in stale}

@@ -96,7 +96,7 @@ class SweepWorker(QObject):
 
     def _on_event(self, event) -> None:
         if isinstance(event, E.RunStarted):
-            # The sweep tags a trial's run before forwarding RunStarted, which has no number.
+            # The engine tags a trial's run as it creates it; RunStarted has no trial number.
             self._trial = RunStore(self.workspace).tags(event.run_id).get("trial", "?")
             self.progress.emit(f"trial #{self._trial} running, {event.epochs} epochs")
         elif isinstance(event, E.EpochEnded):

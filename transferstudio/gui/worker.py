@@ -97,10 +97,6 @@ class RunWorker(RunSignals):
         return self._pause.is_set()
 
     def emit(self, event: Any) -> None:
-        if self.tags and isinstance(event, E.RunStarted):
-            from transferstudio.core.runs import RunStore
-
-            RunStore(self.workspace).set_tags(event.run_id, self.tags)
         self.dispatch(event)
 
     # -- control (called from the GUI thread) ------------------------------------------------
@@ -122,7 +118,7 @@ class RunWorker(RunSignals):
 
         try:
             result = run_experiment(
-                self.experiment, self.host, self, self.workspace, resume=self.resume
+                self.experiment, self.host, self, self.workspace, resume=self.resume, tags=self.tags
             )
         except TransferStudioError as exc:
             self.errored.emit(str(exc), "")
