@@ -20,6 +20,24 @@ def _isolated_workspace(tmp_path, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _gui_thread_gc(request):
+    """Qt tests collect cyclic garbage on the GUI thread, as the window does; automatic
+    collection is handed back afterwards, once this test's widgets are closed."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    from transferstudio.gui.gui_thread_gc import (
+        collect_garbage_on_gui_thread,
+        restore_automatic_collection,
+    )
+
+    request.getfixturevalue("qapp")
+    collect_garbage_on_gui_thread()
+    yield
+    restore_automatic_collection()
+
+
 @pytest.fixture
 def host():
     """A plugin host with the built-ins only (installed third-party plugins are not loaded)."""

@@ -41,6 +41,7 @@ from transferstudio.core import events as E
 from transferstudio.core import experiment as X
 from transferstudio.core.atomic import write_text_atomic
 from transferstudio.core.plugins import PluginHost
+from transferstudio.gui.gui_thread_gc import collect_garbage_on_gui_thread
 from transferstudio.gui.layer_tree_model import QtLayerTreeModel
 from transferstudio.gui.plots import TrainingCurves
 from transferstudio.gui.settings_form import SettingsForm
@@ -65,6 +66,8 @@ class MainWindow(QMainWindow):
         settings: QSettings | None = None,
     ) -> None:
         super().__init__()
+        # Before any worker thread starts: cycles holding Qt objects must be freed on this thread.
+        collect_garbage_on_gui_thread()
         self.host = host
         self.workspace = Path(workspace)
         self.settings = settings or QSettings("TransferStudio", "TransferStudio")
