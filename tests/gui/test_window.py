@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
@@ -483,6 +484,10 @@ def test_the_learning_rate_finder_applies_its_suggestion_to_the_form(window, qtb
     assert window.train_form.widgets["lr"].value() == pytest.approx(expected, abs=1e-6)
     assert window.current_experiment().train.lr == pytest.approx(expected, abs=1e-6)
     assert not (window.workspace / "runs").exists()  # the sweep wrote no run
+    window.act_lr_find.trigger()  # again: the closed dialog is freed, not kept hidden
+    assert window.lr_dialog is not dialog
+    qtbot.waitUntil(lambda: not shiboken6.isValid(dialog), timeout=5_000)
+    window.lr_dialog.close()  # stops its sweep
 
 
 def _run_to_end(window, qtbot, start):

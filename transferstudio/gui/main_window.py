@@ -938,6 +938,8 @@ class MainWindow(QMainWindow):
         except TransferStudioError as exc:
             self.show_error("Cannot find a learning rate", str(exc))
             return
+        if self.lr_dialog is not None:  # the last one, closed (it is modal) and stopped
+            self.lr_dialog.deleteLater()
         self.lr_dialog = LrFinderDialog(exp, self.host, self.workspace, self)
         self.lr_dialog.applied.connect(self._apply_learning_rate)
         self.lr_dialog.open()
