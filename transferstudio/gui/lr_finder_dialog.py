@@ -14,13 +14,18 @@ import time
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal, Slot
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
 
 from transferstudio.api import TransferStudioError
 from transferstudio.core.lr_finder import LrFinderResult, find_lr
 from transferstudio.gui.widgets import named
-from transferstudio.gui.worker import EMIT_INTERVAL_S, hand_back_to_gui_thread, release_free_memory
+from transferstudio.gui.worker import (
+    EMIT_INTERVAL_S,
+    end_thread,
+    hand_back_to_gui_thread,
+    start_in_thread,
+)
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -161,22 +166,14 @@ class LrFinderDialog(QDialog):
         self.worker = LrSweepWorker(
             self.experiment, self.host, self.workspace, self.steps, self._stop
         )
-        self.thread = QThread()
-        self.thread.setObjectName("transferstudio-lr-finder")
-        self.worker.moveToThread(self.thread)
-        self.thread.started.connect(self.worker.run)
         # Bound methods of this GUI-thread dialog: the slots run queued on the GUI thread.
         self.worker.point_batch.connect(self._add_points)
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self._on_failed)
-        # Direct: quit() is thread-safe, and a queued call would never arrive while the GUI
-        # thread waits for this thread (closing the dialog during the sweep).
-        self.worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        self.worker.failed.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        self.thread.finished.connect(self._cleanup)
         self.stop_button.setEnabled(True)
         self.status.setText(f"sweeping {self.steps} learning rates; nothing is saved")
-        self.thread.start()
+        ends = [self.worker.finished, self.worker.failed]
+        self.thread = start_in_thread(self.worker, "transferstudio-lr-finder", ends, self._cleanup)
 
     @Slot()
     def stop(self) -> None:
@@ -241,12 +238,9 @@ class LrFinderDialog(QDialog):
     def _cleanup(self) -> None:
         if self.thread is None:  # already cleaned up by stop_and_wait
             return
-        self.thread.wait()
-        self.thread.deleteLater()
-        self.worker.deleteLater()  # handed back to this thread at the end of its run
+        end_thread(self.thread, self.worker)
         self.thread = self.worker = None
         self.stop_button.setEnabled(False)
-        release_free_memory()
         self.sweep_ended.emit()
 
     @Slot()

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, Signal, Slot
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -43,7 +43,7 @@ from transferstudio.core.sweep import (
     sweep_names,
 )
 from transferstudio.gui.widgets import named
-from transferstudio.gui.worker import hand_back_to_gui_thread, release_free_memory
+from transferstudio.gui.worker import end_thread, hand_back_to_gui_thread, start_in_thread
 
 NEW_SWEEP = "(new sweep)"
 BAR_WIDTH = 20  # characters of the importance bars
@@ -243,23 +243,15 @@ class SweepPanel(QWidget):
         self._stop = threading.Event()  # a fresh one: the last sweep's stays set
         self._progress = ""
         self.worker = SweepWorker(self.host, self.workspace, self._stop, **kwargs)
-        self.thread = QThread()
-        self.thread.setObjectName("transferstudio-sweep")
-        self.worker.moveToThread(self.thread)
-        self.thread.started.connect(self.worker.run)
         # Bound methods of this GUI-thread panel: the slots run queued on the GUI thread.
         self.worker.trial_done.connect(self._on_trial)
         self.worker.progress.connect(self._on_progress)
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self._on_failed)
-        # Direct: quit() is thread-safe, and a queued call would never arrive while the GUI
-        # thread waits for this thread (closing the window during a sweep).
-        self.worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        self.worker.failed.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        self.thread.finished.connect(self._cleanup)
-        self._set_running(True)
         self.status.setText(f"{action}...")
-        self.thread.start()
+        ends = [self.worker.finished, self.worker.failed]
+        self.thread = start_in_thread(self.worker, "transferstudio-sweep", ends, self._cleanup)
+        self._set_running(True)
 
     @Slot()
     def stop(self) -> None:
@@ -380,13 +372,10 @@ class SweepPanel(QWidget):
     def _cleanup(self) -> None:
         if self.thread is None:  # already cleaned up by stop_and_wait
             return
-        self.thread.wait()
-        self.thread.deleteLater()
-        self.worker.deleteLater()  # handed back to this thread at the end of its run
+        end_thread(self.thread, self.worker)
         self.thread = self.worker = None
         self._set_running(False)
         self.refresh_sweeps()
-        release_free_memory()
         self.sweep_ended.emit()
 
     @Slot()

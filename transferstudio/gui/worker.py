@@ -167,6 +167,37 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def start_in_thread(
+    worker: QObject, name: str, ends: list[Any], on_thread_finished: Callable[[], None]
+) -> QThread:
+    """Run ``worker.run`` in a new QThread called ``name`` and return the thread.
+
+    The thread quits when any signal in ``ends`` (the worker's finished/failed) is emitted;
+    ``on_thread_finished``, a slot of a GUI-thread object, is then called there, and should
+    end with :func:`end_thread`. The worker hands itself back with
+    :func:`hand_back_to_gui_thread` at the end of ``run``."""
+    thread = QThread()
+    thread.setObjectName(name)
+    worker.moveToThread(thread)
+    thread.started.connect(worker.run)
+    # Direct: quit() is thread-safe, and a queued call would never arrive while the GUI
+    # thread waits for this thread (closing the window during the work).
+    for signal in ends:
+        signal.connect(thread.quit, Qt.ConnectionType.DirectConnection)
+    thread.finished.connect(on_thread_finished)
+    thread.start()
+    return thread
+
+
+def end_thread(thread: QThread, worker: QObject) -> None:
+    """After :func:`start_in_thread`'s thread has finished: delete both on the GUI thread
+    (the worker was handed back there) and return the freed memory to the system."""
+    thread.wait()
+    thread.deleteLater()
+    worker.deleteLater()
+    release_free_memory()
+
+
 class RunController(QObject):
     """Owns the current run: a :class:`RunWorker` in its QThread, or a
     :class:`~transferstudio.gui.process_run.ProcessRun` (torchrun). One run at a time."""
@@ -200,27 +231,18 @@ class RunController(QObject):
         if self.running:
             raise RuntimeError("a run is already in progress")
         self.worker = worker
-        self.thread = QThread()
-        self.thread.setObjectName("transferstudio-run")
-        worker.moveToThread(self.thread)
-        self.thread.started.connect(worker.run)
-        # Direct: quit() is thread-safe, and a queued call would never arrive while the GUI
-        # thread waits for this thread (closing the window during a run).
-        worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        worker.errored.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        self.thread.finished.connect(self._cleanup)
         self._set_state("running")
-        self.thread.start()
+        ends = [worker.finished, worker.errored]
+        self.thread = start_in_thread(worker, "transferstudio-run", ends, self._cleanup)
 
     def _cleanup(self) -> None:
         if self.thread is not None:
-            self.thread.wait()
-            self.thread.deleteLater()
-        if self.worker is not None:  # back in this thread (hand_back_to_gui_thread)
+            end_thread(self.thread, self.worker)
+        elif self.worker is not None:  # a ProcessRun
             self.worker.deleteLater()
+            release_free_memory()
         self.thread = None
         self.worker = None
-        release_free_memory()
         self._set_state("idle")
 
     def _set_state(self, state: str) -> None:
