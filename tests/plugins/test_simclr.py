@@ -196,6 +196,17 @@ def test_checkpoint_is_backbone_weights_for_a_later_run(small_cnn_host, tmp_path
         assert backbone_keys and all(torch.equal(probed[k], weights[k]) for k in backbone_keys)
 
 
+def test_a_metric_simclr_does_not_measure_is_replaced_by_val_loss(small_cnn_host, tmp_path):
+    exp = simclr_experiment(write_shape_images(tmp_path / "shapes", per_class=12), epochs=1)
+    exp.train.early_stopping_metric = "f1"  # SimCLR reports loss and retrieval accuracy only
+    result = run_experiment(exp, small_cnn_host, PlainState(), tmp_path / "ws")
+    assert result.status == "completed", result.message
+    assert result.report["metric"] == "loss"  # what the best epoch was chosen by
+    log = (result.folder / "log.txt").read_text("utf-8")
+    assert "val f1 is not measured by simclr; using val loss" in log
+    assert "best val loss" in log
+
+
 def test_simclr_pretraining_beats_a_random_backbone_in_a_linear_probe(small_cnn_host, tmp_path):
     data = write_shape_images(tmp_path / "shapes", per_class=150, seed=0)
     pretrain = run_experiment(

@@ -370,6 +370,9 @@ class _Run:
         self.replicated: list[str] | None = None  # modules under DDP, once applied
         self.failed = False  # this process's run failed (other ranks may still be training)
         self.tags: dict[str, str] = {}  # labels for the run store, set when the run is created
+        # The metric the best epoch is chosen by: val loss when the method does not measure
+        # the configured one (found in the first epoch).
+        self.metric_used = exp.train.early_stopping_metric
 
     # ----------------------------------------------------------- helpers
 
@@ -1072,9 +1075,7 @@ class _Run:
             "method": self.exp.method,
             "backbone": self.exp.model.backbone,
             "device": str(self.device),
-            # The metric the best epoch was chosen by (val loss when the method does not
-            # measure the configured one).
-            "metric": getattr(self, "metric_used", self.exp.train.early_stopping_metric),
+            "metric": self.metric_used,
             "best_metric": self.best,
             "best_epoch": self.best_epoch,
             "epochs_done": len(self.history),

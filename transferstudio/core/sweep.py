@@ -501,7 +501,7 @@ def _refuse_changes(name: str, exp: Experiment, stored: Experiment) -> None:
     searches in one study."""
     from transferstudio.core.baseline import differences
 
-    changed = [k for k in differences(stored.with_absolute_paths(), exp.with_absolute_paths())]
+    changed = list(differences(stored.with_absolute_paths(), exp.with_absolute_paths()))
     if changed:
         raise ExperimentError(
             f"sweep {name!r} was started with another experiment (it differs in "
