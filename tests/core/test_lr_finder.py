@@ -116,3 +116,24 @@ def test_lr_find_command_prints_and_applies_the_suggestion(task, tmp_path):
     lr = written["train"]["lr"]
     assert lr == pytest.approx(saved["suggestion"], rel=1e-2) and lr != 0.5
     assert written["data"]["batch_size"] == 8  # only train.lr changed, not the --set override
+
+
+def test_stop_is_heard_while_a_feature_cache_is_built(task, host):
+    tmp, experiment = task
+    exp = tiny_experiment(
+        experiment(0.001).data.path,
+        model__backbone="lenet",
+        data__batch_size=8,
+        method__name="feature-extract",
+        method__params={"head": "linear"},
+    )
+    asked = []
+
+    def should_stop():  # no on the first question, yes from the second on
+        asked.append(True)
+        return len(asked) > 1
+
+    result = find_lr(exp, host, tmp / "ws", steps=100, should_stop=should_stop)
+    # Both questions came while the cache was built, before the first step; were stop only
+    # checked between steps, step 0 would have run.
+    assert result.lrs == [] and result.stopped_because == "stopped by the user"

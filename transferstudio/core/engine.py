@@ -100,16 +100,18 @@ class RunState(Protocol):
 
 
 class PlainState:
-    """A :class:`RunState` for scripts and tests: flags plus an event list and callback."""
+    """A :class:`RunState` for scripts and tests: flags plus an event list and callback.
+    ``should_stop``, when given, is asked too (a stop flag kept elsewhere)."""
 
-    def __init__(self, on_event=None) -> None:
+    def __init__(self, on_event=None, should_stop: Callable[[], bool] | None = None) -> None:
         self.stop = False
         self.pause = False
         self.events: list[Any] = []
         self.on_event = on_event
+        self.should_stop = should_stop
 
     def stop_requested(self) -> bool:
-        return self.stop
+        return self.stop or (self.should_stop is not None and self.should_stop())
 
     def pause_requested(self) -> bool:
         return self.pause

@@ -96,10 +96,8 @@ def find_lr(
     # Base learning rates of 1 (times each group's multiplier): a step's factor is then the
     # swept rate itself, whatever train.lr is (0 included).
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, lr=1.0))
-    state = PlainState()
-    if should_stop is not None:  # also checked inside data loading (feature caches, say)
-        state.stop_requested = should_stop  # type: ignore[method-assign]
-    run = _Run(exp, host, state, Path(workspace), None, writer=False)
+    # The run's state asks should_stop too: it is checked inside data loading (feature caches).
+    run = _Run(exp, host, PlainState(should_stop=should_stop), Path(workspace), None, writer=False)
     result = LrFinderResult()
     try:
         run.prepare()
