@@ -238,9 +238,8 @@ class RunController(QObject):
     def _cleanup(self) -> None:
         if self.thread is not None:
             end_thread(self.thread, self.worker)
-        elif self.worker is not None:  # a ProcessRun
+        elif self.worker is not None:  # a ProcessRun: it trained in other processes
             self.worker.deleteLater()
-            release_free_memory()
         self.thread = None
         self.worker = None
         self._set_state("idle")
