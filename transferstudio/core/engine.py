@@ -654,12 +654,11 @@ class _Run:
                     exp.model.backbone,
                     exp.method,
                     exp.train.early_stopping_metric,
+                    tags=self.tags,
                 )
                 if self.store
                 else self.workspace / "runs" / self.run_id
             )
-            if self.store and self.tags:  # with the row: a run killed at once is still found
-                self.store.set_tags(self.run_id, self.tags)
         if self.dist.enabled:  # every rank follows rank 0's run (it alone writes)
             run_id, folder, elapsed = self.dist.broadcast(
                 (self.run_id, str(self.folder), self.elapsed_before)

@@ -122,8 +122,20 @@ class RunStore:
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
         return f"{stamp}-{safe}-{secrets.token_hex(2)}"
 
-    def create(self, run_id: str, name: str, backbone: str, method: str, metric_name: str) -> Path:
-        """Register a new run and make its folder."""
+    def create(
+        self,
+        run_id: str,
+        name: str,
+        backbone: str,
+        method: str,
+        metric_name: str,
+        tags: dict[str, str] | None = None,
+    ) -> Path:
+        """Register a new run, with its ``tags``, and make its folder.
+
+        The row and its tags are written in one transaction: a process killed at any point
+        leaves either no run or a tagged one, so a sweep can always find its killed trial's run.
+        """
         folder = self.runs_folder / run_id
         folder.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
@@ -139,6 +151,10 @@ class RunStore:
                     metric_name,
                     str(folder),
                 ),
+            )
+            db.executemany(
+                "INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?)",
+                [(run_id, k, str(v)) for k, v in (tags or {}).items()],
             )
         return folder
 
@@ -178,15 +194,6 @@ class RunStore:
                     "UPDATE runs SET status=?, message=?, duration_s=? WHERE id=?",
                     (status, message, duration_s, run_id),
                 )
-
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        """Attach ``key = value`` labels to a run (its sweep and trial, the run a baseline is
-        for); a key set again is replaced."""
-        with self._connect() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO run_tags (run_id, key, value) VALUES (?, ?, ?)",
-                [(run_id, k, str(v)) for k, v in tags.items()],
-            )
 
     def tags(self, run_id: str) -> dict[str, str]:
         """The labels of one run."""
