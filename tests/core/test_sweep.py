@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import tiny_experiment, write_class_images
-from transferstudio.api import ExperimentError
+from transferstudio.api import ExperimentError, TransferStudioError
 from transferstudio.core.runs import RunStore
 from transferstudio.core.sweep import (
     Dimension,
@@ -126,9 +126,10 @@ def test_a_stopped_sweep_continues_and_retries_the_stopped_trial(data, host, tmp
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="kills with SIGKILL")
-def test_a_killed_sweep_resumes_from_the_command_line(data, tmp_path):
+def test_a_killed_sweep_resumes_from_the_command_line(data, host, tmp_path):
+    exp = _experiment(data, train__epochs=4)
     exp_file = tmp_path / "exp.toml"
-    exp_file.write_text(_experiment(data, train__epochs=4).to_toml(), "utf-8")
+    exp_file.write_text(exp.to_toml(), "utf-8")
     workspace = tmp_path / "ws"
     command = [sys.executable, "-m", "transferstudio", "--workspace", str(workspace), "sweep"]
     command += [str(exp_file), "--trials", "3", "--name", "k", "--sampler", "random"]
@@ -143,10 +144,16 @@ def test_a_killed_sweep_resumes_from_the_command_line(data, tmp_path):
                 break
             time.sleep(0.05)
         assert victim.poll() is None, "the sweep ended before it could be killed"
+        # while it runs, a second process on the same sweep is refused (it would take the
+        # running trial for an interrupted one); the victim has a trial and a half to go
+        with pytest.raises(TransferStudioError, match="'k' is running in another process"):
+            run_sweep(exp, host, workspace, "k", trials=3, sampler="random")
+        assert victim.poll() is None
         os.kill(victim.pid, signal.SIGKILL)
     finally:
         victim.wait()
         victim.stderr.close()
+    # the OS freed the killed process's lock: the same command continues the sweep
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "best: trial #" in done.stdout

@@ -203,3 +203,27 @@ def test_choosing_an_existing_sweep_shows_it_without_running(
     assert panel.space.text() == "; ".join(done.space) and panel.space.text().count("=") >= 2
     assert panel.sampler.currentText() == "random"
     assert len(sweep_names(tmp_path / "ws")) == 1 and len(RunStore(tmp_path / "ws").list()) == 2
+
+
+def test_a_sweep_another_process_runs_is_refused_and_the_panel_stays_usable(
+    qtbot, open_panel, fast, tmp_path
+):
+    from filelock import FileLock
+
+    from transferstudio.core.sweep import sweep_lock_path
+
+    panel = open_panel(fast())
+    panel.name.setText("shared")
+    panel.trials.setValue(1)
+    held = FileLock(sweep_lock_path(tmp_path / "ws", "shared"))  # as the other process would
+    held.acquire(timeout=0)
+    try:
+        with qtbot.waitSignal(panel.sweep_ended, timeout=TIMEOUT_MS):
+            panel.start_button.click()
+    finally:
+        held.release()
+    assert "'shared' is running in another process" in panel.status.text()
+    assert sweep_names(tmp_path / "ws") == []  # refused before anything was written
+    assert panel.start_button.isEnabled() and not panel.running
+    _run(qtbot, panel)  # once the other one has let go, the same Start runs the sweep
+    assert sweep_names(tmp_path / "ws") == ["shared"]

@@ -7,15 +7,18 @@ number. The search space comes from the settings dataclasses: a key such as ``tr
 choices=)``, unless the user gives one. Samplers: TPE or random; bad trials are pruned on their
 validation metric after each epoch (median rule). The budget is a number of finished trials,
 a time, or both. Running the same sweep again continues it: a trial that was interrupted (the
-process killed, or Stop) is tried again with the same parameters.
+process killed, or Stop) is tried again with the same parameters. One process runs a sweep at
+a time: it holds the sweep's lock file, which the OS frees when the process ends, killed or not.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from transferstudio.core.plugins import PluginHost
 from transferstudio.core.runs import RunStore
 
 STORAGE_FILE = "sweeps.sqlite"
+LOCK_FOLDER = "locks"
 MAX_FAILURES_IN_A_ROW = 3  # then the sweep stops: a broken setting would fail every trial
 LOWER_IS_BETTER = {"loss"}
 DEFAULT_KEYS = ("train.lr", "train.weight_decay")
@@ -284,6 +288,37 @@ def _pruner(kind: str):
     raise ExperimentError(f"unknown pruner {kind!r}; use median or none", "pruner")
 
 
+def sweep_lock_path(workspace: str | Path, name: str) -> Path:
+    """The lock file a process holds while it runs sweep ``name``."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]  # names differing in "/" vs "-"
+    return Path(workspace) / LOCK_FOLDER / f"sweep-{safe}-{digest}.lock"
+
+
+@contextmanager
+def _sweep_lock(workspace: Path, name: str) -> Iterator[None]:
+    """Hold sweep ``name``'s lock, or refuse: a second process on the same sweep would take
+    the first one's running trial for an interrupted one and run it again beside it. The lock
+    is the OS's (filelock: flock / LockFileEx), so a killed sweep leaves none behind."""
+    from filelock import FileLock, Timeout
+
+    path = sweep_lock_path(workspace, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TransferStudioError(
+            f"sweep {name!r} is running in another process (it holds {path}): let it finish "
+            "or stop it, then run this again to continue the sweep; or give a new search its "
+            "own --name"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def sweep_names(workspace: str | Path) -> list[str]:
     """The sweeps of a workspace, oldest first."""
     import optuna
@@ -377,123 +412,126 @@ def run_sweep(
         raise ExperimentError("give a budget: a number of trials, a time, or both", "trials")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workspace = Path(workspace)
-    store = RunStore(workspace)
-    if name in sweep_names(workspace):
-        study, stored = load_sweep(workspace, name, host)
-        if exp is not None:
-            _refuse_changes(name, exp, stored)
-        exp = stored
-        attrs = study.user_attrs
-        given = {
-            "space": [d.describe() for d in space] if space else None,
-            "sampler": sampler,
-            "pruner": pruner,
-        }
-        for key, value in given.items():
-            if value is not None and value != attrs.get(key):
-                raise ExperimentError(
-                    f"sweep {name!r} runs with {key} {attrs.get(key)!r}, not {value!r}: continue "
-                    "it as it is, or give the new search its own --name",
-                    key,
-                )
-        space = [Dimension(**d) for d in attrs["dimensions"]]
-        # The sampler and pruner are not stored by Optuna; they are rebuilt with a seed moved
-        # on by the trials so far, so a random sampler does not repeat its first draws.
-        seed += len(study.trials)
-        study = optuna.load_study(
-            study_name=name,
-            storage=_storage(workspace),
-            sampler=_sampler(attrs["sampler"], seed),
-            pruner=_pruner(attrs["pruner"]),
-        )
-        _requeue_interrupted(study, store)
-    else:
-        if exp is None:
-            raise TransferStudioError(f"no sweep named {name!r}: give an experiment to start it")
-        space = list(space) if space else default_space(exp)
-        sampler, pruner = sampler or "tpe", pruner or "median"
-        metric = exp.train.early_stopping_metric
-        study = optuna.create_study(
-            study_name=name,
-            storage=_storage(workspace),
-            direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
-            sampler=_sampler(sampler, seed),
-            pruner=_pruner(pruner),
-        )
-        study.set_user_attr("experiment", exp.to_toml(comments=False))
-        study.set_user_attr("base_dir", exp.base_dir)
-        study.set_user_attr("metric", metric)
-        study.set_user_attr("sampler", sampler)
-        study.set_user_attr("pruner", pruner)
-        study.set_user_attr("space", [d.describe() for d in space])
-        study.set_user_attr(
-            "dimensions", [d.__dict__ | {"choices": list(d.choices)} for d in space]
-        )
-    metric = study.user_attrs["metric"]
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    stopped = ""
-    failures_in_a_row = 0
-    while True:
-        if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            stopped = (
-                f"{failures_in_a_row} trials in a row failed (see their messages); fix the "
-                "cause, then run the sweep again to continue it"
+    with _sweep_lock(workspace, name):
+        store = RunStore(workspace)
+        if name in sweep_names(workspace):
+            study, stored = load_sweep(workspace, name, host)
+            if exp is not None:
+                _refuse_changes(name, exp, stored)
+            exp = stored
+            attrs = study.user_attrs
+            given = {
+                "space": [d.describe() for d in space] if space else None,
+                "sampler": sampler,
+                "pruner": pruner,
+            }
+            for key, value in given.items():
+                if value is not None and value != attrs.get(key):
+                    raise ExperimentError(
+                        f"sweep {name!r} runs with {key} {attrs.get(key)!r}, not {value!r}: continue "
+                        "it as it is, or give the new search its own --name",
+                        key,
+                    )
+            space = [Dimension(**d) for d in attrs["dimensions"]]
+            # The sampler and pruner are not stored by Optuna; they are rebuilt with a seed moved
+            # on by the trials so far, so a random sampler does not repeat its first draws.
+            seed += len(study.trials)
+            study = optuna.load_study(
+                study_name=name,
+                storage=_storage(workspace),
+                sampler=_sampler(attrs["sampler"], seed),
+                pruner=_pruner(attrs["pruner"]),
             )
-            break
-        done = len(study.get_trials(deepcopy=False, states=finished_states))
-        if trials is not None and done >= trials:
-            stopped = f"{done} trials finished"
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            stopped = f"the time budget ({timeout_s:g} s) is spent"
-            break
-        if should_stop is not None and should_stop():
-            stopped = "stopped by the user"
-            break
-        trial = study.ask()
-        state = _TrialState(trial, metric, on_event, should_stop)
-        try:
-            params = {d.key: d.suggest(trial) for d in space}
-            trial_exp = with_params(exp, host, params)
-            trial_exp.name = f"{exp.name}-{name}-t{trial.number}"
-            tags = {"sweep": name, "trial": str(trial.number)}
-            result = run_experiment(trial_exp, host, state, workspace, tags=tags)
-        except TransferStudioError as exc:  # settings or data refused before the run began
-            trial.set_user_attr("message", str(exc))
-            study.tell(trial, state=TrialState.FAIL)
-            failures_in_a_row += 1
+            _requeue_interrupted(study, store)
+        else:
+            if exp is None:
+                raise TransferStudioError(
+                    f"no sweep named {name!r}: give an experiment to start it"
+                )
+            space = list(space) if space else default_space(exp)
+            sampler, pruner = sampler or "tpe", pruner or "median"
+            metric = exp.train.early_stopping_metric
+            study = optuna.create_study(
+                study_name=name,
+                storage=_storage(workspace),
+                direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
+                sampler=_sampler(sampler, seed),
+                pruner=_pruner(pruner),
+            )
+            study.set_user_attr("experiment", exp.to_toml(comments=False))
+            study.set_user_attr("base_dir", exp.base_dir)
+            study.set_user_attr("metric", metric)
+            study.set_user_attr("sampler", sampler)
+            study.set_user_attr("pruner", pruner)
+            study.set_user_attr("space", [d.describe() for d in space])
+            study.set_user_attr(
+                "dimensions", [d.__dict__ | {"choices": list(d.choices)} for d in space]
+            )
+        metric = study.user_attrs["metric"]
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+        stopped = ""
+        failures_in_a_row = 0
+        while True:
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                stopped = (
+                    f"{failures_in_a_row} trials in a row failed (see their messages); fix the "
+                    "cause, then run the sweep again to continue it"
+                )
+                break
+            done = len(study.get_trials(deepcopy=False, states=finished_states))
+            if trials is not None and done >= trials:
+                stopped = f"{done} trials finished"
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped = f"the time budget ({timeout_s:g} s) is spent"
+                break
+            if should_stop is not None and should_stop():
+                stopped = "stopped by the user"
+                break
+            trial = study.ask()
+            state = _TrialState(trial, metric, on_event, should_stop)
+            try:
+                params = {d.key: d.suggest(trial) for d in space}
+                trial_exp = with_params(exp, host, params)
+                trial_exp.name = f"{exp.name}-{name}-t{trial.number}"
+                tags = {"sweep": name, "trial": str(trial.number)}
+                result = run_experiment(trial_exp, host, state, workspace, tags=tags)
+            except TransferStudioError as exc:  # settings or data refused before the run began
+                trial.set_user_attr("message", str(exc))
+                study.tell(trial, state=TrialState.FAIL)
+                failures_in_a_row += 1
+                if on_trial is not None:
+                    on_trial(summarize(study))
+                continue
+            if state.unmeasured:
+                message = (
+                    f"{exp.method} does not measure val {metric}; set train.early_stopping_metric "
+                    "to a metric it reports (loss is always there) and start a new sweep"
+                )
+                trial.set_user_attr("message", message)
+                study.tell(trial, state=TrialState.FAIL)
+                store.set_status(result.run_id, "failed", message)
+                raise ExperimentError(message, "train.early_stopping_metric")
+            if state.pruned and result.status != "completed":
+                study.tell(trial, state=TrialState.PRUNED)
+                store.set_status(result.run_id, "pruned", "pruned by the sweep (median rule)")
+                failures_in_a_row = 0
+            elif result.status == "completed" and result.best_metric is not None:
+                study.tell(trial, result.best_metric)
+                failures_in_a_row = 0
+            else:
+                trial.set_user_attr("message", result.message or result.status)
+                if result.status == "cancelled":
+                    trial.set_user_attr("interrupted", True)
+                else:
+                    failures_in_a_row += 1
+                study.tell(trial, state=TrialState.FAIL)
             if on_trial is not None:
                 on_trial(summarize(study))
-            continue
-        if state.unmeasured:
-            message = (
-                f"{exp.method} does not measure val {metric}; set train.early_stopping_metric "
-                "to a metric it reports (loss is always there) and start a new sweep"
-            )
-            trial.set_user_attr("message", message)
-            study.tell(trial, state=TrialState.FAIL)
-            store.set_status(result.run_id, "failed", message)
-            raise ExperimentError(message, "train.early_stopping_metric")
-        if state.pruned and result.status != "completed":
-            study.tell(trial, state=TrialState.PRUNED)
-            store.set_status(result.run_id, "pruned", "pruned by the sweep (median rule)")
-            failures_in_a_row = 0
-        elif result.status == "completed" and result.best_metric is not None:
-            study.tell(trial, result.best_metric)
-            failures_in_a_row = 0
-        else:
-            trial.set_user_attr("message", result.message or result.status)
-            if result.status == "cancelled":
-                trial.set_user_attr("interrupted", True)
-            else:
-                failures_in_a_row += 1
-            study.tell(trial, state=TrialState.FAIL)
-        if on_trial is not None:
-            on_trial(summarize(study))
-    summary = summarize(study)
-    summary.stopped_because = stopped
-    return summary
+        summary = summarize(study)
+        summary.stopped_because = stopped
+        return summary
 
 
 def _refuse_changes(name: str, exp: Experiment, stored: Experiment) -> None:
