@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 
 from transferstudio.api import ExperimentError
 from transferstudio.core import params as P
+from transferstudio.gui.float_box import FloatSpinBox
 
 INVALID_STYLE = "background-color: #ffd7d7;"
 
@@ -61,8 +62,7 @@ class SettingsForm(QWidget):
             )
             widget.valueChanged.connect(self._on_change)
         elif info.kind is float:
-            widget = QDoubleSpinBox()
-            widget.setDecimals(6)
+            widget = FloatSpinBox()
             widget.setRange(
                 info.min if info.min is not None else -1e9,
                 info.max if info.max is not None else 1e9,
