@@ -70,12 +70,13 @@ How to run
     .venv/bin/python benchmarks/gui_overhead.py --json out.json
     .venv/bin/python benchmarks/gui_overhead.py --diagnose --rounds 3   # where the cost comes from
 
-    ``--diagnose`` runs, instead of a.-d., the same experiment in five set-ups, alternated over
+    ``--diagnose`` runs, instead of a.-d., the same experiment in six set-ups, alternated over
     ``--rounds`` rounds after a warm-up: headless in the main thread; the window's ``RunWorker``
     in a ``QThread`` with the GUI thread in an event loop but no window; a ``MainWindow`` that
     is built but never shown (same worker, same signals and slots, nothing painted); the shown
     window with ``curves.redraw`` replaced by a no-op (labels and progress bars still update);
-    and the shown window as in a.
+    the shown window as in a.; and the same with Python's automatic garbage collection instead
+    of the window's GUI-thread collector (``transferstudio.gui.gui_thread_gc``).
 
 It forces ``QT_QPA_PLATFORM=offscreen``, prints the machine and markdown tables (paste them into
 docs/benchmarks.md); ``--json`` also writes every measured figure to a file.
@@ -378,10 +379,25 @@ def run_worker_no_window(app, exp, host, workspace: Path) -> dict:
 
 
 def diagnose(app, host, exp, tmp: Path, window, hidden, rounds: int, n_images: int, args) -> dict:
-    """Where the window's cost comes from: the same run in five set-ups, alternated."""
+    """Where the window's cost comes from: the same run in six set-ups, alternated."""
     paints = _PaintCounter(window.curves.plots["loss"].viewport())
     hidden_paints = _PaintCounter(hidden.curves.plots["loss"].viewport())
     counter = iter(range(10_000))
+
+    def automatic_gc():
+        # The window collects cyclic garbage on a GUI-thread timer (gui/gui_thread_gc.py); this
+        # set-up hands collection back to Python, which then collects in whichever thread
+        # allocates (mostly the training thread), to show what the timer costs or saves.
+        from transferstudio.gui.gui_thread_gc import (
+            collect_garbage_on_gui_thread,
+            restore_automatic_collection,
+        )
+
+        restore_automatic_collection()
+        try:
+            return run_window(app, window, paints)
+        finally:
+            collect_garbage_on_gui_thread()
 
     def no_redraw():
         window.curves.redraw = lambda keys=None: None  # instance attribute, removed below
@@ -398,6 +414,7 @@ def diagnose(app, host, exp, tmp: Path, window, hidden, rounds: int, n_images: i
         "window built, never shown (no painting)": lambda: run_window(app, hidden, hidden_paints),
         "window shown, curves.redraw disabled": no_redraw,
         "window shown, curves live (as in a.)": lambda: run_window(app, window, paints),
+        "same, Python's automatic GC instead of the GUI-thread collector": automatic_gc,
     }
     results: dict[str, list] = {k: [] for k in setups}
     for round_no in range(rounds + 1):  # round 0: warm-up
@@ -585,7 +602,8 @@ def main(argv=None) -> int:
         action="store_true",
         help="instead of a.-d.: where the window's cost comes from (headless; RunWorker in a "
         "QThread without a window; window never shown; window shown with curve redraws "
-        "disabled; window as in a.), --rounds rounds after a warm-up",
+        "disabled; window as in a.; the same with automatic GC), --rounds rounds after a "
+        "warm-up",
     )
     args = ap.parse_args(argv)
     if args.quick:
