@@ -4,6 +4,7 @@ or with advice, and everything else keeps working."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 import threading
 
@@ -162,3 +163,26 @@ def test_running_out_of_gpu_memory_stops_with_advice_and_keeps_the_checkpoint(
     assert store.load("last").meta["epoch"] == 0  # loads, epoch 1 (0-based)
     assert RunStore(tmp_path / "ws").get(result.run_id).status == "failed"
     assert torch.ones(2).sum() == 2  # torch itself is still usable in this process
+
+
+def test_a_plugin_slow_to_import_is_named_while_the_start_waits(tmp_path, monkeypatch, capsys):
+    # Imports cannot be time-boxed (main thread only); a slow one is named with what to do.
+    from tests.core.test_plugin_folders import _install_like_pip_target
+
+    folder = tmp_path / "plugins"
+    _install_like_pip_target(folder, "slow_plugin_x")
+    module = folder / "slow_plugin_x.py"
+    module.write_text("import time\ntime.sleep(1.5)\n" + module.read_text("utf-8"), "utf-8")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # restored after the test
+    monkeypatch.setenv("TRANSFERSTUDIO_PLUGIN_PATH", str(folder))
+    monkeypatch.setenv("TRANSFERSTUDIO_PLUGIN_TIMEOUT", "1")
+    try:
+        host = load_plugins(autoload=True)
+    finally:
+        sys.modules.pop("slow_plugin_x", None)
+    err = capsys.readouterr().err
+    assert "still importing plugin 'slow_plugin_x' (module slow_plugin_x) after 1 s" in err
+    assert (
+        "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD=1" in err and "pip uninstall slow_plugin_x" in err
+    )
+    assert "slow_plugin_x_net" in host.backbones  # it loaded in the end

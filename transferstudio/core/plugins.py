@@ -12,9 +12,11 @@ import importlib
 import importlib.metadata as md
 import os
 import sys
+import threading
 import traceback
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,8 @@ DEFAULT_TIMEOUT_S = 20.0
 """How long one registration hook may take before it is given up (seconds); hooks only build
 lightweight specs, so anything near this is a hang. Imports are not time-boxed: a module must
 be imported on the main thread (signal handlers, torch's own import), and an import abandoned
-in a thread would keep its import lock."""
+in a thread would keep its import lock. An import still running after this long is named on
+stderr instead, with how to start without it."""
 
 
 def _timeout_from_env() -> float:
@@ -55,6 +58,31 @@ def _timeout_from_env() -> float:
     return max(1.0, value) if value == value else DEFAULT_TIMEOUT_S  # NaN fails value == value
 
 
+@contextmanager
+def _watch_import(record: PluginRecord, timeout: float) -> Iterator[None]:
+    """Name the plugin on stderr if its import is still running after ``timeout`` seconds: the
+    app's start waits for it, and without a name the user sees only a program that never
+    opens."""
+    dist = record.name.split(":")[0]
+
+    def warn() -> None:
+        print(
+            f"transferstudio: still importing plugin {dist!r} (module {record.module}) after "
+            f"{timeout:g} s; the start waits for it. If it hangs, start without installed "
+            f"plugins ({DISABLE_AUTOLOAD_ENV}=1) or remove it (pip uninstall {dist}).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    timer = threading.Timer(timeout, warn)
+    timer.daemon = True  # a hung import must not also keep the process from exiting
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 class PluginTimeout(Exception):
     """A plugin's import or hook did not return in time."""
 
@@ -63,8 +91,6 @@ def _time_boxed(call, timeout: float):
     """``call()`` in a daemon thread, waited for at most ``timeout`` seconds. A hung call is
     abandoned (Python cannot kill a thread; being a daemon it does not keep the app alive at
     exit) and reported as :class:`PluginTimeout`; its exception otherwise propagates."""
-    import threading
-
     outcome: dict[str, Any] = {}
 
     def target():
@@ -136,7 +162,8 @@ class PluginHost:
                 module=ep.value,
             )
             try:
-                module = ep.load()
+                with _watch_import(record, self.timeout):
+                    module = ep.load()
             except BaseException as exc:  # noqa: BLE001 - a broken plugin must not stop the app
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -151,7 +178,8 @@ class PluginHost:
         """Import a plugin module by name and register it, guarded like an entry point."""
         record = PluginRecord(name=name or module_name, version=version or "?", module=module_name)
         try:
-            module = importlib.import_module(module_name)
+            with _watch_import(record, self.timeout):
+                module = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001
             record.fail("failed", _format_exc(f"could not import {module_name!r}", exc))
             self.records.append(record)
