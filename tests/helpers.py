@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import textwrap
 from pathlib import Path
 
 ISSUE_BACKBONES = (
@@ -188,3 +189,30 @@ def torchrun_rank(pid: int) -> int | None:
         return None
     ranks = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"RANK=")]
     return int(ranks[0]) if ranks else None
+
+
+def install_like_pip_target(folder, name: str) -> None:
+    """What ``pip install --target folder`` leaves: the module and its dist-info."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(
+        textwrap.dedent(
+            f'''
+            from transferstudio.api import BackboneSpec, hookimpl
+
+            TRANSFERSTUDIO_API_VERSION = "1.2"
+
+            def build():
+                import torch
+                return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+
+            @hookimpl
+            def transferstudio_backbones():
+                return [BackboneSpec("{name}_net", "test", 4, build, classifier="1")]
+            '''
+        ),
+        "utf-8",
+    )
+    info = folder / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[transferstudio]\n{name} = {name}\n")

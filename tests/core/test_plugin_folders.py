@@ -6,41 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
+from tests.helpers import install_like_pip_target
 from transferstudio.core.plugins import PLUGIN_PATH_ENV, load_plugins, plugin_folders
-
-
-def _install_like_pip_target(folder, name: str) -> None:
-    """What ``pip install --target folder`` leaves: the module and its dist-info."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.py").write_text(
-        textwrap.dedent(
-            f'''
-            from transferstudio.api import BackboneSpec, hookimpl
-
-            TRANSFERSTUDIO_API_VERSION = "1.2"
-
-            def build():
-                import torch
-                return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
-
-            @hookimpl
-            def transferstudio_backbones():
-                return [BackboneSpec("{name}_net", "test", 4, build, classifier="1")]
-            '''
-        ),
-        "utf-8",
-    )
-    info = folder / f"{name}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[transferstudio]\n{name} = {name}\n")
 
 
 def test_a_plugin_in_a_plugin_folder_is_found(tmp_path, monkeypatch):
     folder = tmp_path / "plugins"
-    _install_like_pip_target(folder, "folder_plugin_x")
+    install_like_pip_target(folder, "folder_plugin_x")
     monkeypatch.setattr(sys, "path", list(sys.path))  # restored after the test
     monkeypatch.setenv(PLUGIN_PATH_ENV, str(folder))
     assert plugin_folders() == [folder]

@@ -11,7 +11,7 @@ import threading
 import pytest
 import torch
 
-from tests.helpers import tiny_experiment
+from tests.helpers import install_like_pip_target, tiny_experiment
 from transferstudio.core.checkpoint import CheckpointStore
 from transferstudio.core.engine import PlainState, run_experiment
 from transferstudio.core.experiment import from_mapping
@@ -167,10 +167,8 @@ def test_running_out_of_gpu_memory_stops_with_advice_and_keeps_the_checkpoint(
 
 def test_a_plugin_slow_to_import_is_named_while_the_start_waits(tmp_path, monkeypatch, capsys):
     # Imports cannot be time-boxed (main thread only); a slow one is named with what to do.
-    from tests.core.test_plugin_folders import _install_like_pip_target
-
     folder = tmp_path / "plugins"
-    _install_like_pip_target(folder, "slow_plugin_x")
+    install_like_pip_target(folder, "slow_plugin_x")
     module = folder / "slow_plugin_x.py"
     module.write_text("import time\ntime.sleep(1.5)\n" + module.read_text("utf-8"), "utf-8")
     monkeypatch.setattr(sys, "path", list(sys.path))  # restored after the test
