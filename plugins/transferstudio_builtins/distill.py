@@ -260,8 +260,6 @@ class Distill(TransferMethod):
     # ----------------------------------------------------------- setup
 
     def setup(self, ctx) -> None:
-        from torch import nn
-
         p = self.params
         if p.teacher_run.strip():
             teacher = ctx.load_run_model(p.teacher_run.strip())
@@ -296,13 +294,11 @@ class Distill(TransferMethod):
                 f"{ctx.num_classes}; distil from a run trained on the same classes",
                 "method.params.teacher_run",
             )
-        self.projections = nn.ModuleDict(
-            {
-                _key(i): make_projection(s.shape, t.shape, f"{sp}={tp}")
-                for i, (s, t, (sp, tp)) in enumerate(
-                    zip(student_acts, teacher_acts, self.pairs, strict=True)
-                )
-            }
+        self.projections = hint_projections(
+            [
+                make_projection(s.shape, t.shape, f"{sp}={tp}")
+                for s, t, (sp, tp) in zip(student_acts, teacher_acts, self.pairs, strict=True)
+            ]
         ).to(ctx.device)
         self.cache = (
             TeacherCache()
@@ -343,7 +339,9 @@ class Distill(TransferMethod):
         per_image = 4 * (
             teacher_logits[0].numel() + sum(a[0].numel() for a in teacher_acts)
         )  # float32 bytes
-        images = len(ctx.loader("train")) * ctx.batch_size
+        # The whole split: under torchrun each process sees other images every epoch, so its
+        # cache grows towards every training image.
+        images = len(ctx.loader("train").dataset)
         if per_image * images <= TEACHER_CACHE_BUDGET_BYTES:
             return True
         ctx.log(
@@ -411,11 +409,9 @@ class Distill(TransferMethod):
         loss = alpha * ce + (1.0 - alpha) * kd
         logs = {"ce_loss": float(ce.detach()), "kd_loss": float(kd.detach())}
         if self.pairs:
+            projected = self.projections(student_acts)  # its forward: synchronised under DDP
             hints = torch.stack(
-                [
-                    hint_loss(self.projections[_key(i)](s), t)
-                    for i, (s, t) in enumerate(zip(student_acts, teacher_acts, strict=True))
-                ]
+                [hint_loss(s, t) for s, t in zip(projected, teacher_acts, strict=True)]
             ).mean()
             loss = loss + self.params.hint_weight * hints
             logs["hint_loss"] = float(hints.detach())
@@ -486,9 +482,20 @@ class Distill(TransferMethod):
         return summary
 
 
-def _key(index: int) -> str:
-    # ModuleDict keys may not contain dots, so projections are numbered in hint_layers order.
-    return f"hint{index}"
+def hint_projections(projections: list[Any]):
+    """The hint projections as one module: ``forward(student_activations)`` maps each
+    activation with its projection, in ``hint_layers`` order. Called through its own forward,
+    its gradients are synchronised when the engine applies DistributedDataParallel to it
+    (torchrun); a plain ModuleDict has no forward. Keys ``hint0``, ``hint1``, ... as before, so
+    the checkpoints of earlier runs still load."""
+    from torch import nn
+
+    class HintProjections(nn.ModuleDict):
+        def forward(self, activations: list[Any]) -> list[Any]:
+            return [self[f"hint{i}"](a) for i, a in enumerate(activations)]
+
+    # ModuleDict keys may not contain dots, so projections are numbered, not named by path.
+    return HintProjections({f"hint{i}": p for i, p in enumerate(projections)})
 
 
 DISTILL = MethodSpec(
@@ -499,4 +506,7 @@ DISTILL = MethodSpec(
     factory=Distill,
     data_roles=(ROLE_LABELED,),
     baseline="fine-tune",  # the student trained alone, without the teacher
+    # The student and the hint projections are called through their own forward; the teacher
+    # is frozen (not synchronised) and each process caches the outputs of the images it sees.
+    distributed=True,
 )

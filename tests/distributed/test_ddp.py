@@ -25,16 +25,16 @@ from transferstudio.core.runs import RunStore
 ENV = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _experiment(tmp: Path, method: str | None = None, **overrides) -> Path:
+def _experiment(tmp: Path, method: str | None = None, params=None, **overrides) -> Path:
     from transferstudio.core.experiment import from_mapping
     from transferstudio.core.plugins import load_plugins
 
     data = write_class_images(tmp / "data", {"a": 10, "b": 10, "c": 10}, 32, 0)  # 24 train
-    overrides = {"data__batch_size": 8, **overrides}
-    raw = tiny_experiment(data, model__backbone="lenet", train__lr=0.001, **overrides).to_dict()
+    overrides = {"data__batch_size": 8, "train__lr": 0.001, **overrides}
+    raw = tiny_experiment(data, model__backbone="lenet", **overrides).to_dict()
     raw["augment"]["hflip"] = False
     if method:
-        raw["method"] = {"name": method, "params": {}}
+        raw["method"] = {"name": method, "params": params or {}}
     path = tmp / f"exp-{len(list(tmp.glob('exp-*.toml')))}.toml"
     path.write_text(
         from_mapping(raw, load_plugins(autoload=False).method_params).to_toml(), "utf-8"
@@ -167,6 +167,21 @@ def _fusion(tmp: Path, mode: str):
     )
 
 
+def _one_and_two_processes_agree(tmp_path: Path, exp: Path) -> str:
+    """Run ``exp`` with 1 and with 2 processes; every validation metric and every epoch's
+    training loss agree within 1e-4. Returns the 2-process run's log."""
+    for name, processes in (("one", 1), ("two", 2)):
+        code, out = _finish(_launch(tmp_path / name, "run", str(exp), processes=processes))
+        assert code == 0, out
+    _, one, one_rows = _only_run(tmp_path / "one")
+    record, two, two_rows = _only_run(tmp_path / "two")
+    for key, value in one["val"]["metrics"].items():
+        assert two["val"]["metrics"][key] == pytest.approx(value, abs=1e-4), key
+    for a, b in zip(one_rows, two_rows, strict=True):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=1e-4)
+    return (Path(record.folder) / "log.txt").read_text("utf-8")
+
+
 @pytest.mark.parametrize(
     "make, variant",
     [
@@ -184,17 +199,23 @@ def test_other_methods_in_two_processes_end_with_the_metrics_of_one(tmp_path, ma
     exp = make(tmp_path, variant)
     path = tmp_path / "exp.toml"
     path.write_text(exp.to_toml(), "utf-8")
-    for name, processes in (("one", 1), ("two", 2)):
-        code, out = _finish(_launch(tmp_path / name, "run", str(path), processes=processes))
-        assert code == 0, out
-    _, one, one_rows = _only_run(tmp_path / "one")
-    record, two, two_rows = _only_run(tmp_path / "two")
-    for key, value in one["val"]["metrics"].items():
-        assert two["val"]["metrics"][key] == pytest.approx(value, abs=1e-4), key
-    for a, b in zip(one_rows, two_rows, strict=True):
-        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), abs=1e-4)
-    log = (Path(record.folder) / "log.txt").read_text("utf-8")
+    log = _one_and_two_processes_agree(tmp_path, path)
     assert "2 processes (cpu): DistributedDataParallel on model" in log
+
+
+def test_distillation_in_two_processes_ends_with_the_metrics_of_one(tmp_path):
+    """distill declares distributed support: the student and its hint projections (called
+    through their own forward) are synchronised; the frozen teacher runs, and caches its
+    outputs, in each process."""
+    teacher_exp = _experiment(tmp_path / "teacher", train__epochs=2)
+    code, out = _finish(_launch(tmp_path / "teacher-ws", "run", str(teacher_exp)))
+    assert code == 0, out
+    teacher, _, _ = _only_run(tmp_path / "teacher-ws")
+    hints = {"hint_layers": ["backbone.features=backbone.features"], "hint_weight": 10.0}
+    params = {"teacher_run": teacher.folder, **hints}
+    exp = _experiment(tmp_path, "distill", params, train__epochs=3, train__lr=0.005)
+    log = _one_and_two_processes_agree(tmp_path, exp)
+    assert "DistributedDataParallel on model, hint_projections" in log
 
 
 RANK0_FAILS = """
