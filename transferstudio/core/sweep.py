@@ -311,7 +311,8 @@ def _sweep_lock(workspace: Path, name: str) -> Iterator[None]:
         raise TransferStudioError(
             f"sweep {name!r} is running in another process (it holds {path}): let it finish "
             "or stop it, then run this again to continue the sweep; or give a new search its "
-            "own --name"
+            "own --name. (If no process runs it, the file system keeps no OS locks and the "
+            "file was left by a killed sweep: delete it.)"
         ) from None
     try:
         yield
