@@ -61,9 +61,13 @@ def _run_with_console(
         result = run_experiment(exp, host, progress, workspace, resume=resume)
     finally:
         signal.signal(signal.SIGINT, previous)
-    print(f"run folder: {result.folder}")
+    if rank0:
+        print(f"run folder: {result.folder}")
     if result.status == "cancelled":
-        print(f"resume with: transferstudio --workspace {workspace} run --resume {result.run_id}")
+        if rank0:
+            print(
+                f"resume with: transferstudio --workspace {workspace} run --resume {result.run_id}"
+            )
         return 130
     return 0 if result.status == "completed" else 1
 

@@ -58,8 +58,17 @@ def _launch(workspace: Path, *args: str, processes: int = 1, **popen) -> subproc
     )
 
 
-def _finish(process: subprocess.Popen) -> tuple[int, str]:
-    out, _ = process.communicate(timeout=600)
+def _finish(process: subprocess.Popen, timeout: float = 600, hung: str = "") -> tuple[int, str]:
+    """Wait for a launch; one still running after ``timeout`` s is killed with its workers
+    (they hold the pipe open) and fails the test with ``hung`` and its output."""
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in child_pids(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        process.kill()
+        out, _ = process.communicate()
+        pytest.fail(f"{hung or 'the job hung'}:\n{out}")
     return process.returncode, out
 
 
@@ -94,6 +103,7 @@ def test_two_processes_end_with_the_metrics_of_one(reference):
     assert sum(row["support"] for row in two["val"]["per_class"]) == 6
     log = (Path(record.folder) / "log.txt").read_text("utf-8")
     assert "2 processes (cpu): DistributedDataParallel on model; 4 images per process" in log
+    assert "validation shared out" in log
 
 
 def test_rank_zero_alone_writes(reference):
@@ -167,6 +177,24 @@ def _fusion(tmp: Path, mode: str):
     )
 
 
+def test_rank_zero_tests_the_best_checkpoint_alone_and_the_job_ends(tmp_path):
+    """With a test split, rank 0 alone tests the best checkpoint while the others leave: no
+    collective may run there. Before, its per-batch stop check waited for the others, and the
+    job hung for good after the last epoch."""
+    exp = _experiment(tmp_path, train__epochs=2, data__test_split=0.2)
+    reports = {}
+    for name, processes in (("one", 1), ("two", 2)):
+        launch = _launch(tmp_path / name, "run", str(exp), processes=processes)
+        code, out = _finish(launch, timeout=240, hung=f"{processes} process(es) did not end")
+        assert code == 0, out
+        assert out.count("run folder:") == 1  # rank 0 alone reports
+        _, reports[name], _ = _only_run(tmp_path / name)
+    one, two = reports["one"]["test"], reports["two"]["test"]
+    assert sum(row["support"] for row in two["per_class"]) == 6  # the whole test split
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, abs=1e-4), key
+
+
 def _one_and_two_processes_agree(tmp_path: Path, exp: Path) -> str:
     """Run ``exp`` with 1 and with 2 processes; every validation metric and every epoch's
     training loss agree within 1e-4. Returns the 2-process run's log."""
@@ -216,6 +244,7 @@ def test_distillation_in_two_processes_ends_with_the_metrics_of_one(tmp_path):
     exp = _experiment(tmp_path, "distill", params, train__epochs=3, train__lr=0.005)
     log = _one_and_two_processes_agree(tmp_path, exp)
     assert "DistributedDataParallel on model, hint_projections" in log
+    assert "validation whole in every process" in log  # distill keeps its own batches
 
 
 RANK0_FAILS = """
@@ -261,13 +290,19 @@ def test_a_rank_that_fails_alone_ends_the_job_instead_of_waiting_for_the_others(
     env = {k: v for k, v in ENV.items() if k != "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD"}
     launch = _launch(tmp_path / "ws", "run", str(exp), processes=2, env={
         **env, "TRANSFERSTUDIO_PLUGIN_PATH": str(plugins)})  # fmt: skip
-    try:
-        out, _ = launch.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        for pid in child_pids(launch.pid):  # the workers hold the pipe open
-            os.kill(pid, signal.SIGKILL)
-        launch.kill()
-        launch.communicate()
-        pytest.fail("the job hung after rank 0 failed")
-    assert launch.returncode != 0
+    code, out = _finish(launch, timeout=240, hung="the job hung after rank 0 failed")
+    assert code != 0
     assert "rank 0 broke at step 4" in out
+
+
+@pytest.mark.parametrize("n, world", [(6, 2), (7, 2), (7, 3), (1, 2), (0, 2)])
+def test_evaluation_shares_cover_every_item_and_go_back_in_order(n, world):
+    import torch
+
+    from transferstudio.core.distributed import Distributed, interleave_shards
+
+    shares = [Distributed(rank=r, world=world).shard(n) for r in range(world)]
+    assert len({len(s) for s in shares}) == 1  # as many batches in every process
+    assert set().union(*shares) == set(range(n))
+    parts = [torch.tensor(s, dtype=torch.float32).reshape(-1, 1) for s in shares]  # row = item
+    assert interleave_shards(parts, n).flatten().tolist() == list(range(n))

@@ -3,8 +3,10 @@ engine needs. Training itself uses PyTorch's DistributedDataParallel (applied in
 ``torch.distributed._composable.replicate``, so methods keep calling their own modules).
 
 Rank 0 alone writes (checkpoints, the run index, logs); every rank agrees on the run through
-:meth:`Distributed.broadcast`; training metrics are summed with :meth:`all_reduce_sum`, and
-evaluation shards are gathered with :meth:`all_gather` so the report is the single-process one.
+:meth:`Distributed.broadcast`; training metrics are summed with :meth:`all_reduce_sum`. Before
+an evaluation every rank takes rank 0's buffers (:meth:`sync_buffers`), so all evaluate the
+model rank 0 saves; an evaluation split is shared out with :meth:`shard` and put back together
+with :meth:`gather_shards`.
 """
 
 from __future__ import annotations
@@ -93,9 +95,44 @@ class Distributed:
         dist.all_gather_object(out, value)
         return out
 
+    def sync_buffers(self, modules: dict[str, Any]) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) in every rank's ``modules``.
+
+        DistributedDataParallel broadcasts them at the start of each training forward, so after
+        an epoch's last step every rank holds statistics updated by its own share of the batch;
+        evaluating those would give each rank a slightly different model from the one rank 0
+        saves."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        for module in modules.values():
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
     def shard(self, n: int) -> list[int]:
-        """This rank's indices of ``n`` items for evaluation: ``rank, rank + world, ...``."""
-        return list(range(self.rank, n, self.world))
+        """This rank's share of ``n`` items: ``rank, rank + world, ...``, padded by wrapping
+        around (as DistributedSampler pads) so that every rank has ``ceil(n / world)`` items
+        and runs as many batches (the per-batch stop check is a collective)."""
+        if n == 0:
+            return []
+        total = -(-n // self.world) * self.world
+        return [i % n for i in range(self.rank, total, self.world)]
+
+    def gather_shards(self, part: Any, n: int) -> Any:
+        """The ``n`` items in their order from every rank's ``part`` (a tensor whose rows are
+        this rank's :meth:`shard`); padding rows are dropped."""
+        if not self.enabled:
+            return part
+        return interleave_shards(self.all_gather(part.cpu()), n)
+
+
+def interleave_shards(parts: list[Any], n: int) -> Any:
+    """Row ``j`` of rank ``r``'s part is item ``j * world + r`` (see :meth:`Distributed.shard`):
+    the parts interleaved, cut to ``n`` rows."""
+    import torch
+
+    return torch.stack(parts, dim=1).reshape(-1, *parts[0].shape[1:])[:n]
 
 
 def _distributed_sampler_base():

@@ -370,6 +370,7 @@ class _Run:
         self.elapsed_before = 0.0
         self.dist = Distributed()  # one process until prepare() reads torchrun's environment
         self.replicated: list[str] | None = None  # modules under DDP, once applied
+        self.evaluating_alone = False  # rank 0 tests the best checkpoint while others leave
         self.failed = False  # this process's run failed (other ranks may still be training)
         self.tags: dict[str, str] = {}  # labels for the run store, set when the run is created
         # The metric the best epoch is chosen by: val loss when the method does not measure
@@ -489,7 +490,7 @@ class _Run:
             if not self.state.stop_requested():
                 self.log("resumed")
         stop = self.state.stop_requested()
-        if self.dist.enabled:
+        if self.dist.enabled and not self.evaluating_alone:
             # Every process stops at the same batch, or the others would wait for it forever.
             stop = self.dist.all_reduce_sum([float(stop)])[0] > 0
         if stop:
@@ -755,8 +756,14 @@ class _Run:
             t0 = time.monotonic()
             train_metrics = self._train_epoch(epoch)
             val_report = self._evaluate("val")
-            val_metrics = val_report.metrics
             diagnostics = self.method.epoch_diagnostics(self.ctx)
+            if self.dist.enabled:
+                # Every process takes rank 0's figures, so all make the same early-stopping
+                # decision: one that stopped alone would leave the others waiting in a
+                # collective. (A method's own evaluation, or its diagnostics, may differ
+                # slightly between processes.)
+                val_report, diagnostics = self.dist.broadcast((val_report, diagnostics))
+            val_metrics = val_report.metrics
             val_metrics.update({f"diag_{k}": float(v) for k, v in diagnostics.items()})
             if metric not in val_metrics and "loss" in val_metrics:
                 self.log(f"val {metric} is not measured by {exp.method}; using val loss")
@@ -835,10 +842,12 @@ class _Run:
         are set (DDP fixes the set it synchronises when it is built)."""
         if self.replicated is None:
             self.replicated = replicate_trainable(self.modules)
+            shared = self._shares_evaluation()
             self.log(
                 f"{self.dist.world} processes ({self.device.type}): DistributedDataParallel on "
                 f"{', '.join(self.replicated)}; {self.exp.data.batch_size // self.dist.world} "
-                "images per process and step"
+                "images per process and step; validation "
+                + ("shared out" if shared else "whole in every process (the method's batches)")
             )
         elif trainable_changed:
             raise TransferStudioError(
@@ -911,22 +920,75 @@ class _Run:
         return out, loss_value, lr
 
     def _evaluate(self, split: str):
+        """The report of ``split``. Under torchrun, unless rank 0 evaluates alone (the test
+        split), every process evaluates rank 0's model, and they share the split out when the
+        method keeps the default evaluation batches."""
         self.method.eval()
+        shared = self.dist.enabled and not self.evaluating_alone
+        if shared:
+            self.dist.sync_buffers(self.modules)
         with torch.no_grad():
             custom = self.method.evaluate(self.ctx, split)
         if custom is not None:
             return ClassificationReport({k: float(v) for k, v in custom.items()}, [], [])
+        if shared and self._shares_evaluation():
+            return self._evaluate_shared(split)
         acc = MetricAccumulator(len(self.scan.classes), self.scan.classes)
         predictions: list[torch.Tensor] = []
         with torch.no_grad():
             for batch in self.method.eval_batches(self.ctx, split):
                 self._check_stop()
-                batch = self._to_device(batch)
-                with self._autocast():
-                    logits, targets = self.method.validation_step(batch, self.ctx)
-                loss = F.cross_entropy(logits.float(), targets)
-                acc.update(logits, targets, float(loss))
-                predictions.append(logits.float().softmax(dim=1).cpu())
+                predictions.append(self._score(*self._validation_outputs(batch), acc))
+        report = acc.report()
+        report.misclassified = self._mistakes(split, predictions)
+        return report
+
+    def _shares_evaluation(self) -> bool:
+        """Whether processes share an evaluation split out: only for a method that keeps the
+        default batches (``ctx.loader``) and has no evaluation of its own."""
+        kind = type(self.method)
+        return (
+            kind.eval_batches is TransferMethod.eval_batches
+            and kind.evaluate is TransferMethod.evaluate
+        )
+
+    def _validation_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._to_device(batch)
+        with self._autocast():
+            return self.method.validation_step(batch, self.ctx)
+
+    @staticmethod
+    def _score(logits: torch.Tensor, targets: torch.Tensor, acc: MetricAccumulator):
+        """Add a batch to ``acc``; returns its class probabilities (for the mistakes)."""
+        loss = F.cross_entropy(logits.float(), targets)
+        acc.update(logits, targets, float(loss))
+        return logits.float().softmax(dim=1).cpu()
+
+    def _evaluate_shared(self, split: str):
+        """Each process scores its share of ``split`` (:meth:`Distributed.shard`); the shares,
+        put back in order, give the report one process gives, in about 1/world of the time."""
+        dataset = self._role_dataset(split, ROLE_LABELED, 1)
+        n = len(dataset)
+        share = torch.utils.data.Subset(dataset, self.dist.shard(n))
+        loader = D.make_loader(
+            share,
+            max(1, self.exp.data.batch_size // self.dist.world),
+            shuffle=False,
+            workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        logits_parts = [torch.zeros(0, len(self.scan.classes))]
+        target_parts = [torch.zeros(0, dtype=torch.long)]
+        with torch.no_grad():
+            for batch in loader:
+                self._check_stop()
+                logits, targets = self._validation_outputs(batch)
+                logits_parts.append(logits.float().cpu())
+                target_parts.append(targets.cpu())
+        logits = self.dist.gather_shards(torch.cat(logits_parts), n)
+        targets = self.dist.gather_shards(torch.cat(target_parts), n)
+        acc = MetricAccumulator(len(self.scan.classes), self.scan.classes)
+        predictions = [self._score(logits, targets, acc)] if n else []
         report = acc.report()
         report.misclassified = self._mistakes(split, predictions)
         return report
@@ -1089,7 +1151,13 @@ class _Run:
             load_module_weights(
                 self.modules, self.checkpoints.load("best", with_state=False).weights
             )
-            test_report = self._evaluate("test")
+            # Rank 0 alone: no collectives (not even the stop check), or it would wait for
+            # the others, which are already leaving the process group.
+            self.evaluating_alone = True
+            try:
+                test_report = self._evaluate("test")
+            finally:
+                self.evaluating_alone = False
             report["test"] = test_report.to_dict()
             self.log(format_report(test_report, "test (best checkpoint)"), quiet=True)
         duration = self.elapsed_before + time.monotonic() - self.started
