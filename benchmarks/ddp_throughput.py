@@ -57,6 +57,9 @@ def _epoch_seconds(console: str) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--label", default="", help="appended to the result files' names (keeps earlier ones)"
+    )
     args = parser.parse_args()
     info = machine()
     tmp = Path(tempfile.mkdtemp(prefix="ddp-bench-"))
@@ -100,7 +103,8 @@ def main() -> int:
         f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})",
     ]
     print("\n".join(lines))
-    out = ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}-ddp_throughput"
+    name = f"{time.strftime('%Y-%m-%d')}-ddp_throughput" + (f"-{args.label}" if args.label else "")
+    out = ROOT / "benchmarks" / "results" / name
     out.with_suffix(".json").write_text(json.dumps({"machine": info, "rounds": rounds}, indent=2))
     out.with_suffix(".txt").write_text("\n".join([describe_machine(info), *lines]) + "\n")
     return 0
