@@ -114,8 +114,6 @@ class Distributed:
         """This rank's share of ``n`` items: ``rank, rank + world, ...``, padded by wrapping
         around (as DistributedSampler pads) so that every rank has ``ceil(n / world)`` items
         and runs as many batches (the per-batch stop check is a collective)."""
-        if n == 0:
-            return []
         total = -(-n // self.world) * self.world
         return [i % n for i in range(self.rank, total, self.world)]
 

@@ -939,9 +939,7 @@ class _Run:
             for batch in self.method.eval_batches(self.ctx, split):
                 self._check_stop()
                 predictions.append(self._score(*self._validation_outputs(batch), acc))
-        report = acc.report()
-        report.misclassified = self._mistakes(split, predictions)
-        return report
+        return self._report(split, acc, predictions)
 
     def _shares_evaluation(self) -> bool:
         """Whether processes share an evaluation split out: only for a method that keeps the
@@ -988,7 +986,9 @@ class _Run:
         logits = self.dist.gather_shards(torch.cat(logits_parts), n)
         targets = self.dist.gather_shards(torch.cat(target_parts), n)
         acc = MetricAccumulator(len(self.scan.classes), self.scan.classes)
-        predictions = [self._score(logits, targets, acc)] if n else []
+        return self._report(split, acc, [self._score(logits, targets, acc)] if n else [])
+
+    def _report(self, split: str, acc: MetricAccumulator, predictions: list[torch.Tensor]):
         report = acc.report()
         report.misclassified = self._mistakes(split, predictions)
         return report

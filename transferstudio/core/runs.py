@@ -91,6 +91,12 @@ class RunRecord:
     folder: str
 
 
+def safe_name(name: str, limit: int = 40) -> str:
+    """``name`` cut to ``limit`` characters fit for a file name on every system: letters,
+    digits, ``-`` and ``_``; anything else becomes ``-``."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:limit]
+
+
 class RunStore:
     """The SQLite index of a workspace's runs. Every write is its own short transaction, so a
     killed process leaves the database consistent (WAL journal)."""
@@ -119,8 +125,7 @@ class RunStore:
 
     def new_run_id(self, name: str) -> str:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40] or "run"
-        return f"{stamp}-{safe}-{secrets.token_hex(2)}"
+        return f"{stamp}-{safe_name(name) or 'run'}-{secrets.token_hex(2)}"
 
     def create(
         self,

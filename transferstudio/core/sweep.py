@@ -28,7 +28,7 @@ from transferstudio.core import events as E
 from transferstudio.core import params as P
 from transferstudio.core.experiment import SECTIONS, Experiment, from_mapping, load_toml_text
 from transferstudio.core.plugins import PluginHost
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs import RunStore, safe_name
 
 STORAGE_FILE = "sweeps.sqlite"
 LOCK_FOLDER = "locks"
@@ -290,9 +290,8 @@ def _pruner(kind: str):
 
 def sweep_lock_path(workspace: str | Path, name: str) -> Path:
     """The lock file a process holds while it runs sweep ``name``."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
     digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]  # names differing in "/" vs "-"
-    return Path(workspace) / LOCK_FOLDER / f"sweep-{safe}-{digest}.lock"
+    return Path(workspace) / LOCK_FOLDER / f"sweep-{safe_name(name)}-{digest}.lock"
 
 
 @contextmanager
