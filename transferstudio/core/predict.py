@@ -150,6 +150,11 @@ def predict(
                 batch_paths.append(path)
             except ImageProblem as exc:
                 report.skipped.append((path, str(exc)))
+            except (MemoryError, RuntimeError, ValueError) as exc:
+                # One image that the transform cannot prepare (out of memory, a shape torch
+                # refuses) is reported like an unreadable one: the rest of the call goes on.
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                report.skipped.append((path, f"cannot prepare the image ({reason})"))
         if tensors:
             with torch.no_grad():
                 probs = predictor.model(torch.stack(tensors).to(device)).float().softmax(1)
