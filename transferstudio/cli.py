@@ -22,9 +22,14 @@ def _host():
 
 
 def _workspace(args) -> Path:
+    """The workspace folder, absolute: the run index stores run folders under it, and a
+    relative one ("../ws") would point elsewhere from another working folder."""
+    from transferstudio.core.experiment import expand_user
     from transferstudio.core.runs import default_workspace
 
-    return Path(args.workspace).expanduser() if args.workspace else default_workspace()
+    if args.workspace:
+        return expand_user(args.workspace, "--workspace").resolve()
+    return default_workspace().expanduser().resolve()
 
 
 def _silent_state():  # the engine (and torch) is imported only when a run starts
@@ -294,7 +299,7 @@ def cmd_init(args) -> int:
     spec = host.method(args.method)
     if args.backbone:
         host.backbone(args.backbone)
-    data = str(Path(args.data).expanduser().resolve()) if args.data else ""
+    data = str(X.expand_user(args.data, "--data").resolve()) if args.data else ""
     exp = X.new_experiment(spec.name, spec.params, data, args.backbone, args.name)
     sys.stdout.write(exp.to_toml(comments=True))
     return 0
@@ -512,6 +517,7 @@ def cmd_predict(args) -> int:
     import csv
 
     from transferstudio.core.predict import gather_images, open_predictor, predict
+    from transferstudio.core.safe_text import csv_row, display_path, printable
 
     predictor = open_predictor(args.model, _host(), _workspace(args), support=args.support)
     for path, reason in predictor.support_skipped:
@@ -528,11 +534,13 @@ def cmd_predict(args) -> int:
     report = predict(predictor, paths, args.top_k, args.batch_size, progress)
     if tty:
         print(file=sys.stderr)
+    # Paths and class names come from files: shown with their control characters escaped,
+    # and written to the CSV so that a spreadsheet never runs one as a formula.
     for item in report.predictions:
         labels = ", ".join(f"{label} {p:.3f}" for label, p in item.top)
-        print(f"{item.path}\t{labels}")
+        print(printable(f"{display_path(item.path)}\t{labels}"))
     for path, reason in skipped + report.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(printable(f"skipped {display_path(path)}: {reason}"), file=sys.stderr)
     if args.csv:
         with open(args.csv, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -541,7 +549,10 @@ def cmd_predict(args) -> int:
             writer.writerow(header)
             for item in report.predictions:
                 writer.writerow(
-                    [item.path] + [x for label, p in item.top for x in (label, f"{p:.6f}")]
+                    csv_row(
+                        [display_path(item.path)]
+                        + [x for label, p in item.top for x in (label, f"{p:.6f}")]
+                    )
                 )
         print(f"wrote {args.csv}", file=sys.stderr)
     print(
@@ -558,6 +569,17 @@ class _UsageError(Exception):
 
 def _usage(message: str) -> _UsageError:
     return _UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (a batch size of 0 or -1 means nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
@@ -579,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="generate a small synthetic dataset and fine-tune on it (offline)"
     )
-    p.add_argument("--epochs", type=int, help="override the demo's number of epochs")
+    p.add_argument("--epochs", type=_positive_int, help="override the demo's number of epochs")
     _add_set_option(p, "override an experiment setting, e.g. train.lr=0.01")
     p.set_defaults(func=cmd_demo)
 
@@ -601,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and a suggested train.lr",
     )
     p.add_argument("experiment", help="experiment .toml file")
-    p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
+    p.add_argument("--steps", type=_positive_int, default=100, help="training steps (default 100)")
     p.add_argument("--start", type=float, default=1e-7, help="first learning rate (1e-7)")
     p.add_argument("--end", type=float, default=10.0, help="last learning rate (10)")
     p.add_argument("--apply", action="store_true", help="write the suggestion into the file")
@@ -615,7 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
         "continues the sweep",
     )
     p.add_argument("experiment", nargs="?", help="experiment .toml file (to start a sweep)")
-    p.add_argument("--trials", type=int, help="finish this many trials (complete or pruned)")
+    p.add_argument(
+        "--trials", type=_positive_int, help="finish this many trials (complete or pruned)"
+    )
     p.add_argument("--timeout-min", type=float, help="stop starting trials after this time")
     p.add_argument("--name", help="sweep name (default: the experiment's name)")
     p.add_argument(
@@ -703,8 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k labels of new images with a bundle or a run")
     p.add_argument("model", help="a .tsmodel bundle, or a run id (unique prefix) or run folder")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="images or folders")
-    p.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=_positive_int, default=3, help="labels per image (default 3)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (32)")
     p.add_argument("--csv", help="also write path,label1,p1,... rows to this CSV file")
     p.add_argument(
         "--support",
@@ -734,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         parser.error(str(exc))
     except TransferStudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from transferstudio.core.safe_text import printable
+
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -7,6 +7,7 @@ import time
 from typing import Any, TextIO
 
 from transferstudio.core import events as E
+from transferstudio.core.safe_text import printable
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -32,6 +33,7 @@ class ConsoleProgress:
         self.started = time.monotonic()
         self.last_draw = 0.0
         self.run_id: str | None = None
+        self.failure_lines: set[str] = set()  # "run failed: ..." lines the log showed
 
     def stop_requested(self) -> bool:
         return self.stop
@@ -40,9 +42,11 @@ class ConsoleProgress:
         return False
 
     def _print(self, text: str) -> None:
+        # Class names, file names and messages quoting them come from the user's data: their
+        # control characters are shown, never obeyed (only our own redraw codes reach the tty).
         if self.tty:
             self.stream.write("\r\033[K")
-        self.stream.write(text + "\n")
+        self.stream.write(printable(text) + "\n")
         self.stream.flush()
 
     def emit(self, event: Any) -> None:
@@ -84,11 +88,17 @@ class ConsoleProgress:
                 + ("  *best*" if event.improved else "")
             )
         elif isinstance(event, E.LogMessage):
+            if event.text.startswith("run failed: "):
+                self.failure_lines.add(event.text)
             self._print(event.text)
         elif isinstance(event, E.RunFinished) and event.status == "completed":
             self._print(final_table(event.report))
         elif isinstance(event, E.RunFailed):
-            self._print(f"run failed: {event.message}")
+            # The engine logs this very line (then perhaps a traceback) before the event:
+            # print it once.
+            line = f"run failed: {event.message}"
+            if line not in self.failure_lines:
+                self._print(line)
 
 
 def final_table(report: dict[str, Any]) -> str:
@@ -104,4 +114,5 @@ def final_table(report: dict[str, Any]) -> str:
     for split, title in (("val", "validation (best epoch)"), ("test", "test (best checkpoint)")):
         if report.get(split):
             lines.append(format_report(ClassificationReport(**report[split]), title))
-    return "\n".join(lines)
+    # Class names come from folder names or a CSV: `runs show` prints this table too.
+    return printable("\n".join(lines))

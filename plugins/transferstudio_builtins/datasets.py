@@ -10,7 +10,7 @@ import csv
 import os
 from pathlib import Path
 
-from transferstudio.api import IMAGE_SUFFIXES, DatasetSpec, Sample, SourceListing
+from transferstudio.api import IMAGE_SUFFIXES, DataError, DatasetSpec, Sample, SourceListing
 
 SPLIT_FOLDERS = {
     "train": ("train", "training"),
@@ -116,6 +116,7 @@ def list_csv(path: str) -> SourceListing:
     base = csv_path.parent
     skipped: list[tuple[str, str]] = []
     by_split: dict[str, list[Sample]] = {}
+    seen: dict[str, tuple[int, str]] = {}  # file -> (line, label) where it was first listed
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
@@ -138,6 +139,18 @@ def list_csv(path: str) -> SourceListing:
         file_path = Path(row[0].strip())
         if not file_path.is_absolute():
             file_path = base / file_path
+        key, label = os.path.normpath(file_path), row[1].strip()
+        if key in seen:
+            first_line, first_label = seen[key]
+            if first_label != label:
+                raise DataError(
+                    f"{csv_path}: {row[0].strip()!r} is labelled {first_label!r} at line "
+                    f"{first_line} and {label!r} at line {line_no}; an image has one class: "
+                    "remove one of the rows"
+                )
+            skipped.append((f"{csv_path}:{line_no}", f"repeats line {first_line}; used once"))
+            continue
+        seen[key] = (line_no, label)
         by_split.setdefault(split, []).append(Sample(str(file_path), row[1].strip()))
     if "all" in by_split and len(by_split) > 1:
         # Rows without a split join the training set when other rows name their split.

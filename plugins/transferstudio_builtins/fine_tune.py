@@ -61,6 +61,10 @@ class FineTuneParams:
                     'e.g. "backbone.layer1"',
                     "method.params.freeze",
                 )
+            try:  # a "re:" pattern that does not compile is this key's fault, found at load
+                FreezePlan(patterns=[pattern])
+            except ValueError as exc:
+                raise ExperimentError(f"entry {index + 1}: {exc}", "method.params.freeze") from None
         try:
             parse_unfreeze_schedule(self.unfreeze)
         except ValueError as exc:

@@ -8,6 +8,7 @@ train) with a message naming it.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import random
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from transferstudio.api import DataError, DatasetSpec, ExperimentError, Preprocessing, Sample
 from transferstudio.core.images import ImageProblem, check_image, load_rgb
+from transferstudio.core.safe_text import display_path, is_utf8_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,6 +34,11 @@ SPLITS = ("train", "val", "test")
 
 SPLITS_FILE = "splits.json"
 """The file in a run folder holding the run's exact split (:meth:`ScanResult.to_dict`)."""
+
+NOT_UTF8_NAME = (
+    "its name is not valid UTF-8 (written on a system with another encoding); rename it, "
+    "e.g. with 'convmv -f latin1 -t utf8', to use it"
+)
 
 
 @dataclass
@@ -64,7 +71,9 @@ class ScanResult:
                     stamp = f"{st.st_size}:{st.st_mtime_ns}"
                 except OSError:
                     stamp = "missing"
-                digest.update(f"{split}|{sample.path}|{sample.label}|{stamp}\n".encode())
+                line = f"{split}|{sample.path}|{sample.label}|{stamp}\n"
+                # surrogateescape: the bytes of a file name that is not UTF-8, as on disk.
+                digest.update(line.encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -131,19 +140,17 @@ def scan(
         raise ExperimentError(
             f"{path} does not exist; choose an image folder or CSV file", "data.path"
         )
-    try:
-        listing = spec.list_samples(str(path))
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    skipped = list(listing.skipped)
+    listing = list_source(spec, path)
+    skipped = [(display_path(p), reason) for p, reason in listing.skipped]
 
     all_samples = [s for samples in listing.splits.values() for s in samples]
-    _, bad = check_samples(all_samples, workers)
+    unique, repeated = check_duplicates(all_samples, path)
+    skipped.extend(repeated)
+    usable, bad = check_samples(unique, workers)
     skipped.extend(bad)
-    problems = {p for p, _ in bad}
+    kept = {id(s) for s in usable}
     good = {
-        split: [s for s in samples if s.path not in problems]
-        for split, samples in listing.splits.items()
+        split: [s for s in samples if id(s) in kept] for split, samples in listing.splits.items()
     }
 
     if "all" in good:
@@ -169,16 +176,109 @@ def scan(
     return result
 
 
+def list_source(spec: DatasetSpec, path: Path) -> Any:
+    """``spec.list_samples(path)``, with a file the source cannot read, decode or parse as a
+    :class:`DataError` naming it (and the line, for a CSV) instead of a traceback."""
+    try:
+        return spec.list_samples(str(path))
+    except OSError as exc:
+        raise DataError(f"cannot read {display_path(path)}: {exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(text_file_problem(path, exc)) from None
+
+
+def text_file_problem(path: Path, exc: Exception) -> str:
+    """What is wrong with a text (CSV) file that failed to decode or parse, naming its line."""
+    shown = display_path(path)
+    if isinstance(exc, UnicodeDecodeError):
+        line = _first_non_utf8_line(path)
+        where = f" at line {line}" if line else ""
+        return (
+            f"{shown} is not UTF-8 text{where}; save it as UTF-8 (Excel: 'CSV UTF-8'; "
+            "LibreOffice: character set 'Unicode (UTF-8)')"
+        )
+    line = _csv_error_line(path)
+    where = f" line {line}" if line else ""
+    if "field larger than field limit" in str(exc):
+        return (
+            f"{shown}{where}: a field is longer than {csv.field_size_limit():,} characters; a cell "
+            'holds a path or a label, so a quote (") is probably left open there and takes in '
+            "the lines after it: close or remove it"
+        )
+    return f"{shown}{where} is not valid CSV ({exc}); fix that line or save the file again as CSV"
+
+
+def _first_non_utf8_line(path: Path) -> int | None:
+    # A line feed byte never occurs inside a UTF-8 sequence, so lines decode independently.
+    try:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return number
+    except OSError:
+        return None
+    return None
+
+
+def _csv_error_line(path: Path) -> int | None:
+    """The line where the row that :mod:`csv` refuses starts (a quoted field spans lines)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+            reader = csv.reader(handle)
+            start = 1
+            while True:
+                try:
+                    next(reader)
+                except StopIteration:
+                    return None
+                except csv.Error:
+                    return start
+                start = reader.line_num + 1
+    except OSError:
+        return None
+
+
+def check_duplicates(
+    samples: Sequence[Sample], source: Path
+) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """The samples with each file once, and ``(path, reason)`` for repeats of the same label.
+
+    A file listed under two labels is refused: it would teach both, and could sit in the train
+    and the validation split at once."""
+    first: dict[str, Sample] = {}
+    unique, repeated = [], []
+    for sample in samples:
+        key = os.path.normpath(sample.path)
+        if key not in first:
+            first[key] = sample
+            unique.append(sample)
+        elif first[key].label == sample.label:
+            repeated.append((display_path(sample.path), "listed twice; used once"))
+        else:
+            raise DataError(
+                f"{display_path(sample.path)} is listed under two labels in {display_path(source)}"
+                f": {first[key].label!r} and {sample.label!r}; an image has one class: remove "
+                "one of the entries"
+            )
+    return unique, repeated
+
+
 def check_samples(
     samples: Sequence[Sample], workers: int | None = None
 ) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Open every image once (in threads: PIL releases the GIL while decoding); return the
-    usable samples in order and ``(path, reason)`` for the others."""
+    usable samples in order and ``(path, reason)`` for the others (paths shown printable)."""
+    # A file name that is not UTF-8 would fail every later write of its path (splits.json,
+    # the log, the data fingerprint) after the run exists: skip it here, named.
+    named = [s for s in samples if is_utf8_text(s.path)]
+    bad = [(display_path(s.path), NOT_UTF8_NAME) for s in samples if not is_utf8_text(s.path)]
     workers = workers or min(16, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(check_image, (s.path for s in samples)))
-    good = [s for s, r in zip(samples, reasons, strict=True) if not r]
-    bad = [(s.path, r) for s, r in zip(samples, reasons, strict=True) if r]
+        reasons = list(pool.map(check_image, (s.path for s in named)))
+    good = [s for s, r in zip(named, reasons, strict=True) if not r]
+    bad += [(s.path, r) for s, r in zip(named, reasons, strict=True) if r]
     return good, bad
 
 
@@ -253,6 +353,10 @@ def check_class_names(classes: Sequence[str], path: Path) -> None:
     "cat"): Windows and macOS see one folder there, and exported class names would collide."""
     seen: dict[str, str] = {}
     for name in classes:
+        if not is_utf8_text(name):
+            raise DataError(
+                f"class folder '{display_path(name)}' in {display_path(path)}: {NOT_UTF8_NAME}"
+            )
         key = unicodedata.normalize("NFC", name).casefold()
         if key in seen:
             first = seen[key]

@@ -17,8 +17,16 @@ from typing import Any
 
 from transferstudio.api import ExperimentError, param
 from transferstudio.core import params as P
+from transferstudio.core.safe_text import is_utf8_text, printable
 
 SCHEMA_VERSION = 1
+
+MIN_IMAGE_SIZE = 16
+"""The smallest ``data.image_size`` (other than 0): below it even the smallest built-in
+backbones (lenet, conv4) shrink to nothing inside; most ImageNet ones need 32, vit_b_16 224."""
+
+PATH_KEYS = ("data.path", "data.target_path", "data.target_eval_path", "model.weights")
+"""Settings holding a file or folder path (``~`` expanded, relative to the experiment file)."""
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 MIGRATIONS: dict[int, Migration] = {}
@@ -172,7 +180,7 @@ class Experiment:
 
     def resolve(self, path: str) -> Path:
         """A path from the file, resolved against the experiment file's folder."""
-        p = Path(path).expanduser()
+        p = expand_user(path)
         return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
 
     def with_absolute_paths(self) -> Experiment:
@@ -310,6 +318,7 @@ def from_mapping(
             check()
         except ValueError as exc:
             raise ExperimentError(str(exc), "method.params") from None
+    check_settings(sections["data"], sections["model"])
     return Experiment(
         name=name,
         method=method["name"],
@@ -317,6 +326,45 @@ def from_mapping(
         base_dir=str(base_dir),
         **sections,
     )
+
+
+def expand_user(path: str, key: str | None = None) -> Path:
+    """``Path(path).expanduser()``, with an unknown ``~user`` as an :class:`ExperimentError`
+    naming ``key`` (Python raises a bare RuntimeError there)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        user = path.split("/", 1)[0].split("\\", 1)[0]
+        raise ExperimentError(
+            f"{path!r} starts with {user!r}, but this computer has no such user (or no home "
+            "folder for it); write the full path",
+            key,
+        ) from None
+
+
+def check_settings(data: DataSettings, model: ModelSettings) -> None:
+    """Checks across keys that the per-key limits cannot make, each naming its keys."""
+    # Rounded: 0.7 + 0.3 is 0.9999999999999999 in floating point, and leaves no training image.
+    if round(data.val_split + data.test_split, 9) >= 1:
+        raise ExperimentError(
+            f"data.val_split ({data.val_split:g}) + data.test_split ({data.test_split:g}) = "
+            f"{data.val_split + data.test_split:g} leaves nothing to train on; make their sum "
+            "less than 1 (e.g. 0.2 and 0.1)",
+            "data.val_split",
+        )
+    if 0 < data.image_size < MIN_IMAGE_SIZE:
+        raise ExperimentError(
+            f"{data.image_size} pixels is too small for any backbone; use 0 (the backbone's own "
+            f"size) or at least {MIN_IMAGE_SIZE} (most ImageNet backbones need 32)",
+            "data.image_size",
+        )
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(data if section == "data" else model, name)
+        if key == "model.weights" and value in ("none", "cache"):
+            continue
+        if value.startswith("~"):
+            expand_user(value, key)
 
 
 def _did_you_mean(key: str, allowed: Iterable[str], prefix: str = "") -> str:
@@ -362,6 +410,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     """Apply ``key=value`` strings (dotted keys; TOML values, bare words taken as strings)."""
     raw = _deep_copy(raw)
     for item in overrides:
+        if not is_utf8_text(item):
+            # A terminal in another encoding passes bytes Python keeps as lone surrogates;
+            # they would fail later in the experiment file, the log and the run index.
+            raise ExperimentError(
+                f"--set {printable(item)}: holds bytes that are not UTF-8 text (the terminal "
+                "uses another encoding); retype the value in a UTF-8 terminal or set it in the "
+                "experiment file"
+            )
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:

@@ -27,6 +27,21 @@ stay in eval mode) but their affine parameters train; ``frozen``: statistics and
 parameters are both fixed."""
 
 
+def check_pattern(pattern: str) -> None:
+    """Raise ``ValueError`` naming ``pattern`` when it is a ``re:`` regular expression that does
+    not compile (found when the experiment loads, not halfway through setting up the model)."""
+    if isinstance(pattern, str) and pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except (re.error, RecursionError, OverflowError) as exc:
+            # Deep nesting and huge repeat counts fail as RecursionError/OverflowError.
+            reason = exc if isinstance(exc, re.error) else type(exc).__name__
+            raise ValueError(
+                f"pattern {pattern!r} is not a valid regular expression ({reason}); fix the part "
+                "after 're:', or write a glob such as 'backbone.layer[12]'"
+            ) from None
+
+
 def path_matches(path: str, pattern: str) -> bool:
     """Whether a module path matches a glob pattern or a ``re:`` regular expression, in full."""
     if pattern.startswith("re:"):
@@ -58,6 +73,7 @@ def parse_unfreeze_schedule(entries: Sequence[str]) -> list[tuple[int, str]]:
             raise ValueError(
                 f"unfreeze entry {entry!r} must look like 'EPOCH:PATTERN', e.g. '3:backbone.layer4'"
             )
+        check_pattern(pattern.strip())
         schedule.append((int(epoch), pattern.strip()))
     return sorted(schedule)
 
@@ -80,6 +96,8 @@ class FreezePlan:
     def __post_init__(self) -> None:
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode {self.bn_mode!r} is not one of {', '.join(BN_MODES)}")
+        for pattern in [*self.patterns, *(p for _, p in self.unfreeze)]:
+            check_pattern(pattern)
 
     def frozen_names(self, model: nn.Module, epoch: int = 0) -> set[str]:
         """Names of the parameters this plan freezes at 0-based epoch index ``epoch``."""

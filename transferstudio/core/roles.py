@@ -103,7 +103,7 @@ def scan_labeled_target(
     """A labeled folder (or CSV) whose classes are all source classes; every split pooled."""
     if not root.exists():
         raise ExperimentError(f"{root} does not exist", key)
-    listing = spec.list_samples(str(root))
+    listing = D.list_source(spec, root)
     samples = [s for split in listing.splits.values() for s in split]
     good, _bad = D.check_samples(samples)
     unknown = sorted({s.label for s in good} - set(source_classes))
@@ -122,10 +122,11 @@ def scan_labeled_target(
 
 def split_classes(spec, root: Path, settings: DataSettings, key: str = "data.path") -> D.ScanResult:
     """Class folders assigned whole to train/val/test (fractions of the classes, seeded)."""
-    listing = spec.list_samples(str(root))
+    listing = D.list_source(spec, root)
     samples = [s for split in listing.splits.values() for s in split]
-    good, skipped = D.check_samples(samples)
-    skipped = list(listing.skipped) + skipped
+    unique, repeated = D.check_duplicates(samples, root)
+    good, skipped = D.check_samples(unique)
+    skipped = list(listing.skipped) + repeated + skipped
     by_class: dict[str, list[Sample]] = {}
     for s in sorted(good, key=lambda s: s.path):
         by_class.setdefault(s.label, []).append(s)
@@ -226,20 +227,28 @@ def scan_multilabel(
         )
     if not csv_path.is_file() or csv_path.suffix.lower() != ".csv":
         raise ExperimentError(f"{csv_path} is not a CSV file", "data.path")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in ["path", *columns] if c not in header]
-        if missing:
-            raise ExperimentError(
-                f"{csv_path} has no column {missing[0]!r} (columns: {', '.join(header)})",
-                "data.label_columns" if missing[0] != "path" else "data.path",
-            )
-        rows = list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in ["path", *columns] if c not in header]
+            if missing:
+                raise ExperimentError(
+                    f"{csv_path} has no column {missing[0]!r} (columns: {', '.join(header)})",
+                    "data.label_columns" if missing[0] != "path" else "data.path",
+                )
+            # (line where the row starts, row): a quoted field may span lines.
+            rows, start = [], reader.line_num + 1
+            for row in reader:
+                rows.append((start, row))
+                start = reader.line_num + 1
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(D.text_file_problem(csv_path, exc)) from None
     labels: dict[str, tuple[str, ...]] = {}
+    lines: dict[str, int] = {}
     samples: dict[str, list[Sample]] = {}
     skipped: list[tuple[str, str]] = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         values = tuple((row.get(c) or "").strip() for c in columns)
         raw_path = (row.get("path") or "").strip()
         if not raw_path or not all(values):
@@ -247,7 +256,16 @@ def scan_multilabel(
             continue
         path = Path(raw_path)
         path = str(path if path.is_absolute() else (csv_path.parent / path).resolve())
-        labels[path] = values
+        if path in labels:
+            if labels[path] != values:
+                raise DataError(
+                    f"{csv_path}: {raw_path!r} is labelled {labels[path]} at line {lines[path]} "
+                    f"and {values} at line {line}; an image has one label per task: remove one "
+                    "of the rows"
+                )
+            skipped.append((f"{csv_path}:{line}", f"repeats line {lines[path]}; used once"))
+            continue
+        labels[path], lines[path] = values, line
         split = (row.get("split") or "all").strip() or "all"
         samples.setdefault(split, []).append(Sample(path, values[0]))
     checked: dict[str, list[Sample]] = {}
