@@ -69,7 +69,15 @@ def _has_display() -> bool:
 
 
 def run(args: list[str]) -> int:
-    return subprocess.run(args, cwd=ROOT).returncode
+    # Not subprocess.run: on Ctrl+C it kills the child (SIGKILL) a quarter second later,
+    # mid-epoch or mid-write. The terminal sends Ctrl+C to the child too, and the child stops
+    # cleanly and saves its run; so wait for it, however many times Ctrl+C is pressed.
+    child = subprocess.Popen(args, cwd=ROOT)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 def main(argv: list[str]) -> int:
@@ -108,4 +116,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # while installing: no traceback for a deliberate Ctrl+C
+        sys.exit(130)

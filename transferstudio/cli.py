@@ -6,6 +6,7 @@ Answering ``--help`` imports neither torch nor Qt: every command imports what it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -43,6 +44,32 @@ def _silent_state():  # the engine (and torch) is imported only when a run start
     return Silent()
 
 
+@contextlib.contextmanager
+def _stop_on_signals(ask_stop, message: str | None = None, second_aborts: bool = True):
+    """While the block runs, Ctrl+C (SIGINT) and SIGTERM (``kill``, ``timeout``, a logout) ask
+    for a clean stop through ``ask_stop()``: the run saves its state and is marked stopped,
+    resumable, instead of dying "running". A second Ctrl+C aborts at once, if
+    ``second_aborts`` (a person at a terminal; not the window driving a child process)."""
+    asked = {"before": False}
+
+    def handle(signum, frame):
+        if second_aborts and asked["before"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        asked["before"] = True
+        ask_stop()
+        if message:
+            print(f"\n{message}", file=sys.stderr)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _run_with_console(
     exp, host, workspace: Path, resume: str | None = None, event_stream: str | None = None
 ) -> int:
@@ -53,19 +80,11 @@ def _run_with_console(
     if event_stream is not None:
         return _run_streaming(exp, host, workspace, resume, Path(event_stream), rank0)
     progress = ConsoleProgress() if rank0 else _silent_state()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def ask_stop(signum, frame):  # first Ctrl+C stops cleanly after the batch; second aborts
-        if progress.stop:
-            raise KeyboardInterrupt
-        progress.stop = True
-        print("\nstopping after this batch (Ctrl+C again to abort)...", file=sys.stderr)
-
-    signal.signal(signal.SIGINT, ask_stop)
-    try:
+    with _stop_on_signals(
+        lambda: setattr(progress, "stop", True),
+        "stopping after this batch (Ctrl+C again to abort)...",
+    ):
         result = run_experiment(exp, host, progress, workspace, resume=resume)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if rank0:
         print(f"run folder: {result.folder}")
     if result.status == "cancelled":
@@ -87,16 +106,13 @@ def _run_streaming(exp, host, workspace: Path, resume, control_dir: Path, rank0:
     from transferstudio.core.event_stream import StreamResult, StreamState
 
     state = StreamState(control_dir, writes=rank0)
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: setattr(state, "stop", True))
     try:
-        result = run_experiment(exp, host, state, workspace, resume=resume)
+        with _stop_on_signals(lambda: setattr(state, "stop", True), second_aborts=False):
+            result = run_experiment(exp, host, state, workspace, resume=resume)
     except TransferStudioError as exc:
         if rank0:
             state.write(StreamResult(run_id="", folder="", status="error", message=str(exc)))
         return 2
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if rank0:
         fields = dataclasses.asdict(result)
         state.write(StreamResult(**{**fields, "folder": str(result.folder)}))
@@ -113,6 +129,14 @@ def cmd_run(args) -> int:
 
         record = RunStore(workspace).get(args.resume)
         exp_file = Path(record.folder) / "experiment.toml"
+        if not exp_file.is_file():
+            from transferstudio.api import TransferStudioError
+
+            raise TransferStudioError(
+                f"run {record.id} cannot be resumed: its experiment file {exp_file} was never "
+                "written (the run was stopped while it started) or was removed. Delete the run "
+                f"with 'transferstudio runs delete {record.id}' and start the experiment again"
+            )
         exp = X.load(exp_file, host.method_params, args.set)
         if args.experiment:
             print(
@@ -227,13 +251,6 @@ def cmd_sweep(args) -> int:
     space = parse_space(exp, args.param) if exp is not None and args.param else None
     timeout = args.timeout_min * 60 if args.timeout_min else None
     stop = {"asked": False}
-    previous = signal.getsignal(signal.SIGINT)
-
-    def ask_stop(signum, frame):
-        if stop["asked"]:
-            raise KeyboardInterrupt
-        stop["asked"] = True
-        print("\nstopping the sweep after this batch (Ctrl+C again to abort)...", file=sys.stderr)
 
     def after_trial(summary) -> None:
         t = summary.trials[-1]
@@ -243,8 +260,10 @@ def cmd_sweep(args) -> int:
             f"trial #{t.number} {t.state.lower()}: val {summary.metric} {value} (best {best:.4f})"
         )
 
-    signal.signal(signal.SIGINT, ask_stop)
-    try:
+    with _stop_on_signals(
+        lambda: stop.update(asked=True),
+        "stopping the sweep after this batch (Ctrl+C again to abort)...",
+    ):
         summary = run_sweep(
             exp,
             host,
@@ -259,8 +278,6 @@ def cmd_sweep(args) -> int:
             on_trial=after_trial,
             should_stop=lambda: stop["asked"],
         )
-    finally:
-        signal.signal(signal.SIGINT, previous)
     _print_sweep(summary)
     print(f"sweep ended: {summary.stopped_because}")
     if summary.best is not None and summary.best.run_id:
@@ -402,6 +419,13 @@ def cmd_runs(args) -> int:
     from transferstudio.core.runs import RunStore, read_report
 
     store = RunStore(_workspace(args))
+    if args.action == "delete":
+        if not args.run_id:
+            raise _usage("runs delete needs a RUN_ID")
+        record = store.get(args.run_id)
+        store.delete(record.id)
+        print(f"deleted run {record.id} and its folder {record.folder}")
+        return 0
     if args.action == "show":
         if not args.run_id:
             raise _usage("runs show needs a RUN_ID")
@@ -739,8 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("runs", help="list the workspace's runs, or show one")
-    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    p.add_argument("run_id", nargs="?", help="run id (or a unique prefix) for 'show'")
+    p.add_argument("action", nargs="?", choices=["list", "show", "delete"], default="list")
+    p.add_argument("run_id", nargs="?", help="run id (or a unique prefix) for 'show' or 'delete'")
     p.add_argument("--json", action="store_true", help="machine-readable list")
     p.set_defaults(func=cmd_runs)
     return parser

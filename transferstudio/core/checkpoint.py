@@ -91,7 +91,7 @@ class CheckpointStore:
         full_meta = dict(
             meta, generation=generation, weights_file=weights_name, state_file=state_name
         )
-        write_text_atomic(meta_path, json.dumps(full_meta, indent=2, sort_keys=True))
+        write_text_atomic(meta_path, json.dumps(full_meta, indent=2))
         # Only now is the new generation the checkpoint; drop files of older generations.
         for stale in self.folder.glob(f"{kind}-*"):
             if stale.name not in (weights_name, state_name):

@@ -10,6 +10,7 @@ files; the others compute.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -373,6 +374,7 @@ class _Run:
         self.evaluating_alone = False  # rank 0 tests the best checkpoint while others leave
         self.failed = False  # this process's run failed (other ranks may still be training)
         self.tags: dict[str, str] = {}  # labels for the run store, set when the run is created
+        self.exits = contextlib.ExitStack()  # what close() releases (the run's lock)
         # The metric the best epoch is chosen by: val loss when the method does not measure
         # the configured one (found in the first epoch).
         self.metric_used = exp.train.early_stopping_metric
@@ -634,6 +636,11 @@ class _Run:
             module.to(self.device)
 
     def open_run(self) -> None:
+        """Find (resume) or register (new) the run and open its folder, holding the run's lock.
+
+        A new run's experiment and split files are written before its row exists, so every
+        run in the index can be resumed; a killed start leaves at most an unlisted folder.
+        """
         exp = self.exp
         if self.resume_id:
             record = self.store.get(self.resume_id) if self.store else None
@@ -642,13 +649,26 @@ class _Run:
                 Path(record.folder) if record else self.workspace / "runs" / self.resume_id
             )
             self.elapsed_before = record.duration_s if record else 0.0
+            if self.store:
+                self._hold_run_lock()
+                self.store.set_status(self.run_id, "running")
         else:
             self.run_id = (
                 self.store.new_run_id(exp.name)
                 if self.store
                 else f"rank{os.environ.get('RANK', '?')}"
             )
-            self.folder = (
+            self.folder = self.workspace / "runs" / self.run_id
+            if self.store:
+                self._hold_run_lock()
+                self.folder = self.store.runs_folder / self.run_id
+                self.folder.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(
+                    self.folder / "experiment.toml", exp.with_absolute_paths().to_toml()
+                )
+                # The exact split, so later checks (the export's validation-set comparison)
+                # need not scan and split the data again.
+                write_text_atomic(self.folder / D.SPLITS_FILE, json.dumps(self.scan.to_dict()))
                 self.store.create(
                     self.run_id,
                     exp.name,
@@ -657,9 +677,6 @@ class _Run:
                     exp.train.early_stopping_metric,
                     tags=self.tags,
                 )
-                if self.store
-                else self.workspace / "runs" / self.run_id
-            )
         if self.dist.enabled:  # every rank follows rank 0's run (it alone writes)
             run_id, folder, elapsed = self.dist.broadcast(
                 (self.run_id, str(self.folder), self.elapsed_before)
@@ -668,14 +685,11 @@ class _Run:
         self.checkpoints = CheckpointStore(self.folder / "checkpoints")
         if self.writer:
             self.folder.mkdir(parents=True, exist_ok=True)
-            if not self.resume_id:
-                write_text_atomic(
-                    self.folder / "experiment.toml", exp.with_absolute_paths().to_toml()
-                )
-                # The exact split, so later checks (the export's validation-set comparison)
-                # need not scan and split the data again.
-                write_text_atomic(self.folder / D.SPLITS_FILE, json.dumps(self.scan.to_dict()))
             self.log_file = open(self.folder / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
+
+    def _hold_run_lock(self) -> None:
+        assert self.store is not None
+        self.exits.enter_context(self.store.working_on(self.run_id))
 
     # ----------------------------------------------------------- loop
 
@@ -744,7 +758,10 @@ class _Run:
             )
         )
 
-        metric = self.metric_used = exp.train.early_stopping_metric
+        metric = self.metric_used  # the configured one, or what a resumed run had switched to
+        if start_epoch and self._patience_spent():
+            # Killed after the epoch that stopped the run early: only the end is left to do.
+            start_epoch = exp.train.epochs
         for epoch in range(start_epoch, exp.train.epochs):
             self.epoch = epoch
             self._seed_epoch(epoch)
@@ -808,7 +825,7 @@ class _Run:
                 + (" (best)" if improved else ""),
                 quiet=True,
             )
-            if exp.train.patience and self.bad_epochs >= exp.train.patience:
+            if self._patience_spent():
                 self.log(
                     f"early stopping: no improvement of val {metric} for "
                     f"{exp.train.patience} epoch(s); best {self.best:.4f} at epoch "
@@ -816,6 +833,9 @@ class _Run:
                 )
                 break
         return self._finish()
+
+    def _patience_spent(self) -> bool:
+        return bool(self.exp.train.patience) and self.bad_epochs >= self.exp.train.patience
 
     def _seed_epoch(self, epoch: int) -> None:
         # Each epoch starts from RNG states derived from (seed, epoch): a run resumed at an epoch
@@ -1074,6 +1094,7 @@ class _Run:
             "bad_epochs": self.bad_epochs,
             "rng": rng_state(),
             "elapsed": self.elapsed_before + time.monotonic() - self.started,
+            "metric_used": self.metric_used,
         }
         path = self.checkpoints.save(
             "last",
@@ -1108,13 +1129,35 @@ class _Run:
         self.scaler.load_state_dict(ck.state["scaler"])
         self.step = int(ck.state["step"])
         self.best, self.best_epoch = ck.state["best"], ck.state["best_epoch"]
+        self.metric_used = ck.state.get("metric_used", self.metric_used)
         self.bad_epochs = int(ck.state["bad_epochs"])
         self.history = list(ck.meta.get("history", []))
         self.best_val_report = ck.meta.get("best_val_report")
         self.elapsed_before = float(ck.state.get("elapsed", self.elapsed_before))
         restore_rng(ck.state["rng"])
+        self._complete_epoch_files(epoch, ck.meta)
         self.log(f"resumed after epoch {epoch + 1} from {self.checkpoints.folder}")
         return epoch + 1
+
+    def _complete_epoch_files(self, epoch: int, last_meta: dict[str, Any]) -> None:
+        """Redo what an epoch writes after its ``last`` checkpoint, from that checkpoint.
+
+        ``last.json`` is the commit point of an epoch: the ``best`` checkpoint and
+        ``metrics.csv`` are written after it, so a kill in between leaves them one epoch
+        behind. Both are derived from ``last`` alone, so rewriting them here makes a resumed
+        run's files exactly those of an uninterrupted one. (The run index is redone from the
+        history by the caller.)
+        """
+        if not self.writer:
+            return
+        if self.best_epoch == epoch and not (
+            self.checkpoints.exists("best") and self.checkpoints.meta("best")["epoch"] == epoch
+        ):
+            derived = ("history", "best_val_report", "generation", "weights_file", "state_file")
+            best_meta = {k: v for k, v in last_meta.items() if k not in derived}
+            self.checkpoints.save("best", {}, best_meta, {}, same_weights_as="last")
+            self.log(f"the best checkpoint of epoch {epoch + 1} was not saved; written now")
+        self._write_metrics_csv()
 
     def _write_metrics_csv(self) -> None:
         keys: list[str] = []
@@ -1188,6 +1231,7 @@ class _Run:
             self.log_file.close()
             self.log_file = None
         self.dist.stop(together=not self.failed)
+        self.exits.close()  # the run's lock: released only once nothing more is written
 
 
 def _failure_message(exc: Exception, run: _Run) -> str:
@@ -1286,7 +1330,11 @@ def run_experiment(
     )
     run.tags = {k: str(v) for k, v in (tags or {}).items()}
     run.prepare()
-    run.open_run()
+    try:
+        run.open_run()
+    except BaseException:
+        run.exits.close()
+        raise
     try:
         return run.execute()
     except RunCancelled:

@@ -11,6 +11,11 @@ Layout::
         log.txt                the run log
         report.json            final metrics, per-class table, confusion matrices
       cache/features/          cached backbone features (feature extraction)
+      locks/                   lock files held by the process working on a run or sweep
+
+A run's status is what its process last wrote, except that a run marked ``running`` whose
+process is gone (nobody holds its lock) reads as ``interrupted``: resumable, never "running"
+forever after a kill.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from transferstudio.api import TransferStudioError
+from transferstudio.core import locks
 
 WORKSPACE_ENV = "TRANSFERSTUDIO_WORKSPACE"
 
@@ -89,6 +96,14 @@ class RunRecord:
     duration_s: float
     message: str | None
     folder: str
+
+
+INTERRUPTED = "interrupted"
+
+
+def run_lock_path(workspace: str | Path, run_id: str) -> Path:
+    """The lock file the process training run ``run_id`` holds."""
+    return Path(workspace) / locks.LOCK_FOLDER / f"run-{safe_name(run_id, 120)}.lock"
 
 
 def safe_name(name: str, limit: int = 40) -> str:
@@ -229,13 +244,39 @@ class RunStore:
             )
         if len(rows) > 1:
             raise TransferStudioError(f"{run_id!r} matches {len(rows)} runs; give more of the id")
-        return RunRecord(*rows[0])
+        return self._as_seen(RunRecord(*rows[0]))
 
     def list(self) -> list[RunRecord]:
         """Every run, newest first."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs ORDER BY created DESC, id DESC").fetchall()
-        return [RunRecord(*r) for r in rows]
+        return [self._as_seen(RunRecord(*r)) for r in rows]
+
+    def _as_seen(self, record: RunRecord) -> RunRecord:
+        # Only a live process holds a run's lock, so "running" without one is a run whose
+        # process was killed or crashed. Nothing is written here: a full disk still lists.
+        if record.status == "running" and not self.is_active(record.id):
+            record.status = INTERRUPTED
+            record.message = (
+                "its process ended without finishing (killed, crashed or the machine stopped); "
+                f"resume it with 'transferstudio run --resume {record.id}'"
+            )
+        return record
+
+    def is_active(self, run_id: str) -> bool:
+        """Whether a process is working on run ``run_id`` now (it holds the run's lock)."""
+        return locks.is_held(run_lock_path(self.workspace, run_id))
+
+    def working_on(self, run_id: str):
+        """Hold run ``run_id``'s lock while a process trains it (a context manager); refuses
+        when another process holds it, so two processes never train into one folder."""
+        path = run_lock_path(self.workspace, run_id)
+        return locks.held(
+            path,
+            f"run {run_id} is being trained by another process (it holds {path}): let it "
+            "finish, or stop it, then resume it. (If no process trains it, this file system "
+            "keeps no OS locks: delete the file.)",
+        )
 
     def epoch_metrics(self, run_id: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
         """``{split: {name: [(epoch, value), ...]}}`` of a run, for curves."""
@@ -256,9 +297,16 @@ class RunStore:
             )
 
     def delete(self, run_id: str) -> None:
-        """Remove a run from the index (its folder is left to the caller)."""
-        with self._connect() as db:
-            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        """Remove a run from the index and delete its folder. Refused while a process trains
+        the run; works for a run that never got its experiment file or checkpoints."""
+        record = self.get(run_id)
+        with self.working_on(record.id):  # nobody may start it while it is being removed
+            with self._connect() as db:
+                db.execute("DELETE FROM runs WHERE id=?", (record.id,))
+            # The folder create() made, whatever path the row holds (older versions could
+            # store a relative one).
+            shutil.rmtree(self.runs_folder / record.id, ignore_errors=True)
+        run_lock_path(self.workspace, record.id).unlink(missing_ok=True)
 
     def integrity_ok(self) -> bool:
         with self._connect() as db:

@@ -17,21 +17,20 @@ import functools
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transferstudio.api import ExperimentError, TransferStudioError
 from transferstudio.core import events as E
+from transferstudio.core import locks
 from transferstudio.core import params as P
 from transferstudio.core.experiment import SECTIONS, Experiment, from_mapping, load_toml_text
 from transferstudio.core.plugins import PluginHost
-from transferstudio.core.runs import RunStore, safe_name
+from transferstudio.core.runs import INTERRUPTED, RunStore, safe_name
 
 STORAGE_FILE = "sweeps.sqlite"
-LOCK_FOLDER = "locks"
 MAX_FAILURES_IN_A_ROW = 3  # then the sweep stops: a broken setting would fail every trial
 LOWER_IS_BETTER = {"loss"}
 DEFAULT_KEYS = ("train.lr", "train.weight_decay")
@@ -291,32 +290,20 @@ def _pruner(kind: str):
 def sweep_lock_path(workspace: str | Path, name: str) -> Path:
     """The lock file a process holds while it runs sweep ``name``."""
     digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]  # names differing in "/" vs "-"
-    return Path(workspace) / LOCK_FOLDER / f"sweep-{safe_name(name)}-{digest}.lock"
+    return Path(workspace) / locks.LOCK_FOLDER / f"sweep-{safe_name(name)}-{digest}.lock"
 
 
-@contextmanager
-def _sweep_lock(workspace: Path, name: str) -> Iterator[None]:
+def _sweep_lock(workspace: Path, name: str):
     """Hold sweep ``name``'s lock, or refuse: a second process on the same sweep would take
-    the first one's running trial for an interrupted one and run it again beside it. The lock
-    is the OS's (filelock: flock / LockFileEx), so a killed sweep leaves none behind."""
-    from filelock import FileLock, Timeout
-
+    the first one's running trial for an interrupted one and run it again beside it."""
     path = sweep_lock_path(workspace, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise TransferStudioError(
-            f"sweep {name!r} is running in another process (it holds {path}): let it finish "
-            "or stop it, then run this again to continue the sweep; or give a new search its "
-            "own --name. (If no process runs it, the file system keeps no OS locks and the "
-            "file was left by a killed sweep: delete it.)"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return locks.held(
+        path,
+        f"sweep {name!r} is running in another process (it holds {path}): let it finish "
+        "or stop it, then run this again to continue the sweep; or give a new search its "
+        "own --name. (If no process runs it, the file system keeps no OS locks and the "
+        "file was left by a killed sweep: delete it.)",
+    )
 
 
 def sweep_names(workspace: str | Path) -> list[str]:
@@ -565,7 +552,7 @@ def _requeue_interrupted(study, store: RunStore) -> None:
             run_id = next((r for r in of_sweep if r in of_trial), None)
             if run_id is not None:
                 study.set_user_attr(f"run_id_{t.number}", run_id)
-        if run_id is not None and store.get(run_id).status == "running":
+        if run_id is not None and store.get(run_id).status in ("running", INTERRUPTED):
             store.set_status(run_id, "cancelled", "its sweep was interrupted")
     stale_numbers = {t.number for t in stale}
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):

@@ -1177,8 +1177,6 @@ class MainWindow(QMainWindow):
             self.open_file(Path(record.folder) / "experiment.toml")
 
     def delete_selected_runs(self) -> None:
-        import shutil
-
         from transferstudio.core.runs import RunStore
 
         ids = self._selected_run_ids()
@@ -1192,11 +1190,15 @@ class MainWindow(QMainWindow):
         if answer != QMessageBox.StandardButton.Yes:
             return
         store = RunStore(self.workspace)
+        refused = []
         for run_id in ids:
-            record = store.get(run_id)
-            store.delete(run_id)
-            shutil.rmtree(record.folder, ignore_errors=True)
+            try:
+                store.delete(run_id)
+            except TransferStudioError as exc:  # a run another process is training
+                refused.append(str(exc))
         self.refresh_runs()
+        if refused:
+            QMessageBox.warning(self, "Some runs were not deleted", "\n\n".join(refused))
 
     # ------------------------------------------------------------------ files
 
