@@ -327,6 +327,31 @@ def test_set_from_a_latin1_terminal_is_a_message(tmp_path):
     assert b"holds bytes that are not UTF-8" in out.stderr and b"Traceback" not in out.stderr
 
 
+def test_a_run_under_a_relative_workspace_exports_from_another_folder(tmp_path, make_images):
+    """``--workspace ../ws`` was stored relative in the run index: from any other folder the
+    run's checkpoint was not found ("has no checkpoint yet")."""
+    exp_file = tmp_path / "exp.toml"
+    exp = tiny_experiment(make_images({"a": 4, "b": 4}), train__epochs=1)
+    exp_file.write_text(exp.to_toml(), encoding="utf-8")
+    for name in ("here", "elsewhere"):
+        (tmp_path / name).mkdir()
+    run = _cli("--workspace", "../ws", "run", str(exp_file), cwd=tmp_path / "here")
+    assert run.returncode == 0, run.stderr
+    record = json.loads(_cli("--workspace", str(tmp_path / "ws"), "runs", "--json").stdout)[0]
+    assert Path(record["folder"]) == tmp_path / "ws" / "runs" / record["id"]
+    exported = _cli(
+        "--workspace",
+        str(tmp_path / "ws"),
+        "export",
+        record["id"],
+        "-o",
+        "m.safetensors",
+        cwd=tmp_path / "elsewhere",
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "elsewhere" / "m.safetensors").is_file()
+
+
 # --------------------------------------------------------------------------- hostile names
 
 
