@@ -208,3 +208,153 @@ def test_predict_goes_on_when_one_image_cannot_be_prepared(tmp_path, monkeypatch
     report = P.predict(_tiny_predictor(), paths, top_k=1, batch_size=8)
     assert [p.path for p in report.predictions] == [paths[0], paths[2]]
     assert report.skipped == [(paths[1], "cannot prepare the image (MemoryError)")]
+
+
+# --------------------------------------------------------------------------- weights, checkpoints
+
+# Torch's refusal of a file advises "Re-running torch.load with weights_only set to False";
+# TransferStudio never passes that on.
+FORBIDDEN_ADVICE = ("weights_only", "False", "please report")
+
+
+def _assert_no_unsafe_advice(message: str) -> None:
+    assert not any(a in message for a in FORBIDDEN_ADVICE), message
+
+
+class _RunsCode:
+    """A pickle that would call ``print`` when loaded: what a malicious ``.pt`` file does."""
+
+    def __reduce__(self):
+        return (print, ("this must never be printed",))
+
+
+def malicious_pt(path: Path) -> None:
+    import torch
+
+    torch.save({"optimizer": _RunsCode()}, path)
+
+
+def _checkpoint(folder: Path):
+    import torch
+
+    from transferstudio.core.checkpoint import CheckpointStore
+
+    store = CheckpointStore(folder)
+    meta = {"epoch": 1, "class_names": ["a", "b"], "preprocessing": _preprocessing()}
+    store.save("best", {"model.weight": torch.ones(2, 3)}, meta, {"epoch": 1})
+    return store
+
+
+def _preprocessing(**changes) -> dict:
+    pre = {"resize": 36, "crop": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    return {**pre, **changes}
+
+
+@crafted("12-byte .pth given as model.weights", "WeightsError: damaged, no unsafe advice")
+def test_a_corrupt_pth_is_called_damaged_without_torchs_advice(tmp_path):
+    from transferstudio.api import WeightsError
+    from transferstudio.core.weights import read_state_dict
+
+    path = tmp_path / "cut.pth"
+    path.write_bytes(b"\x80\x02garbage!!!")
+    with pytest.raises(WeightsError) as caught:
+        read_state_dict(path)
+    assert str(path) in str(caught.value) and "damaged" in str(caught.value)
+    _assert_no_unsafe_advice(str(caught.value))
+
+
+@crafted(".pt whose pickle would call a function", "WeightsError: would need to run code")
+def test_a_pickle_that_runs_code_is_refused_without_torchs_advice(tmp_path, capsys):
+    from transferstudio.api import WeightsError
+    from transferstudio.core.weights import read_state_dict
+
+    path = tmp_path / "evil.pt"
+    malicious_pt(path)
+    with pytest.raises(WeightsError) as caught:
+        read_state_dict(path)
+    assert "would need to run code" in str(caught.value) and "(it calls print)" in str(caught.value)
+    _assert_no_unsafe_advice(str(caught.value))
+    assert "must never" not in capsys.readouterr().out
+
+
+@crafted("malicious state.pt of a checkpoint (resume)", "TransferStudioError, no unsafe advice")
+def test_a_malicious_checkpoint_state_file_is_refused_in_our_words(tmp_path, capsys):
+    from transferstudio.api import TransferStudioError
+
+    store = _checkpoint(tmp_path / "checkpoints")
+    malicious_pt(store.paths("best")[2])
+    with pytest.raises(TransferStudioError) as caught:
+        store.load("best")
+    assert "state file" in str(caught.value) and "would need to run code" in str(caught.value)
+    _assert_no_unsafe_advice(str(caught.value))
+    assert "must never" not in capsys.readouterr().out
+
+
+@crafted("corrupt best-N.safetensors in a run folder", "TransferStudioError naming the file")
+def test_a_corrupt_checkpoint_weights_file_is_named(tmp_path):
+    from transferstudio.api import TransferStudioError
+
+    store = _checkpoint(tmp_path / "checkpoints")
+    weights = store.paths("best")[1]
+    weights.write_bytes(b"\xff" * 8 + b"{not json")
+    with pytest.raises(TransferStudioError, match=f"weights file {weights.name} is damaged"):
+        store.load("best", with_state=False)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("crop", 60000, "preprocessing.crop is 60,000, above TransferStudio's limit of 1,024"),
+        ("resize", 10**9, "preprocessing.resize is 1,000,000,000, above"),
+        ("std", [0.2, 0.0, 0.2], "preprocessing.std holds 0"),
+        ("crop", "224", "preprocessing.crop must be a positive whole number, not '224'"),
+    ],
+)
+def test_checkpoint_preprocessing_is_bounded_before_use(tmp_path, key, value, expected):
+    import json
+
+    from transferstudio.api import TransferStudioError
+    from transferstudio.core.run_models import load_best_checkpoint
+
+    store = _checkpoint(tmp_path / "run" / "checkpoints")
+    meta_path = store.paths("best")[0]
+    meta = json.loads(meta_path.read_text())
+    meta["preprocessing"] = _preprocessing(**{key: value})
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TransferStudioError) as caught:
+        load_best_checkpoint(tmp_path / "run")
+    assert str(meta_path) in str(caught.value) and expected in str(caught.value)
+
+
+CORPUS["best.json with preprocessing.crop = 60000 (asks 86 GB)"] = "refused: names file, limit"
+CORPUS["best.json with preprocessing.std holding 0"] = "refused: names file and key"
+
+
+@crafted("best.json with 200,000 class names over the limit", "refused: names the limit")
+def test_checkpoint_class_count_is_bounded(tmp_path):
+    import json
+
+    from transferstudio.api import TransferStudioError
+
+    store = _checkpoint(tmp_path / "checkpoints")
+    meta_path = store.paths("best")[0]
+    meta = json.loads(meta_path.read_text())
+    meta["class_names"] = ["c"] * 200_000
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TransferStudioError, match="number of class_names is 200,000, above"):
+        store.meta("best")
+
+
+@crafted("best.json naming ../../ as its weights file", "refused: damaged checkpoint")
+def test_checkpoint_files_must_be_in_its_folder(tmp_path):
+    import json
+
+    from transferstudio.api import TransferStudioError
+
+    store = _checkpoint(tmp_path / "checkpoints")
+    meta_path = store.paths("best")[0]
+    meta = json.loads(meta_path.read_text())
+    meta["weights_file"] = "../../elsewhere.safetensors"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TransferStudioError, match="weights_file must name a file in the same"):
+        store.load("best")

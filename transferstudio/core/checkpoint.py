@@ -103,33 +103,46 @@ class CheckpointStore:
     @staticmethod
     def _read_meta(path: Path) -> dict[str, Any] | None:
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested 100k deep
             return None
+        return meta if isinstance(meta, dict) else None
 
     def exists(self, kind: str) -> bool:
         return (self.folder / f"{kind}.json").is_file()
 
     def meta(self, kind: str) -> dict[str, Any]:
-        meta = self._read_meta(self.folder / f"{kind}.json")
+        """The metadata of checkpoint ``kind``, checked before anything is built from it: its
+        file names, class names and preprocessing within limits (``core.limits``)."""
+        path = self.folder / f"{kind}.json"
+        meta = self._read_meta(path)
         if meta is None:
             raise TransferStudioError(f"no readable {kind} checkpoint in {self.folder}")
-        return meta
+        return checked_meta(meta, path)
 
     def load(self, kind: str, with_state: bool = True) -> Checkpoint:
-        """Read checkpoint ``kind``; the state file is read with ``weights_only=True``."""
+        """Read checkpoint ``kind``; the state file is read with ``weights_only=True``. A
+        damaged file is a :class:`TransferStudioError` naming it, never torch's or
+        safetensors' traceback (nor torch's advice to load with ``weights_only=False``)."""
+        from safetensors import SafetensorError
+
+        from transferstudio.core.weights import load_tensors_only
+
         meta = self.meta(kind)
+        weights_path = self.folder / meta["weights_file"]
         try:
-            weights = load_file(str(self.folder / meta["weights_file"]))
-            state = (
-                torch.load(self.folder / meta["state_file"], map_location="cpu", weights_only=True)
-                if with_state
-                else {}
-            )
-        except (OSError, KeyError, RuntimeError) as exc:
+            weights = load_file(str(weights_path))
+        except (OSError, SafetensorError) as exc:
             raise TransferStudioError(
-                f"checkpoint {kind} in {self.folder} cannot be read: {exc}"
+                f"checkpoint {kind} in {self.folder} cannot be read: its weights file "
+                f"{weights_path.name} is damaged or missing ({exc}); resume from another run, "
+                "or delete the run"
             ) from None
+        state = (
+            load_tensors_only(self.folder / meta["state_file"], f"checkpoint {kind} state file")
+            if with_state
+            else {}
+        )
         return Checkpoint(weights, meta, state)
 
     def paths(self, kind: str) -> list[Path]:
@@ -139,6 +152,30 @@ class CheckpointStore:
             self.folder / meta["weights_file"],
             self.folder / meta["state_file"],
         ]
+
+
+def checked_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``meta`` read from checkpoint metadata file ``path``, refused with a message naming the
+    file and key when a field would make TransferStudio allocate without bound (``crop =
+    60000`` asks 86 GB) or read outside the checkpoint folder."""
+    from transferstudio.core.limits import MAX_CLASSES, check_limit, checked_preprocessing
+
+    for key in ("weights_file", "state_file"):
+        name = meta.get(key)
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise TransferStudioError(
+                f"{path}: {key} must name a file in the same folder, not {name!r}; the "
+                "checkpoint is damaged: resume from another run, or delete the run"
+            )
+    if meta.get("preprocessing") is not None:
+        checked_preprocessing(meta["preprocessing"], file=path)
+    names = meta.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TransferStudioError(f"{path}: class_names must be a list of names; it is damaged")
+    check_limit(
+        len(names), MAX_CLASSES, file=path, what="the number of class_names", advice="it is damaged"
+    )
+    return meta
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

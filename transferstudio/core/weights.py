@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +65,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    if path.suffix == ".tsmodel":
+    if path.suffix == ".tsmodel" or is_bundle(path):
+        # A bundle under another suffix (renamed to .pth, say) is read as the bundle it is,
+        # not handed to torch.load, which would call it a damaged pickle.
         from transferstudio.core.bundle import read_bundle_weights
 
         return read_bundle_weights(path)
@@ -74,22 +78,93 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise WeightsError(f"{path} is not a valid safetensors file: {exc}") from None
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(
-            f"{path} was refused: it is not a plain tensor file ({message}). TransferStudio only "
-            "loads .pt/.pth files with weights_only=True, so pickles that could run code are "
-            "never loaded; re-save the weights with torch.save(model.state_dict(), ...) or as "
-            ".safetensors"
-        ) from None
+    obj: Any = load_tensors_only(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} does not hold a state dict of tensors")
     return obj
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a TransferStudio bundle: a zip holding our manifest entry (torch's
+    own ``.pt`` files are zips too, without it)."""
+    import zipfile
+
+    from transferstudio.api import BUNDLE_MANIFEST_ENTRY
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return BUNDLE_MANIFEST_ENTRY in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+# Torch's refusals advise loading with weights_only=False or allow-listing the callable a
+# pickle names (or filing a torch issue): lines saying so are never shown, since following
+# them would let a file run code.
+_TORCH_ADVICE = (
+    "weights_only",
+    "trust",
+    "safe_globals",
+    "allowlist",
+    "file an issue",
+    "torch.load",
+)
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_tensors_only(path: str | Path, what: str = "weights file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with every failure a
+    :class:`WeightsError` in TransferStudio's own words: a file that would need to run code to
+    load, or a damaged one. Torch's own message advises switching ``weights_only`` off; that
+    advice is never passed on."""
+    import pickle
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # Torch warns of any pickle protocol but 2 and asks for a torch issue: noise to
+            # the user, and the load that follows refuses what it cannot read anyway.
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{what} {path} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
+        raise WeightsError(unsafe_or_damaged(path, exc, what)) from None
+
+
+def unsafe_or_damaged(path: str | Path, exc: BaseException, what: str = "weights file") -> str:
+    """The message for a ``.pt``/``.pth`` file that ``torch.load(weights_only=True)`` refused:
+    what it would need (the Python callable a pickle names) or what is damaged."""
+    text = str(exc)
+    needs = _GLOBAL.search(text)
+    detail = next(
+        (
+            line.strip().removeprefix("WeightsUnpickler error:").strip().rstrip(".")
+            for line in text.splitlines()
+            if line.strip().removeprefix("WeightsUnpickler error:").strip()
+            and not any(a in line for a in _TORCH_ADVICE)
+        ),
+        type(exc).__name__,
+    )
+    advice = (
+        "TransferStudio loads .pt/.pth files as weights only (tensors, numbers, strings) and "
+        "never runs code from a file; re-save the weights with "
+        "torch.save(model.state_dict(), ...) or as .safetensors"
+    )
+    if needs:
+        return (
+            f"{what} {path} was refused: it is not a plain tensor file, it would need to run "
+            f"code to load (it calls {needs.group(1)}). {advice}"
+        )
+    return (
+        f"{what} {path} was refused: it is damaged or not a PyTorch weights file ({detail}). "
+        f"{advice}; "
+        "or copy the file again if it was cut short"
+    )
 
 
 def file_digest(path: str | Path) -> str:
