@@ -7,7 +7,7 @@ error types whose messages are shown to users.
 
 A plugin module declares the API version it was written for::
 
-    TRANSFERSTUDIO_API_VERSION = "1.3"
+    TRANSFERSTUDIO_API_VERSION = "1.4"
 
 The host accepts a plugin when the major versions match and the plugin's minor version is not
 newer than the host's (:func:`is_compatible`). This module does not import torch, so listing
@@ -66,7 +66,7 @@ __all__ = [
     "parse_unfreeze_schedule",
 ]
 
-API_VERSION = "1.3"
+API_VERSION = "1.4"
 """Version of this API. Minor bumps only add; a major bump may remove or change.
 
 1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
@@ -82,7 +82,10 @@ time; the bundle entry names ``BUNDLE_WEIGHTS_ENTRY``, ``BUNDLE_MANIFEST_ENTRY``
 ``DatasetSpec.write_example`` (a small example of a data format, for the test kit).
 
 1.3 added ``MethodSpec.baseline``: the method that trains the same model without this method's
-transfer, for the transfer-gain baseline (``transferstudio baseline``)."""
+transfer, for the transfer-gain baseline (``transferstudio baseline``).
+
+1.4 added ``MethodContext.train``: the experiment's ``train`` settings (read-only), so a
+method can read ``lr``, ``weight_decay``, ``epochs`` or ``seed``."""
 
 ROLE_LABELED = "labeled"
 """Labeled images from ``data.path`` (class folders or CSV), split train/val/test."""
@@ -401,7 +404,8 @@ class MethodContext(Protocol):
         """Cross-entropy with the experiment's label smoothing."""
 
     def log(self, message: str) -> None:
-        """A line for the run's log."""
+        """A line for the run's log (``log.txt``; lines logged in :meth:`TransferMethod.setup`,
+        before the run folder exists, are written there once it does)."""
 
     # -- added in API 1.1 ------------------------------------------------------------------
 
@@ -412,6 +416,10 @@ class MethodContext(Protocol):
     preprocessing: Preprocessing
     """How the loaders prepare images (size, normalisation): what a method needs to undo the
     normalisation, for example to augment batches in pixel space."""
+    train: Any
+    """(API 1.4) The experiment's ``train`` settings, read-only: ``lr``, ``weight_decay``,
+    ``epochs``, ``seed``, ``optimizer``, ``schedule``, ``label_smoothing`` ... (the fields of
+    ``[train]`` in docs/experiments.md). Setting an attribute raises ``FrozenInstanceError``."""
 
     def has_role(self, role: str) -> bool:
         """True when the experiment provides data for ``role`` (required roles always do)."""

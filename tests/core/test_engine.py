@@ -302,3 +302,95 @@ def test_stats_reference_equals_the_plain_sums_of_squares():
         grad = dict(model.named_parameters())[name].grad
         expected_grad = float(grad.pow(2).sum()) if grad is not None else 0.0
         assert grad_sq == pytest.approx(expected_grad, rel=1e-5)
+
+
+def test_a_method_reads_the_train_settings_and_logs_from_setup_into_log_txt(data, tmp_path):
+    """``ctx.train`` (API 1.4) is the experiment's train section, read-only; ``ctx.log`` in
+    ``setup()``, before the run folder exists, reaches ``log.txt`` (it went to stdout only)."""
+    import dataclasses
+
+    from transferstudio.core.experiment import from_mapping
+
+    seen = {}
+
+    @dataclasses.dataclass
+    class P:
+        pass
+
+    class Reader(TransferMethod):
+        def __init__(self, params):
+            pass
+
+        def setup(self, ctx):
+            seen["lr"], seen["epochs"] = ctx.train.lr, ctx.train.epochs
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                ctx.train.lr = 1.0
+            ctx.log(f"reader set up with lr {ctx.train.lr}")
+            self.model = ctx.build_classifier()
+
+        def modules(self):
+            return {"model": self.model}
+
+        def predictor(self):
+            return self.model
+
+        def validation_step(self, batch, ctx):
+            images, targets = batch
+            return self.model(images), targets
+
+        def training_step(self, batch, ctx):
+            from transferstudio.api import StepOutput
+
+            images, targets = batch
+            logits = self.model(images)
+            return StepOutput(ctx.loss(logits, targets), logits, targets)
+
+    spec = MethodSpec("reader", "test", P, Reader)
+    host = load_plugins(
+        autoload=False, extra=[plugin_from_namespace("r", transferstudio_methods=lambda: [spec])]
+    )
+    raw = tiny_experiment(data, train__epochs=1, train__lr=0.004).to_dict()
+    raw["method"] = {"name": "reader", "params": {}}
+    exp = from_mapping(raw, host.method_params)
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert result.status == "completed", result.message
+    assert seen == {"lr": 0.004, "epochs": 1}
+    assert "reader set up with lr 0.004" in (result.folder / "log.txt").read_text("utf-8")
+
+
+def test_a_method_missing_a_required_function_is_named_not_blamed_on_transferstudio(data, tmp_path):
+    """A method without ``validation_step`` was reported as "NotImplementedError raised by
+    TransferStudio itself (please report it)"."""
+    import dataclasses
+
+    from transferstudio.api import StepOutput
+    from transferstudio.core.experiment import from_mapping
+
+    @dataclasses.dataclass
+    class P:
+        pass
+
+    class NoValidation(TransferMethod):
+        def __init__(self, params):
+            pass
+
+        def setup(self, ctx):
+            self.model = ctx.build_classifier()
+
+        def modules(self):
+            return {"model": self.model}
+
+        def training_step(self, batch, ctx):
+            logits = self.model(batch[0])
+            return StepOutput(ctx.loss(logits, batch[1]), logits, batch[1])
+
+    spec = MethodSpec("novalid", "test", P, NoValidation)
+    host = load_plugins(
+        autoload=False, extra=[plugin_from_namespace("n", transferstudio_methods=lambda: [spec])]
+    )
+    raw = tiny_experiment(data, train__epochs=1).to_dict()
+    raw["method"] = {"name": "novalid", "params": {}}
+    result = run_experiment(from_mapping(raw, host.method_params), host, PlainState(), tmp_path)
+    assert result.status == "failed"
+    assert "method 'novalid'" in result.message and "validation_step()" in result.message
+    assert "please report it" not in result.message

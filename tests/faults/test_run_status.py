@@ -145,3 +145,33 @@ def test_ctrl_c_on_tasks_py_lets_the_child_stop_cleanly(tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 42  # the child's own clean exit, passed on
     assert "Traceback" not in err
+
+
+def test_a_relative_run_folder_from_an_older_index_is_read_against_the_workspace(tmp_path):
+    store = RunStore(tmp_path / "ws")
+    folder = store.create("20260101-000000-old-abcd", "old", "resnet18", "fine-tune", "loss")
+    with store._connect() as db:  # what versions that kept --workspace relative wrote
+        db.execute("UPDATE runs SET folder=? WHERE id=?", ("ws/runs/x", "20260101-000000-old-abcd"))
+    assert store.get("20260101-000000-old-abcd").folder == str(folder)
+
+
+def test_the_workspace_deleted_during_a_run_fails_it_with_a_message(tmp_path, make_images):
+    import shutil
+
+    from transferstudio.core import events as E
+    from transferstudio.core.engine import PlainState, run_experiment
+    from transferstudio.core.plugins import load_plugins
+
+    workspace = tmp_path / "ws"
+
+    def delete_after_first_epoch(event):
+        if isinstance(event, E.EpochEnded) and event.epoch == 0:
+            shutil.rmtree(workspace)
+
+    exp = tiny_experiment(make_images({"a": 6, "b": 6}), train__epochs=3)
+    result = run_experiment(
+        exp, load_plugins(autoload=False), PlainState(delete_after_first_epoch), workspace
+    )
+    assert result.status == "failed"
+    assert "was deleted or moved during the run" in result.message
+    assert not workspace.exists()  # not recreated holding only the newest files

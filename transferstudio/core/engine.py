@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -80,7 +81,8 @@ from transferstudio.core.roles import (
     split_classes,
 )
 from transferstudio.core.run_models import load_run_predictor
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs import RunStore, is_disk_full
+from transferstudio.core.safe_text import csv_row
 from transferstudio.core.weights import file_digest, resolve_weights
 
 LOWER_IS_BETTER = {"loss"}
@@ -145,6 +147,15 @@ class RunResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+def read_only(settings: Any) -> Any:
+    """A frozen copy of a settings dataclass: what a method may read but not change."""
+    fields = dataclasses.fields(settings)
+    frozen = dataclasses.make_dataclass(
+        type(settings).__name__, [(f.name, f.type) for f in fields], frozen=True
+    )
+    return frozen(**{f.name: getattr(settings, f.name) for f in fields})
+
+
 def is_writer_process() -> bool:
     """True unless this is a non-zero rank of a distributed launch (``RANK`` set by torchrun)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -197,6 +208,7 @@ class EngineContext:
         self._said_episodes_plain = False
         self.backbone_name = engine.exp.model.backbone
         self.preprocessing = engine.preprocessing
+        self.train = read_only(engine.exp.train)
 
     def build_classifier(self) -> torch.nn.Module:
         r = self._run
@@ -365,7 +377,7 @@ class _Run:
         self.store = RunStore(workspace) if writer else None
         self.workspace = Path(workspace)
         self.resume_id = resume_id
-        self.log_lines: list[str] = []
+        self.log_lines: list[str] = []  # logged before the run folder (and log.txt) exists
         self.log_file: io.TextIOBase | None = None
         self.started = time.monotonic()
         self.elapsed_before = 0.0
@@ -385,8 +397,13 @@ class _Run:
         """A line for the run's log file; also emitted as an event unless ``quiet``."""
         line = f"{time.strftime('%H:%M:%S')} {message}"
         if self.log_file is not None:
-            self.log_file.write(line + "\n")
-            self.log_file.flush()
+            try:
+                self.log_file.write(line + "\n")
+                self.log_file.flush()
+            except OSError:  # a full disk: the line still reaches the user as an event
+                pass
+        else:  # before the run folder exists (a method's setup): written once it does
+            self.log_lines.append(line)
         if not quiet:
             self.state.emit(E.LogMessage(message))
 
@@ -686,6 +703,9 @@ class _Run:
         if self.writer:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.log_file = open(self.folder / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
+            self.log_file.writelines(line + "\n" for line in self.log_lines)
+            self.log_file.flush()
+        self.log_lines.clear()
 
     def _hold_run_lock(self) -> None:
         assert self.store is not None
@@ -1166,7 +1186,7 @@ class _Run:
                 keys += [f"{split}_{k}" for k in row[split] if f"{split}_{k}" not in keys]
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["epoch", *keys])
+        writer.writerow(csv_row(["epoch", *keys]))  # column names come from plugins' logs
         for row in self.history:
             flat = {f"{s}_{k}": v for s in ("train", "val") for k, v in row[s].items()}
             writer.writerow(
@@ -1273,6 +1293,12 @@ def _describe_failure(exc: Exception, run: _Run) -> str:
         if last
         else ""
     )
+    if is_disk_full(exc, run.folder if hasattr(run, "folder") else run.workspace):
+        return (
+            f"no space left on the disk of {run.workspace} at {where} ({type(exc).__name__}: "
+            f"{exc}). Free some space, or choose another workspace (--workspace){kept}"
+            + (" once there is space" if kept else "")
+        )
     if isinstance(exc, OSError):
         target = f" {exc.filename}" if exc.filename else ""
         return (
@@ -1295,11 +1321,33 @@ def _describe_failure(exc: Exception, run: _Run) -> str:
             f"({type(exc).__name__}: {first_line}); torchrun ends the others. Its own error is "
             f"in the processes' output{kept}"
         )
+    missing = _unimplemented_hook(exc, run)
+    if missing:
+        return missing + kept
     plugin = run.host.plugin_in_traceback(exc.__traceback__)
     source = f"plugin {plugin}" if plugin else "TransferStudio itself (please report it)"
     return (
         f"{type(exc).__name__} raised by {source} at {where}: {exc}{kept}. The traceback is in "
         "the run's log.txt"
+    )
+
+
+def _unimplemented_hook(exc: Exception, run: _Run) -> str | None:
+    """A method that leaves out a :class:`TransferMethod` function the engine needs raises
+    the base class's ``NotImplementedError`` inside ``api.py``: the method is at fault, not
+    TransferStudio."""
+    import transferstudio.api as api
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not isinstance(exc, NotImplementedError) or not frames:
+        return None
+    if Path(frames[-1].filename) != Path(api.__file__):
+        return None
+    cls = type(getattr(run, "method", None))
+    return (
+        f"method {run.exp.method!r} ({cls.__module__}.{cls.__qualname__}) does not implement "
+        f"{frames[-1].name}(), which the engine calls: its plugin must define it (see "
+        "docs/method-api.md)"
     )
 
 
@@ -1365,11 +1413,18 @@ def run_experiment(
         tb = traceback.format_exc()
         run.log(f"run failed: {message}")
         if not isinstance(exc, TransferStudioError):
-            run.log(tb)
+            run.log(tb, quiet=True)  # for log.txt: the message says it is there
         if run.store:
-            run.store.set_status(
-                run.run_id, "failed", message, run.elapsed_before + time.monotonic() - run.started
-            )
+            try:
+                run.store.set_status(
+                    run.run_id,
+                    "failed",
+                    message,
+                    run.elapsed_before + time.monotonic() - run.started,
+                )
+            except TransferStudioError as store_error:  # a full disk takes the index too
+                # The run then reads "interrupted" (no process holds it): resumable, as it is.
+                run.log(f"the failure could not be recorded in the run index: {store_error}")
         state.emit(E.RunFailed(run.run_id, message, tb))
         return RunResult(
             run.run_id,

@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS epoch_metrics (
 def default_workspace() -> Path:
     """``$TRANSFERSTUDIO_WORKSPACE``, else the user data folder (platformdirs)."""
     if os.environ.get(WORKSPACE_ENV):
-        return Path(os.environ[WORKSPACE_ENV]).expanduser()
+        return Path(os.environ[WORKSPACE_ENV]).expanduser().resolve()
     import platformdirs
 
     return Path(platformdirs.user_data_dir("TransferStudio", appauthor=False)) / "workspace"
@@ -117,20 +117,44 @@ class RunStore:
     killed process leaves the database consistent (WAL journal)."""
 
     def __init__(self, workspace: str | Path) -> None:
-        self.workspace = Path(workspace)
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        # Absolute, so the run folders it records stay right from any working folder.
+        self.workspace = Path(workspace).expanduser().resolve()
         self.path = self.workspace / "runs.sqlite"
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
         try:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.executescript(_SCHEMA)
+        except (OSError, TransferStudioError) as exc:
+            if not self.path.is_file():
+                raise storage_error(self.workspace, exc) from None
+            # An index that exists on a full or read-only disk: it can still be read.
+
+    def _open(self, read_only: bool) -> sqlite3.Connection:
+        db = None
+        try:
+            db = sqlite3.connect(self.path, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
+            return db
+        except sqlite3.OperationalError as exc:
+            if db is not None:
+                db.close()
+            if read_only and self.path.is_file():
+                # Reading a WAL database makes an index file (-shm) that a full disk cannot
+                # hold; read the file as it stands instead (nothing can write to it now).
+                uri = f"{self.path.resolve().as_uri()}?immutable=1"
+                return sqlite3.connect(uri, uri=True)
+            raise storage_error(self.workspace, exc) from None
+
+    @contextmanager
+    def _connect(self, read_only: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection for one transaction; ``read_only`` ones still work on a full disk."""
+        db = self._open(read_only)
+        try:
             with db:
                 yield db
+        except sqlite3.OperationalError as exc:
+            raise storage_error(self.workspace, exc) from None
         finally:
             db.close()
 
@@ -217,7 +241,7 @@ class RunStore:
 
     def tags(self, run_id: str) -> dict[str, str]:
         """The labels of one run."""
-        with self._connect() as db:
+        with self._connect(read_only=True) as db:
             rows = db.execute("SELECT key, value FROM run_tags WHERE run_id=?", (run_id,))
             return dict(rows.fetchall())
 
@@ -226,12 +250,12 @@ class RunStore:
         query, args = "SELECT run_id, value FROM run_tags WHERE key=?", [key]
         if value is not None:
             query, args = query + " AND value=?", [key, value]
-        with self._connect() as db:
+        with self._connect(read_only=True) as db:
             return dict(db.execute(query, args).fetchall())
 
     def get(self, run_id: str) -> RunRecord:
         """A run by id (or unique id prefix)."""
-        with self._connect() as db:
+        with self._connect(read_only=True) as db:
             rows = db.execute(
                 "SELECT * FROM runs WHERE id = ? OR id LIKE ? ORDER BY id",
                 (run_id, run_id.replace("%", "") + "%"),
@@ -248,11 +272,13 @@ class RunStore:
 
     def list(self) -> list[RunRecord]:
         """Every run, newest first."""
-        with self._connect() as db:
+        with self._connect(read_only=True) as db:
             rows = db.execute("SELECT * FROM runs ORDER BY created DESC, id DESC").fetchall()
         return [self._as_seen(RunRecord(*r)) for r in rows]
 
     def _as_seen(self, record: RunRecord) -> RunRecord:
+        if not Path(record.folder).is_absolute():  # indexed by a version that kept it relative
+            record.folder = str(self.runs_folder / record.id)
         # Only a live process holds a run's lock, so "running" without one is a run whose
         # process was killed or crashed. Nothing is written here: a full disk still lists.
         if record.status == "running" and not self.is_active(record.id):
@@ -281,7 +307,7 @@ class RunStore:
     def epoch_metrics(self, run_id: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
         """``{split: {name: [(epoch, value), ...]}}`` of a run, for curves."""
         out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-        with self._connect() as db:
+        with self._connect(read_only=True) as db:
             for epoch, split, name, value in db.execute(
                 "SELECT epoch, split, name, value FROM epoch_metrics WHERE run_id=? ORDER BY epoch",
                 (run_id,),
@@ -309,8 +335,47 @@ class RunStore:
         run_lock_path(self.workspace, record.id).unlink(missing_ok=True)
 
     def integrity_ok(self) -> bool:
-        with self._connect() as db:
+        with self._connect(read_only=True) as db:
             return db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def storage_error(workspace: Path, exc: BaseException) -> TransferStudioError:
+    """What a failed write to the workspace (the run index, a run's files) tells the user:
+    "no space left" when the disk is full, never only SQLite's "disk I/O error"."""
+    if is_disk_full(exc, workspace):
+        return TransferStudioError(
+            f"no space left on the disk of workspace {workspace} ({exc}): free some space, or "
+            "choose another workspace (--workspace); runs saved so far are kept and a stopped "
+            "run resumes once there is space"
+        )
+    return TransferStudioError(
+        f"the workspace {workspace} cannot be written ({exc}): check the disk and its "
+        "permissions, or choose another workspace (--workspace)"
+    )
+
+
+def is_disk_full(exc: BaseException, folder: str | Path) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a full disk, or the disk of
+    ``folder`` is full now. Libraries report it in their own words: SQLite's "disk I/O error",
+    torch's "unexpected pos", safetensors' "os error 28"."""
+    import errno
+    import shutil
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen).lower()
+        if "no space left" in text or "os error 28" in text or "database or disk is full" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20  # under 1 MiB: nothing fits
+    except OSError:
+        return False
 
 
 def read_report(folder: str | Path) -> dict[str, Any] | None:
