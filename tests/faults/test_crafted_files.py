@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from transferstudio.api import TransferStudioError
 from transferstudio.core import data as D
 from transferstudio.core.experiment import DataSettings
 from transferstudio.core.images import check_image, load_rgb
@@ -358,3 +359,250 @@ def test_checkpoint_files_must_be_in_its_folder(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(TransferStudioError, match="weights_file must name a file in the same"):
         store.load("best")
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def _manifest(**changes) -> dict:
+    """A manifest as the bundle exporter writes it: resnet18 with a 3-class linear head."""
+    manifest = {
+        "format": "transferstudio-bundle",
+        "version": 1,
+        "module": "",
+        "backbone": "resnet18",
+        "head_recipe": {
+            "sequential": True,
+            "layers": [{"type": "Linear", "in": 512, "out": 3, "bias": True}],
+        },
+        "class_names": ["blue", "green", "red"],
+        "predictor_module": "model",
+        "support_set": False,
+        "preprocessing": _preprocessing(),
+        "output_shape": [3],
+        "provenance": {"method": "fine-tune", "plugin_versions": {"transferstudio": "1.0"}},
+    }
+    return {**manifest, **changes}
+
+
+def bundle_file(path: Path, manifest=None, weights: bytes | None = None, raw_manifest=None):
+    """A bundle zip: ``manifest.json`` (``manifest``, or ``raw_manifest`` bytes as they are)
+    and ``weights.safetensors`` (``weights`` bytes, by default a tiny real safetensors)."""
+    import json
+    import zipfile
+
+    import torch
+    from safetensors.torch import save
+
+    if raw_manifest is None:
+        raw_manifest = json.dumps(_manifest() if manifest is None else manifest).encode()
+    if weights is None:
+        weights = save({"head.0.weight": torch.zeros(3, 4)})
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", raw_manifest)
+        archive.writestr("weights.safetensors", weights)
+    return path
+
+
+def patch_entry(path: Path, name: str, **fields: int) -> None:
+    """Rewrite header fields of zip entry ``name`` in both its local header and the central
+    directory (``flag``, ``method``, ``compress_size``, ``file_size``): a declaration changed
+    without writing the data it declares."""
+    data = bytearray(path.read_bytes())
+    local = {"flag": (6, "<H"), "method": (8, "<H"), "compress_size": (18, "<I"),
+             "file_size": (22, "<I")}  # fmt: skip
+    central = {"flag": (8, "<H"), "method": (10, "<H"), "compress_size": (20, "<I"),
+               "file_size": (24, "<I")}  # fmt: skip
+    for signature, offsets, name_at in ((b"PK\x03\x04", local, 30), (b"PK\x01\x02", central, 46)):
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            if data[start + name_at : start + name_at + len(name)] == name.encode():
+                for key, value in fields.items():
+                    offset, fmt = offsets[key]
+                    struct.pack_into(fmt, data, start + offset, value)
+            start += 4
+    path.write_bytes(bytes(data))
+
+
+def _refusal(path: Path) -> str:
+    """The WeightsError message of reading bundle ``path`` (which must be refused)."""
+    from transferstudio.api import WeightsError
+    from transferstudio.core.bundle import read_bundle
+
+    with pytest.raises(WeightsError) as caught:
+        read_bundle(path)
+    message = str(caught.value)
+    assert str(path) in message
+    _assert_no_unsafe_advice(message)
+    return message
+
+
+BUNDLE_ENTRY_FAULTS = {
+    "weights entry declaring 2 GiB over 2 KB of data": (
+        dict(file_size=2 << 30),
+        "the compression ratio is",
+    ),
+    "manifest entry declaring 100 MiB": (
+        dict(file_size=100 << 20),
+        "the declared size (bytes) is 104,857,600, above TransferStudio's limit of 16,777,216",
+    ),
+    "weights entry declaring more data than the file holds": (
+        dict(compress_size=1 << 30),
+        "more than the file holds",
+    ),
+    "encrypted weights entry": (dict(flag=0x1), "is encrypted"),
+    "weights entry with an unsupported compression method (99)": (
+        dict(method=99),
+        "zip compression method 99, which TransferStudio does not read",
+    ),
+    "weights entry holding more bytes than it declares": (
+        dict(file_size=100),
+        "not a readable TransferStudio model bundle",
+    ),
+}
+for _kind in BUNDLE_ENTRY_FAULTS:
+    CORPUS[_kind] = "WeightsError naming the file, entry and limit"
+
+
+@pytest.mark.parametrize("kind", list(BUNDLE_ENTRY_FAULTS))
+def test_bundle_entries_are_bounded_before_they_are_read(tmp_path, kind):
+    fields, expected = BUNDLE_ENTRY_FAULTS[kind]
+    entry = "manifest.json" if kind.startswith("manifest") else "weights.safetensors"
+    path = bundle_file(tmp_path / "crafted.tsmodel", weights=bytes(2048))
+    patch_entry(path, entry, **fields)
+    assert path.stat().st_size < 4096
+    message = _refusal(path)
+    assert expected in message and entry in message
+
+
+BUNDLE_MANIFEST_FAULTS = {
+    "manifest that is a JSON list": (dict(raw_manifest=b"[1, 2]"), "is a JSON list, not an object"),
+    "manifest nested 200,000 deep": (
+        dict(raw_manifest=b"[" * 200_000 + b"]" * 200_000),
+        "nested too deeply",
+    ),
+    "manifest that is not UTF-8 JSON": (dict(raw_manifest=b"\xff\xfe{"), "is not JSON"),
+    'manifest with "version": "one"': (
+        dict(manifest=_manifest(version="one")),
+        "manifest key 'version' must be a whole number, not 'one'",
+    ),
+    "manifest with preprocessing.crop = 60000 (asks 86 GB)": (
+        dict(manifest=_manifest(preprocessing=_preprocessing(crop=60000))),
+        "preprocessing.crop is 60,000, above TransferStudio's limit of 1,024",
+    ),
+    "manifest with a std of 0": (
+        dict(manifest=_manifest(preprocessing=_preprocessing(std=[0, 0, 0]))),
+        "preprocessing.std holds 0",
+    ),
+    "manifest whose provenance is a string": (
+        dict(manifest=_manifest(provenance="me")),
+        "manifest key 'provenance' must be a JSON object, not str",
+    ),
+    "manifest with 200,000 class names": (
+        dict(manifest=_manifest(class_names=["c"] * 200_000)),
+        "the number of class_names is 200,000, above",
+    ),
+    "weights entry that is not safetensors": (
+        dict(weights=b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}"),
+        "its entry weights.safetensors is not a valid safetensors file",
+    ),
+}
+for _kind in BUNDLE_MANIFEST_FAULTS:
+    CORPUS[_kind] = "WeightsError naming the file and key"
+
+
+@pytest.mark.parametrize("kind", list(BUNDLE_MANIFEST_FAULTS))
+def test_bundle_manifests_are_checked_before_use(tmp_path, kind):
+    options, expected = BUNDLE_MANIFEST_FAULTS[kind]
+    path = bundle_file(tmp_path / "crafted.tsmodel", **options)
+    assert expected in _refusal(path)
+
+
+def _load_refusal(path: Path, host) -> str:
+    from transferstudio.api import WeightsError
+    from transferstudio.core.bundle import load_bundle
+
+    with pytest.raises(WeightsError) as caught:
+        load_bundle(path, host)
+    assert str(path) in str(caught.value)
+    return str(caught.value)
+
+
+@crafted("head recipe with a Linear of 10^11 outputs", "WeightsError naming key and limit")
+def test_a_head_of_absurd_size_is_refused_before_it_is_built(tmp_path, host):
+    recipe = {"layers": [{"type": "Linear", "in": 512, "out": 10**11, "bias": True}]}
+    path = bundle_file(tmp_path / "huge.tsmodel", _manifest(head_recipe=recipe))
+    message = _load_refusal(path, host)
+    assert "head_recipe.layers[0].out is 100,000,000,000, above" in message
+
+
+@crafted("head recipe with a Linear of 1,000,000 x 1,000,000", "WeightsError: parameter count")
+def test_a_head_of_absurd_parameter_count_is_refused(tmp_path, host):
+    recipe = {"layers": [{"type": "Linear", "in": 1_000_000, "out": 1_000_000, "bias": True}]}
+    path = bundle_file(tmp_path / "huge.tsmodel", _manifest(head_recipe=recipe))
+    assert "the parameter count of head_recipe.layers[0]" in _load_refusal(path, host)
+
+
+@crafted("classifier bundle with too few class names", "WeightsError: names vs outputs")
+def test_too_few_class_names_are_refused_when_loading(tmp_path, host):
+    from safetensors.torch import save
+
+    from transferstudio.core.models import ClassifierModel, head_from_recipe
+
+    recipe = _manifest()["head_recipe"]
+    spec = host.backbone("resnet18")
+    state = ClassifierModel(spec.build(), head_from_recipe(recipe)).state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("backbone.fc.")}
+    weights = save({k: v.contiguous() for k, v in state.items()})
+    path = bundle_file(tmp_path / "few.tsmodel", _manifest(class_names=["only"]), weights)
+    assert "lists 1 names, but its head has 3 outputs" in _load_refusal(path, host)
+
+
+@crafted("bundle whose backbone plugin is not installed", "names the recorded plugin")
+def test_a_missing_backbone_plugin_is_named_from_the_provenance(tmp_path, host):
+    from transferstudio.core.predict import open_predictor
+
+    recorded = {"name": "transferstudio-efficientnet-lite", "version": "0.3"}
+    manifest = _manifest(backbone="lite9", provenance={"backbone_plugin": recorded})
+    path = bundle_file(tmp_path / "lite.tsmodel", manifest)
+    with pytest.raises(TransferStudioError) as caught:
+        open_predictor(str(path), host, tmp_path)
+    message = str(caught.value)
+    assert "backbone 'lite9'" in message and "transferstudio-efficientnet-lite 0.3" in message
+    # A bundle from before the backbone's plugin was recorded: the recorded plugins that are
+    # not installed here are the candidates.
+    older = _manifest(backbone="lite9", provenance={"plugin_versions": {"lite-plugin": "2.1"}})
+    bundle_file(path, older)
+    with pytest.raises(TransferStudioError, match="made with plugin lite-plugin 2.1"):
+        open_predictor(str(path), host, tmp_path)
+
+
+@crafted("crafted bundle given as model.weights", "WeightsError, not 'method failed'")
+def test_a_crafted_bundle_as_model_weights_is_blamed_on_the_file(tmp_path, make_images, host):
+    from tests.helpers import tiny_experiment
+    from transferstudio.core.engine import PlainState, run_experiment
+
+    path = bundle_file(tmp_path / "list.tsmodel", raw_manifest=b"[]")
+    exp = tiny_experiment(make_images({"a": 4, "b": 4}), train__epochs=1)
+    exp.model.weights = str(path)
+    with pytest.raises(TransferStudioError) as caught:
+        run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert "failed while setting up" not in str(caught.value)
+    assert str(path) in str(caught.value) and "not an object" in str(caught.value)
+
+
+@crafted("bundle renamed to .pth given as model.weights", "read as the bundle it is")
+def test_a_bundle_under_another_suffix_is_read_as_a_bundle(tmp_path):
+    from transferstudio.core.weights import read_state_dict
+
+    path = bundle_file(tmp_path / "renamed.pth")
+    assert list(read_state_dict(path)) == ["head.0.weight"]
+
+
+def test_an_export_records_the_plugin_that_provides_the_backbone(host):
+    from transferstudio.core.bundle import backbone_plugin, bundle_manifest
+
+    plugin = backbone_plugin(host, "resnet18")
+    assert plugin is not None and plugin["name"] == "transferstudio"
+    meta = {"backbone": "resnet18", "backbone_plugin": plugin, "preprocessing": _preprocessing()}
+    assert bundle_manifest(meta, "", [3])["provenance"]["backbone_plugin"] == plugin

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from transferstudio.api import (
     Preprocessing,
     WeightsError,
 )
+from transferstudio.core import limits
 from transferstudio.core.models import build_backbone, classifier_from_recipe
 
 BUNDLE_SUFFIX = ".tsmodel"
@@ -49,6 +51,9 @@ def provenance(meta: dict[str, Any]) -> dict[str, Any]:
         "method_params": experiment.get("method", {}).get("params", {}),
         "method_state": meta.get("method_state", {}),
         "plugin_versions": meta.get("plugin_versions", {}),
+        # The plugin that provided the backbone (name, version): what a machine without it
+        # must install to predict with the bundle.
+        "backbone_plugin": meta.get("backbone_plugin"),
         "seed": meta.get("seed"),
         "dataset_fingerprint": meta.get("dataset_fingerprint"),
         "class_names": meta.get("class_names", []),
@@ -96,28 +101,148 @@ class Bundle:
 
 
 def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A bundle's manifest and tensors, checked to be a bundle this version reads."""
+    """A bundle's manifest and tensors, checked to be a bundle this version reads. Every entry
+    is bounded before it is read (declared size, compression ratio, bytes actually read; see
+    ``core.limits``) and every manifest field is checked before anything is built from it, so
+    a crafted or damaged file is a :class:`WeightsError` naming the file and key."""
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
     path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"model bundle {path} does not exist")
     try:
         with zipfile.ZipFile(path) as archive:
-            manifest = json.loads(archive.read(BUNDLE_MANIFEST_ENTRY))
-            weights = load(archive.read(BUNDLE_WEIGHTS_ENTRY))
-    except FileNotFoundError:
-        raise WeightsError(f"model bundle {path} does not exist") from None
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+            manifest = _parse_manifest(
+                _read_entry(archive, BUNDLE_MANIFEST_ENTRY, limits.MAX_MANIFEST_BYTES, path), path
+            )
+            raw = _read_entry(archive, BUNDLE_WEIGHTS_ENTRY, limits.MAX_WEIGHTS_BYTES, path)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise WeightsError(
             f"{path} is not a readable TransferStudio model bundle ({exc}); export it again"
         ) from None
+    try:
+        weights = load(raw)
+    except SafetensorError as exc:
+        raise WeightsError(
+            f"{path}: its entry {BUNDLE_WEIGHTS_ENTRY} is not a valid safetensors file ({exc}); "
+            "export the model again"
+        ) from None
+    return manifest, weights
+
+
+# What zipfile can decompress; anything else (or an encrypted entry) is refused by name
+# rather than with zipfile's NotImplementedError / RuntimeError.
+_COMPRESSIONS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflated",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
+    """Entry ``name`` of a bundle, refused before reading when it is encrypted, compressed in
+    a way zipfile cannot read, declares more than ``limit`` bytes or more data than the file
+    holds, or expands suspiciously; reading stops as soon as more bytes come than declared."""
+    where = f"{path} (entry {name})"
+    advice = "this is not a bundle TransferStudio wrote; export the model again"
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise WeightsError(f"{path} has no {name} entry; export the model again") from None
+    if info.flag_bits & 0x1:
+        raise WeightsError(f"{where} is encrypted; TransferStudio bundles never are. {advice}")
+    if info.compress_type not in _COMPRESSIONS:
+        raise WeightsError(
+            f"{where} uses zip compression method {info.compress_type}, which TransferStudio "
+            f"does not read ({', '.join(_COMPRESSIONS.values())}); {advice}"
+        )
+    limits.check_limit(
+        info.file_size, limit, file=where, what="the declared size (bytes)", advice=advice
+    )
+    if info.header_offset + info.compress_size > path.stat().st_size:
+        raise WeightsError(
+            f"{where} declares {info.compress_size:,} bytes of data, more than the file holds; "
+            "the file is damaged or cut short: copy or export it again"
+        )
+    if info.file_size > limits.RATIO_CHECKED_FROM:
+        limits.check_limit(
+            info.file_size / max(1, info.compress_size),
+            limits.MAX_COMPRESSION_RATIO,
+            file=where,
+            what="the compression ratio",
+            advice=advice,
+        )
+    chunks, total = [], 0
+    with archive.open(info) as entry:
+        while chunk := entry.read(limits.READ_CHUNK):
+            total += len(chunk)
+            if total > info.file_size:  # never trust the declaration to bound the reading
+                raise WeightsError(f"{where} holds more bytes than it declares; {advice}")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
+    """The manifest of bundle ``path``, refused unless it is an object of the fields this
+    version reads, each of the right type and within ``core.limits``."""
+    advice = "export the model again"
+    try:
+        manifest = json.loads(raw)
+    except RecursionError:
+        raise WeightsError(
+            f"{path}: {BUNDLE_MANIFEST_ENTRY} is nested too deeply to be a manifest; {advice}"
+        ) from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError among them
+        raise WeightsError(
+            f"{path}: {BUNDLE_MANIFEST_ENTRY} is not JSON ({exc}); {advice}"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise WeightsError(
+            f"{path}: {BUNDLE_MANIFEST_ENTRY} is a JSON {type(manifest).__name__}, not an object; "
+            f"{advice}"
+        )
     if manifest.get("format") != FORMAT:
         raise WeightsError(f"{path}: manifest format is {manifest.get('format')!r}, not {FORMAT}")
-    if int(manifest.get("version", 0)) > VERSION:
+    version = manifest.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
         raise WeightsError(
-            f"{path} is bundle version {manifest['version']}, newer than this TransferStudio "
+            f"{path}: manifest key 'version' must be a whole number, not {version!r}; {advice}"
+        )
+    if version > VERSION:
+        raise WeightsError(
+            f"{path} is bundle version {version}, newer than this TransferStudio "
             f"reads ({VERSION}); upgrade TransferStudio"
         )
-    return manifest, weights
+    expected = {
+        "backbone": str,
+        "module": str,
+        "class_names": list,
+        "head_recipe": dict,
+        "preprocessing": dict,
+        "provenance": dict,
+        "predictor_module": str,
+    }
+    for key, kind in expected.items():
+        value = manifest.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise WeightsError(
+                f"{path}: manifest key {key!r} must be a JSON {_JSON_NAMES[kind]}, not "
+                f"{type(value).__name__}; {advice}"
+            )
+    names = manifest.get("class_names") or []
+    if not all(isinstance(n, str) for n in names):
+        raise WeightsError(f"{path}: manifest key 'class_names' must list strings; {advice}")
+    limits.check_limit(
+        len(names), limits.MAX_CLASSES, file=path, what="the number of class_names", advice=advice
+    )
+    if manifest.get("preprocessing") is not None:
+        limits.checked_preprocessing(manifest["preprocessing"], file=path)
+    return manifest
+
+
+_JSON_NAMES = {str: "string", list: "list", dict: "object"}
 
 
 def read_bundle_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -135,7 +260,7 @@ def bundle_from(
     manifest: dict[str, Any], weights: dict[str, torch.Tensor], host, path: Path
 ) -> Bundle:
     """:func:`load_bundle` on contents already read (:func:`read_bundle`)."""
-    spec = host.backbone(manifest["backbone"])
+    spec = bundle_backbone(manifest, host, path)
     recipe = manifest.get("head_recipe")
     module = manifest.get("module", "")
     if manifest.get("support_set"):
@@ -146,6 +271,7 @@ def bundle_from(
         )
     if recipe:
         model: nn.Module = classifier_from_recipe(spec, recipe, weights, str(path))
+        _check_class_count(manifest, recipe, path)  # after the recipe's own checks
     elif module.endswith("backbone"):
         model = build_backbone(spec, None)
         try:
@@ -166,6 +292,64 @@ def bundle_from(
         Preprocessing.from_dict(pre) if pre else spec.preprocessing,
         manifest,
     )
+
+
+def bundle_backbone(manifest: dict[str, Any], host, path: Path):
+    """The backbone plugin's spec a bundle names; when no installed plugin provides it, a
+    :class:`WeightsError` naming the plugin package its provenance records (the one that
+    provided the backbone, else the recorded plugins missing here) and what to install."""
+    from transferstudio.api import TransferStudioError
+
+    name = manifest.get("backbone")
+    if not isinstance(name, str) or not name:
+        raise WeightsError(f"{path}: manifest key 'backbone' is missing; export the model again")
+    try:
+        return host.backbone(name)
+    except TransferStudioError:
+        pass
+    prov = manifest.get("provenance") or {}
+    plugin = prov.get("backbone_plugin")
+    if isinstance(plugin, dict) and plugin.get("name"):
+        wanted = f"{plugin['name']} {plugin.get('version', '')}".strip()
+    else:  # bundles from before backbone_plugin was recorded
+        recorded = prov.get("plugin_versions")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        loaded = set(host.plugin_versions())
+        missing = [f"{n} {v}" for n, v in sorted(recorded.items()) if n not in loaded]
+        wanted = " or ".join(missing) or "the plugin that provides it"
+    raise WeightsError(
+        f"{path} needs backbone {name!r}, which no installed plugin provides; the bundle was "
+        f"made with plugin {wanted}: install it (pip install ...), then check with "
+        "'transferstudio plugins'"
+    )
+
+
+def backbone_plugin(host, backbone: str) -> dict[str, str] | None:
+    """``{"name", "version"}`` of the loaded plugin that provides ``backbone``, for a bundle's
+    provenance (so that a machine without it can be told what to install)."""
+    for record in host.records:
+        if backbone in record.provides.get("backbones", []):
+            return {"name": record.name, "version": record.version}
+    return None
+
+
+def _check_class_count(manifest: dict[str, Any], recipe: dict, path: Path) -> None:
+    """A classifier bundle lists exactly one class name per output of its head."""
+    layers = recipe.get("layers") if isinstance(recipe.get("layers"), list) else []
+    outputs = next(
+        (
+            d.get("out")
+            for d in reversed(layers)
+            if isinstance(d, dict) and d.get("type") == "Linear"
+        ),
+        None,
+    )
+    names = manifest.get("class_names") or []
+    if isinstance(outputs, int) and len(names) != outputs:
+        raise WeightsError(
+            f"{path}: manifest key 'class_names' lists {len(names)} names, but its head has "
+            f"{outputs} outputs; export the model again"
+        )
 
 
 def bundle_meta(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def export_run(
     meta-initialisation), or one of its sub-modules, with exporter ``fmt``; provenance (see
     :func:`transferstudio.core.bundle.provenance`) goes into the file's metadata. An existing
     ``target`` is only replaced with ``force``."""
-    from transferstudio.core.bundle import bundle_manifest
+    from transferstudio.core.bundle import backbone_plugin, bundle_manifest
     from transferstudio.core.run_models import (
         classifier_from_checkpoint,
         load_best_checkpoint,
@@ -211,6 +211,7 @@ def export_run(
     example = sample_input(model, module_path, batch)
     with torch.no_grad():
         output_shape = list(module.eval()(example).shape[1:])
+    meta = dict(meta, backbone_plugin=backbone_plugin(host, meta.get("backbone")))
     metadata = bundle_manifest(meta, module_path, output_shape, support_set=few_shot)
     val, note = (None, "sub-module: checked on a sample batch only")
     if few_shot:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from transferstudio.api import TransferStudioError
+from transferstudio.api import WeightsError
 
 MAX_IMAGE_PIXELS = 40_000_000
 """Pixels of one image: a 40-megapixel photo decodes to 120 MB of RGB; larger files are
@@ -64,8 +64,9 @@ READ_CHUNK = 1 << 20
 """Bytes read at a time from a zip entry, so that reading stops just past a limit."""
 
 
-class LimitError(TransferStudioError):
-    """A file declares a size or value above one of TransferStudio's limits."""
+class LimitError(WeightsError):
+    """A model file (bundle, checkpoint) declares a size or value above one of TransferStudio's
+    limits, or of the wrong type."""
 
 
 def check_limit(

@@ -68,8 +68,11 @@ def describe_head(head: nn.Module) -> dict | None:
     return {"sequential": sequential, "layers": layers}
 
 
-def head_from_recipe(recipe: dict) -> nn.Module:
-    """The (untrained) head a :func:`describe_head` recipe describes."""
+def head_from_recipe(recipe: dict, source: str = "head recipe") -> nn.Module:
+    """The (untrained) head a :func:`describe_head` recipe describes. The recipe comes from a
+    file (checkpoint, bundle manifest), so its types and sizes are checked before any layer is
+    allocated: a Linear of 10^11 outputs is a :class:`WeightsError` naming ``source`` and the
+    limit, not a MemoryError."""
     build = {
         "Linear": lambda d: nn.Linear(d["in"], d["out"], bias=d["bias"]),
         "BatchNorm1d": lambda d: nn.BatchNorm1d(d["features"], affine=d["affine"]),
@@ -79,11 +82,62 @@ def head_from_recipe(recipe: dict) -> nn.Module:
         "Flatten": lambda d: nn.Flatten(),
         "Dropout": lambda d: nn.Dropout(d["p"]),
     }
-    try:
-        layers = [build[d["type"]](d) for d in recipe["layers"]]
-    except (KeyError, TypeError) as exc:
-        raise WeightsError(f"unreadable head recipe {recipe!r}: missing {exc}") from None
+    layers_data = recipe.get("layers") if isinstance(recipe, dict) else None
+    if not isinstance(layers_data, list) or not layers_data:
+        raise WeightsError(f"{source}: head_recipe has no list of layers; export the model again")
+    for i, layer in enumerate(layers_data):
+        _check_layer(layer, f"head_recipe.layers[{i}]", source, build)
+    layers = [build[d["type"]](d) for d in layers_data]
     return nn.Sequential(*layers) if recipe.get("sequential", True) else layers[0]
+
+
+def _check_layer(layer, key: str, source: str, known) -> None:
+    """Refuse a head layer description of an unknown type, a missing or non-integer size, or
+    sizes above ``core.limits`` (before it is built)."""
+    from transferstudio.core.limits import (
+        MAX_LAYER_FEATURES,
+        MAX_LAYER_PARAMS,
+        LimitError,
+        check_limit,
+        positive_int,
+    )
+
+    advice = "export the model again"
+    if not isinstance(layer, dict) or layer.get("type") not in known:
+        kind = layer.get("type") if isinstance(layer, dict) else layer
+        raise WeightsError(
+            f"{source}: {key} is {kind!r}, not a head layer TransferStudio rebuilds "
+            f"({', '.join(known)}); {advice}"
+        )
+    sizes = {"Linear": ("in", "out"), "BatchNorm1d": ("features",)}.get(layer["type"], ())
+    flags = {"Linear": "bias", "BatchNorm1d": "affine"}.get(layer["type"])
+    try:
+        dims = [
+            positive_int(
+                layer.get(s),
+                file=source,
+                what=f"{key}.{s}",
+                limit=MAX_LAYER_FEATURES,
+                advice=advice,
+            )
+            for s in sizes
+        ]
+        if len(dims) == 2:
+            check_limit(
+                dims[0] * dims[1],
+                MAX_LAYER_PARAMS,
+                file=source,
+                what=f"the parameter count of {key} ({dims[0]} x {dims[1]})",
+                advice=advice,
+            )
+    except LimitError as exc:
+        raise WeightsError(str(exc)) from None
+    if flags is not None and not isinstance(layer.get(flags), bool):
+        raise WeightsError(f"{source}: {key}.{flags} must be true or false; {advice}")
+    if layer["type"] == "Dropout":
+        p = layer.get("p")
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
+            raise WeightsError(f"{source}: {key}.p must be a number from 0 to 1; {advice}")
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -197,7 +251,7 @@ def classifier_from_recipe(
     """Backbone ``spec`` plus the head a :func:`describe_head` recipe describes, loaded with
     ``state`` (``backbone.*`` and ``head.*`` keys); a mismatch is a :class:`WeightsError`
     naming ``source``."""
-    model = ClassifierModel(build_backbone(spec, None), head_from_recipe(recipe))
+    model = ClassifierModel(build_backbone(spec, None), head_from_recipe(recipe, source))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -47,7 +47,13 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
     """A bundle file (``.tsmodel``), or a finished run (id, unique prefix or folder). Models of
     methods that learn no fixed classes (few-shot) need ``support``: a folder with one subfolder
     of example images per class, whose classes they then predict."""
-    from transferstudio.core.bundle import BUNDLE_SUFFIX, bundle_from, bundle_meta, read_bundle
+    from transferstudio.core.bundle import (
+        BUNDLE_SUFFIX,
+        bundle_backbone,
+        bundle_from,
+        bundle_meta,
+        read_bundle,
+    )
     from transferstudio.core.run_models import (
         classifier_from_checkpoint,
         load_best_checkpoint,
@@ -57,6 +63,7 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
 
     if Path(ref).suffix == BUNDLE_SUFFIX:
         manifest, weights = read_bundle(ref)
+        bundle_backbone(manifest, host, Path(ref))  # a missing plugin named before anything else
         if manifest.get("support_set"):
             module = manifest.get("predictor_module") or ""
             prefixed = {f"{module}.{k}": v for k, v in weights.items()}
