@@ -371,6 +371,7 @@ def _check_plugin(args) -> int:
     import tomllib
 
     from transferstudio.testing import check_plugin
+    from transferstudio.testing.conformance import param_problems
 
     if not args.name:
         raise _UsageError(
@@ -399,9 +400,15 @@ def _check_plugin(args) -> int:
         for error in record.errors:
             print("  " + error.replace("\n", "\n  "))
         return 1
+    # A --param the user got wrong is their error, not a check to skip: name it and its range.
+    methods = {name: host.methods[name] for name in record.provides.get("methods", [])}
+    problems = [problem for _method, problem in param_problems(methods, params)]
+    if problems:
+        raise _UsageError("--param " + "; --param ".join(problems))
     plugin = host.pm.get_plugin(record.name)  # the object the host loaded: no second import
     print(f"checking {record.name} {record.version} ({record.module}) ...", flush=True)
-    report = check_plugin(plugin, params)
+    # conflicts (a name another installed plugin provides first) fail the check too
+    report = check_plugin(plugin, params, conflicts=record.conflicts)
     print(report.text())
     return 0 if report.ok else 1
 

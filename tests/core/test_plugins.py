@@ -189,7 +189,7 @@ def test_malformed_specs_are_reported_not_registered():
     plugin = plugin_from_namespace("sloppy", transferstudio_backbones=lambda: ["resnet18", 42])
     host = PluginHost()
     record = host.register(plugin)
-    assert record.status == "partial"
+    assert record.status == "failed"  # nothing it offered can be used
     assert host.backbones == {}
     assert "expected BackboneSpec" in record.errors[0]
 
@@ -200,7 +200,8 @@ def test_duplicate_names_keep_the_first_provider(host):
         plugin_from_namespace("dupe", transferstudio_backbones=lambda: [duplicate])
     )
     assert host.backbones["resnet18"].family == "ResNet"
-    assert "already provided" in record.errors[0]
+    assert "also provided by transferstudio" in record.errors[0]
+    assert record.conflicts == record.errors
 
 
 def test_disable_autoload_loads_builtins_only(site, monkeypatch):

@@ -48,7 +48,7 @@ def test_a_plugin_hanging_in_a_hook_is_given_up_by_name_and_the_others_load(tmp_
     )
     host = load_plugins(autoload=False, extra=[hung])
     record = host.records[-1]
-    assert record.status == "partial"
+    assert record.status == "failed"  # nothing usable: the one hook that ran hung
     assert record.errors == [
         "sleepy-plugin: transferstudio_backbones did not return within 1 s (it may hang); skipped"
     ]

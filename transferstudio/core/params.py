@@ -35,29 +35,28 @@ class FieldInfo:
 def fields_of(cls: type) -> list[FieldInfo]:
     """The fields of a settings dataclass with their resolved types and metadata."""
     hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        kind = _base_type(hints[f.name])
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        meta = f.metadata
-        out.append(
-            FieldInfo(
-                f.name,
-                kind,
-                default,
-                meta.get("help", ""),
-                meta.get("min"),
-                meta.get("max"),
-                meta.get("choices"),
-                _item_type(hints[f.name]) if kind is list else None,
-            )
-        )
-    return out
+    return [_field_info(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def _field_info(f: dataclasses.Field, hint: Any) -> FieldInfo:
+    kind = _base_type(hint)
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = None
+    meta = f.metadata
+    return FieldInfo(
+        f.name,
+        kind,
+        default,
+        meta.get("help", ""),
+        meta.get("min"),
+        meta.get("max"),
+        meta.get("choices"),
+        _item_type(hint) if kind is list else None,
+    )
 
 
 def _item_type(hint: Any) -> type | None:
@@ -188,6 +187,70 @@ def build(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
             )
     values = {name: coerce_value(infos[name], v, f"{prefix}{name}") for name, v in data.items()}
     return cls(**values)
+
+
+def check_settings_class(cls: Any) -> list[str]:
+    """Problems of a settings dataclass as a plugin declares it, one sentence each (empty when
+    it is sound): it is a dataclass, every field has a supported type and a default, ``min`` is
+    not above ``max``, and each default (and each choice) satisfies the field's own type, range
+    and choices.
+
+    Checked when a plugin is loaded, so that a bad declaration is reported against the plugin
+    instead of surfacing later as the user's fault: ``init`` would write the bad default into
+    an experiment file that ``run`` then refuses, and the window's spin box would clamp it.
+    A method's ``validate()`` is not called: a default may legitimately need the user's input
+    (a distillation teacher), which the experiment loader asks for by key."""
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        return [f"params must be a dataclass class (made with @dataclass), not {shown(cls)}"]
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception as exc:  # noqa: BLE001 - a plugin's annotations may name anything
+        return [
+            f"the type hints of {cls.__name__} cannot be resolved ({type(exc).__name__}: {exc})"
+        ]
+    problems = []
+    for f in dataclasses.fields(cls):
+        where = f"setting {f.name!r}"
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"{where} has no default; give one with api.param(default, ...)")
+            continue
+        try:
+            info = _field_info(f, hints[f.name])
+        except TypeError:
+            problems.append(
+                f"{where} has type {getattr(hints[f.name], '__name__', hints[f.name])}; a "
+                "setting is bool, int, float, str or a list of them"
+            )
+            continue
+        except Exception as exc:  # noqa: BLE001 - the default_factory is the plugin's code
+            problems.append(f"{where}: its default factory raised {type(exc).__name__}: {exc}")
+            continue
+        if info.min is not None and info.max is not None and info.min > info.max:
+            problems.append(f"{where}: its min {info.min!r} is above its max {info.max!r}")
+            continue
+        plain = dataclasses.replace(info, choices=None)
+        for choice in info.choices or ():
+            try:
+                coerce_value(plain, choice, None)  # type: ignore[arg-type]
+            except (ExperimentError, TypeError) as exc:  # TypeError: a min that is no number
+                problems.append(
+                    f"{where}: its choice {shown(choice)} does not fit its type ({exc})"
+                )
+        try:
+            coerce_value(info, info.default, None)  # type: ignore[arg-type]
+        except (ExperimentError, TypeError) as exc:
+            problems.append(
+                f"{where}: its default {shown(info.default)} does not fit its own declaration "
+                f"({exc})"
+            )
+    if not problems:
+        try:
+            cls()
+        except Exception as exc:  # noqa: BLE001 - __post_init__ is the plugin's code
+            problems.append(
+                f"{cls.__name__}() with its defaults raised {type(exc).__name__}: {exc}"
+            )
+    return problems
 
 
 def to_dict(instance: Any) -> dict[str, Any]:

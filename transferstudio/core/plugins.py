@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import math
 import os
 import sys
 import threading
 import traceback
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,13 @@ from transferstudio import hookspecs
 from transferstudio.api import (
     API_VERSION,
     PROJECT_NAME,
+    ROLE_KEYS,
     BackboneSpec,
     DatasetSpec,
     ExperimentError,
     ExporterSpec,
     MethodSpec,
+    Preprocessing,
     is_compatible,
 )
 
@@ -109,6 +112,160 @@ def _time_boxed(call, timeout: float):
     return outcome.get("value")
 
 
+# --------------------------------------------------------------------------- spec checks
+#
+# A plugin's declarations are checked once, when it is loaded, by the functions below; the test
+# kit (transferstudio.testing) calls the same functions, so the loader and the kit never
+# disagree. Each returns a list of problems, one sentence each, empty when the spec is sound.
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+"""``Preprocessing.interpolation`` values the image pipeline understands (core.data's
+``build_transform``); any other name would silently be read as bilinear."""
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text_field(spec: Any, name: str, *, empty_ok: bool = False) -> list[str]:
+    value = getattr(spec, name)
+    if not isinstance(value, str) or (not empty_ok and not value.strip()):
+        return [f"{name} must be a {'' if empty_ok else 'non-empty '}string, not {value!r}"]
+    return []
+
+
+def _callable_field(spec: Any, name: str, *, optional: bool = False) -> list[str]:
+    value = getattr(spec, name)
+    if (value is None and optional) or callable(value):
+        return []
+    return [f"{name} must be a function{' or None' if optional else ''}, not {value!r}"]
+
+
+def check_preprocessing(pre: Any) -> list[str]:
+    """Problems of a backbone's :class:`~transferstudio.api.Preprocessing`: ``resize`` and
+    ``crop`` whole numbers within the read limits with ``crop <= resize``, ``mean`` and ``std``
+    three finite numbers each with every ``std`` above 0, ``interpolation`` a known name."""
+    from transferstudio.core.limits import MAX_CROP, MAX_RESIZE
+
+    if not isinstance(pre, Preprocessing):
+        return [f"preprocessing must be an api.Preprocessing, not {type(pre).__name__}"]
+    problems = []
+    for name, limit in (("resize", MAX_RESIZE), ("crop", MAX_CROP)):
+        value = getattr(pre, name)
+        if not _is_count(value) or not 1 <= value <= limit:
+            problems.append(
+                f"preprocessing.{name} must be a whole number from 1 to {limit}, not {value!r}"
+            )
+    if not problems and pre.crop > pre.resize:
+        problems.append(
+            f"preprocessing.crop ({pre.crop}) is larger than preprocessing.resize "
+            f"({pre.resize}): the centre crop is taken from the resized image"
+        )
+    for name in ("mean", "std"):
+        values = getattr(pre, name)
+        numbers = isinstance(values, tuple | list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        )
+        if not numbers or len(values) != 3:
+            problems.append(
+                f"preprocessing.{name} must be three finite numbers (R, G, B), not {values!r}"
+            )
+        elif name == "std" and min(values) <= 0:
+            problems.append(
+                f"preprocessing.std must be above 0 (images are divided by it), not {values!r}"
+            )
+    if pre.interpolation not in INTERPOLATIONS:
+        problems.append(
+            f"preprocessing.interpolation {pre.interpolation!r} is not one of "
+            + ", ".join(repr(i) for i in INTERPOLATIONS)
+        )
+    return problems
+
+
+def check_backbone_spec(spec: BackboneSpec) -> list[str]:
+    """Problems of a :class:`~transferstudio.api.BackboneSpec`'s declaration (what can be told
+    without building the network; the test kit also builds it)."""
+    problems = _text_field(spec, "name") + _text_field(spec, "family", empty_ok=True)
+    if not _is_count(spec.feature_dim) or spec.feature_dim < 1:
+        problems.append(f"feature_dim must be a positive whole number, not {spec.feature_dim!r}")
+    problems += _callable_field(spec, "build") + _text_field(spec, "classifier")
+    problems += check_preprocessing(spec.preprocessing)
+    files = spec.cache_files
+    if not isinstance(files, tuple | list) or not all(isinstance(f, str) for f in files):
+        problems.append(f"cache_files must be a tuple of file names, not {files!r}")
+    problems += _text_field(spec, "description", empty_ok=True)
+    if spec.approx_params is not None and not _is_count(spec.approx_params):
+        problems.append(f"approx_params must be a whole number or None, not {spec.approx_params!r}")
+    problems += _callable_field(spec, "convert_state_dict", optional=True)
+    problems += _callable_field(spec, "packaged_weights", optional=True)
+    return problems
+
+
+def check_method_spec(spec: MethodSpec) -> list[str]:
+    """Problems of a :class:`~transferstudio.api.MethodSpec`'s declaration: its fields' types,
+    its data roles, and its parameter dataclass (:func:`transferstudio.core.params.check_settings_class`:
+    every setting has a default that fits its own type, range and choices)."""
+    from transferstudio.core.params import check_settings_class
+
+    problems = _text_field(spec, "name") + _text_field(spec, "description", empty_ok=True)
+    problems += _callable_field(spec, "factory")
+    for name in ("data_roles", "optional_roles"):
+        roles = getattr(spec, name)
+        unknown = (
+            [r for r in roles if r not in ROLE_KEYS] if isinstance(roles, tuple | list) else [roles]
+        )
+        if unknown:
+            problems.append(
+                f"{name} holds {unknown!r}; data roles are "
+                + ", ".join(f"api.ROLE_{r.upper()}" for r in ROLE_KEYS)
+            )
+    if isinstance(spec.data_roles, tuple | list) and not spec.data_roles:
+        problems.append("data_roles is empty; a method reads at least one role (api.ROLE_LABELED)")
+    for name in ("support_set", "distributed"):
+        if not isinstance(getattr(spec, name), bool):
+            problems.append(f"{name} must be True or False, not {getattr(spec, name)!r}")
+    if spec.baseline is not None and not isinstance(spec.baseline, str):
+        problems.append(f"baseline must be a method id or None, not {spec.baseline!r}")
+    return problems + check_settings_class(spec.params)
+
+
+def check_exporter_spec(spec: ExporterSpec) -> list[str]:
+    """Problems of an :class:`~transferstudio.api.ExporterSpec`'s declaration."""
+    problems = _text_field(spec, "format") + _text_field(spec, "description", empty_ok=True)
+    if not isinstance(spec.suffix, str) or not spec.suffix.startswith(".") or len(spec.suffix) < 2:
+        problems.append(f"suffix must be a file suffix such as '.onnx', not {spec.suffix!r}")
+    problems += _callable_field(spec, "export")
+    problems += _callable_field(spec, "verify", optional=True)
+    return problems + _callable_field(spec, "load", optional=True)
+
+
+def check_dataset_spec(spec: DatasetSpec) -> list[str]:
+    """Problems of a :class:`~transferstudio.api.DatasetSpec`'s declaration."""
+    problems = _text_field(spec, "name") + _text_field(spec, "description", empty_ok=True)
+    problems += _callable_field(spec, "detect") + _callable_field(spec, "list_samples")
+    return problems + _callable_field(spec, "write_example", optional=True)
+
+
+SPEC_CHECKS: dict[type, Callable[[Any], list[str]]] = {
+    BackboneSpec: check_backbone_spec,
+    MethodSpec: check_method_spec,
+    ExporterSpec: check_exporter_spec,
+    DatasetSpec: check_dataset_spec,
+}
+
+
+def check_spec(spec: Any) -> list[str]:
+    """Problems of any spec a registration hook returns (see the ``check_*_spec`` functions)."""
+    check = next((c for cls, c in SPEC_CHECKS.items() if isinstance(spec, cls)), None)
+    if check is None:
+        return [f"{type(spec).__name__} is not a spec type"]
+    try:
+        return check(spec)
+    except Exception as exc:  # noqa: BLE001 - a field of an unexpected type the checks missed
+        return [f"could not be checked ({type(exc).__name__}: {exc})"]
+
+
 # hook name -> (kind label, spec class, attribute naming a spec)
 HOOKS: dict[str, tuple[str, type, str]] = {
     "transferstudio_backbones": ("backbones", BackboneSpec, "name"),
@@ -129,6 +286,9 @@ class PluginRecord:
     status: str = "ok"  # ok | failed | refused | partial
     provides: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    """The errors (also in ``errors``) that come from other plugins: a spec name another
+    plugin provides first. The test kit, which checks a plugin on its own, reports these too."""
 
     def fail(self, status: str, message: str) -> None:
         self.status = status
@@ -146,6 +306,12 @@ class PluginHost:
         self.methods: dict[str, MethodSpec] = {}
         self.exporters: dict[str, ExporterSpec] = {}
         self.datasets: dict[str, DatasetSpec] = {}
+        self.providers: dict[tuple[str, str], str] = {}
+        """``(kind, name) -> plugin name`` of every registered spec (to name both plugins of a
+        duplicate)."""
+        self.rejected: dict[tuple[str, str], str] = {}
+        """``(kind, name) -> why`` for specs a plugin offered that were not registered, so a
+        lookup of that name says why it is missing."""
         self.timeout = _timeout_from_env()
 
     # ----------------------------------------------------------------- loading
@@ -217,14 +383,14 @@ class PluginHost:
             if not self._collect(hook_name, plugin, record):
                 break  # a hook hung: the plugin's other hooks are not waited for
         if record.errors and record.status == "ok":
-            record.status = "partial"
+            # "partial": some specs work; "failed": nothing the plugin offered can be used.
+            record.status = "partial" if record.provides else "failed"
         return record
 
     def _collect(self, hook_name: str, plugin: Any, record: PluginRecord) -> bool:
         """Register the specs one hook of ``plugin`` returns; False when the hook hung."""
         kind, spec_cls, key_attr = HOOKS[hook_name]
         caller = getattr(self.pm.hook, hook_name)
-        registry: dict[str, Any] = getattr(self, kind)
         for impl in caller.get_hookimpls():
             if impl.plugin is not plugin:
                 continue
@@ -236,28 +402,60 @@ class PluginHost:
             except Exception as exc:  # noqa: BLE001
                 record.errors.append(_format_exc(f"{record.name} raised in {hook_name}", exc))
                 continue
-            if not isinstance(specs, Iterable) or isinstance(specs, str | bytes):
+            # A dict or a string is iterable too, and iterating it would report its keys or
+            # characters ("returned str"): only a sequence of specs is a list of specs.
+            if not isinstance(specs, Iterable) or isinstance(specs, str | bytes | Mapping):
                 record.errors.append(
                     f"{record.name}: {hook_name} must return a list of "
                     f"{spec_cls.__name__}, got {type(specs).__name__}"
                 )
                 continue
+            try:
+                specs = list(specs)  # a generator runs the plugin's code only now
+            except Exception as exc:  # noqa: BLE001
+                record.errors.append(_format_exc(f"{record.name} raised in {hook_name}", exc))
+                continue
             for spec in specs:
-                if not isinstance(spec, spec_cls):
-                    record.errors.append(
-                        f"{record.name}: {hook_name} returned "
-                        f"{type(spec).__name__}, expected {spec_cls.__name__}"
-                    )
-                    continue
-                key = getattr(spec, key_attr)
-                if key in registry:
-                    record.errors.append(
-                        f"{record.name}: {kind[:-1]} {key!r} is already provided "
-                        "by another plugin; this one is ignored"
-                    )
-                    continue
-                registry[key] = spec
-                record.provides.setdefault(kind, []).append(key)
+                self._add_spec(spec, kind, spec_cls, key_attr, hook_name, record)
+        return True
+
+    def _add_spec(
+        self, spec: Any, kind: str, spec_cls: type, key_attr: str, hook: str, record: PluginRecord
+    ) -> None:
+        """Register one spec after checking its declaration; a bad or duplicate one is reported
+        on the plugin's record (naming plugin, spec and field) and left out."""
+        registry: dict[str, Any] = getattr(self, kind)
+        what = kind[:-1]  # "backbone", "method", ...
+        if not isinstance(spec, spec_cls):
+            record.errors.append(
+                f"{record.name}: {hook} returned {type(spec).__name__}, expected {spec_cls.__name__}"
+            )
+            return
+        key = getattr(spec, key_attr)
+        problems = check_spec(spec)
+        if problems:
+            message = (
+                f"{record.name}: {what} {key!r} is not registered: "
+                + "; ".join(problems)
+                + f". Fix its {spec_cls.__name__} in the plugin ({record.module})"
+            )
+            record.errors.append(message)
+            if isinstance(key, str):
+                self.rejected.setdefault((kind, key), message)
+            return
+        if key in registry:
+            first = self.providers.get((kind, key), "another plugin")
+            message = (
+                f"{record.name}: {what} {key!r} is also provided by {first}, which was loaded "
+                f"first; {record.name}'s is ignored. Uninstall one of the two plugins, or rename "
+                f"the {what} in one of them"
+            )
+            record.errors.append(message)
+            record.conflicts.append(message)
+            return
+        registry[key] = spec
+        self.providers[(kind, key)] = record.name
+        record.provides.setdefault(kind, []).append(key)
         return True
 
     # ----------------------------------------------------------------- lookup
@@ -265,6 +463,9 @@ class PluginHost:
     def _get(self, kind: str, name: str, key: str) -> Any:
         registry: dict[str, Any] = getattr(self, kind)
         if name not in registry:
+            why = self.rejected.get((kind, name))
+            if why is not None:
+                raise ExperimentError(why.split("\n")[0], key)
             known = ", ".join(sorted(registry)) or "none loaded"
             raise ExperimentError(
                 f"no {kind[:-1]} plugin named {name!r}; available: {known}. "

@@ -25,7 +25,13 @@ INVALID_STYLE = "background-color: #ffd7d7;"
 class SettingsForm(QWidget):
     """Widgets for every field of ``cls``: spin boxes with ranges, combo boxes for choices, check
     boxes, tooltips from help. ``values()`` returns a mapping; ``error`` names the first invalid
-    field (highlighted with its reason), or is empty."""
+    field (highlighted with its reason), or is empty.
+
+    A value a widget cannot show (a number outside a spin box's range, which Qt would silently
+    clamp; a value that is not among a combo box's choices) is never replaced quietly: the field
+    is marked invalid with the value and its allowed range until the user picks another. The
+    plugin host refuses a method whose own defaults do that, so this guards values from
+    elsewhere."""
 
     changed = Signal()
 
@@ -34,6 +40,8 @@ class SettingsForm(QWidget):
         self.cls = cls
         self.prefix = prefix
         self.error = ""
+        self.unshown: dict[str, str] = {}
+        """Fields whose given value the widget could not show, with why (see the class)."""
         self.infos = {info.name: info for info in P.fields_of(cls)}
         self.widgets: dict[str, QWidget] = {}
         layout = QFormLayout(self)
@@ -47,20 +55,24 @@ class SettingsForm(QWidget):
         self.set_values(P.to_dict(cls()))
 
     def _make(self, info: P.FieldInfo) -> QWidget:
+        def edited(*_: Any) -> None:
+            self.unshown.pop(info.name, None)  # the user chose a value: nothing is hidden now
+            self._on_change()
+
         if info.choices:
             widget = QComboBox()
             widget.addItems([str(c) for c in info.choices])
-            widget.currentIndexChanged.connect(self._on_change)
+            widget.currentIndexChanged.connect(edited)
         elif info.kind is bool:
             widget = QCheckBox()
-            widget.toggled.connect(self._on_change)
+            widget.toggled.connect(edited)
         elif info.kind is int:
             widget = QSpinBox()
             widget.setRange(
                 int(info.min if info.min is not None else -(2**31)),
                 int(info.max if info.max is not None else 2**31 - 1),
             )
-            widget.valueChanged.connect(self._on_change)
+            widget.valueChanged.connect(edited)
         elif info.kind is float:
             widget = FloatSpinBox()
             widget.setRange(
@@ -68,12 +80,12 @@ class SettingsForm(QWidget):
                 info.max if info.max is not None else 1e9,
             )
             widget.setSingleStep(_step(info))
-            widget.valueChanged.connect(self._on_change)
+            widget.valueChanged.connect(edited)
         else:  # str, and lists of strings (comma separated)
             widget = QLineEdit()
             if info.kind is list:
                 widget.setPlaceholderText("comma-separated")
-            widget.textChanged.connect(self._on_change)
+            widget.textChanged.connect(edited)
         return widget
 
     def _on_change(self, *_: Any) -> None:
@@ -101,22 +113,47 @@ class SettingsForm(QWidget):
             widget = self.widgets.get(name)
             if widget is None:
                 continue
+            self.unshown.pop(name, None)
             widget.blockSignals(True)
-            if isinstance(widget, QComboBox):
-                widget.setCurrentIndex(list(self.infos[name].choices).index(value))
-            elif isinstance(widget, QCheckBox):
-                widget.setChecked(bool(value))
-            elif isinstance(widget, QSpinBox | QDoubleSpinBox):
-                widget.setValue(value)
-            elif isinstance(value, list):
-                widget.setText(", ".join(str(v) for v in value))
-            else:
-                widget.setText(str(value))
-            widget.blockSignals(False)
+            try:
+                if isinstance(widget, QComboBox):
+                    choices = list(self.infos[name].choices)
+                    if value in choices:
+                        widget.setCurrentIndex(choices.index(value))
+                    else:
+                        self._not_shown(name, value)
+                elif isinstance(widget, QCheckBox):
+                    widget.setChecked(bool(value))
+                elif isinstance(widget, QSpinBox | QDoubleSpinBox):
+                    try:
+                        widget.setValue(value)
+                    except TypeError:  # not a number: the box keeps its previous value
+                        self._not_shown(name, value)
+                    else:
+                        if widget.value() != value:  # Qt clamped it into the box's range
+                            self._not_shown(name, value)
+                elif isinstance(value, list):
+                    widget.setText(", ".join(str(v) for v in value))
+                else:
+                    widget.setText(str(value))
+            finally:
+                widget.blockSignals(False)
         self.validate()
+
+    def _not_shown(self, name: str, value: Any) -> None:
+        """Remember that ``value`` could not be shown in ``name``'s widget, with the reason."""
+        try:
+            P.coerce_value(self.infos[name], value, None)  # type: ignore[arg-type]
+            why = f"{P.shown(value)} does not fit in this box"
+        except ExperimentError as exc:  # the usual case: out of range, not a choice, a wrong type
+            why = str(exc)
+        self.unshown[name] = f"{why}; choose a value"
 
     def build(self) -> Any:
         """The dataclass instance of the current values (raises ExperimentError)."""
+        if self.unshown:  # checked first: values() holds what Qt made of the value, not it
+            name, why = next(iter(self.unshown.items()))
+            raise ExperimentError(why, self.prefix + name)
         instance = P.build(self.cls, self.values(), self.prefix)
         check = getattr(instance, "validate", None)
         if callable(check):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from transferstudio.api import (
     Preprocessing,
     SourceListing,
 )
-from transferstudio.core.plugins import BUILTIN_MODULE, PluginHost, PluginRecord
+from transferstudio.core.plugins import BUILTIN_MODULE, PluginHost, PluginRecord, check_spec
 from transferstudio.testing.synthetic import write_class_folders, write_multilabel_csv
 
 KIT_BACKBONE = "testkit-cnn"
@@ -163,19 +163,31 @@ def check_plugin(
     plugin: Any,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     workdir: str | Path | None = None,
+    conflicts: Sequence[str] = (),
 ) -> ConformanceReport:
     """Exercise every spec ``plugin`` provides (see the module docstring); ``params`` gives
     method parameters by method name, for methods that need settings no check can guess (a
     teacher run, say). ``workdir`` keeps the generated data and files (default: a temporary
-    folder, removed afterwards)."""
+    folder, removed afterwards). ``conflicts`` are problems the plugin had when loaded with the
+    other installed plugins (a name another plugin provides first,
+    :attr:`~transferstudio.core.plugins.PluginRecord.conflicts`): the plugin is checked on its
+    own here, so they are passed in and fail the report.
+
+    A spec whose declaration is unsound (:func:`transferstudio.core.plugins.check_spec`: a
+    setting's default outside its own range, preprocessing the pipeline cannot apply, ...) is
+    not registered by the host, exactly as at a normal start, and fails the report by name."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="transferstudio-check-") as tmp:
-            return check_plugin(plugin, params, tmp)
+            return check_plugin(plugin, params, tmp, conflicts)
     workdir = Path(workdir)
     host, (record,) = _host_with([plugin], builtins=False, kit=True)
     report = ConformanceReport(record.name, record.version)
-    for error in record.errors:
+    for error in [*record.errors, *conflicts]:
         report.results.append(CheckResult("plugin", record.name, FAILED, error.splitlines()[0]))
+    methods = {name: host.methods[name] for name in record.provides.get("methods", [])}
+    bad_params = param_problems(methods, params or {})
+    for method, problem in bad_params:
+        report.results.append(CheckResult("method", method, FAILED, f"params: {problem}"))
     checks: dict[str, Callable[..., CheckResult]] = {
         "backbones": lambda name: _timed("backbone", name, check_backbone, host.backbones[name]),
         "methods": lambda name: _timed(
@@ -194,14 +206,41 @@ def check_plugin(
             "dataset", name, check_dataset, host.datasets[name], workdir / f"dataset-{name}"
         ),
     }
+    refused = {method for method, _ in bad_params}
     for kind, names in record.provides.items():
         for name in names:
-            report.results.append(checks[kind](name))
+            if not (kind == "methods" and name in refused):  # failed above, nothing to train
+                report.results.append(checks[kind](name))
     if record.status in ("ok", "partial") and not record.provides:
         report.results.append(
             CheckResult("plugin", record.name, FAILED, "provides nothing: no hook returned a spec")
         )
     return report
+
+
+def param_problems(
+    methods: Mapping[str, MethodSpec], params: Mapping[str, Mapping[str, Any]]
+) -> list[tuple[str, str]]:
+    """``(method, problem)`` for each given method parameter that cannot be used: a method the
+    plugin does not provide, a key its settings lack, a value outside the setting's type, range
+    or choices. Given values are the caller's, so a bad one is an error, never a skipped
+    check (``transferstudio plugins check --param`` exits non-zero on it)."""
+    from transferstudio.core import params as P
+
+    problems = []
+    for method, values in params.items():
+        if method not in methods:
+            provided = ", ".join(sorted(methods)) or "none"
+            problems.append(
+                (method, f"{method}: this plugin has no method {method!r}; it provides: {provided}")
+            )
+            continue
+        for key, value in values.items():
+            try:
+                P.build(methods[method].params, {key: value}, f"{method}.")
+            except ExperimentError as exc:
+                problems.append((method, str(exc)))
+    return problems
 
 
 def assert_conforms(plugin: Any, **kwargs: Any) -> ConformanceReport:
@@ -229,9 +268,9 @@ def check_backbone(spec: BackboneSpec) -> tuple[str, str]:
     from transferstudio.core.models import build_backbone
     from transferstudio.core.weights import find_cached
 
+    if problems := check_spec(spec):  # the loader's checks, for callers passing any spec
+        return FAILED, "; ".join(problems)
     pre = spec.preprocessing
-    if not (0 < pre.crop <= pre.resize) or len(pre.mean) != 3 or min(pre.std) <= 0:
-        return FAILED, f"preprocessing is not usable: {pre}"
     weights = find_cached(spec) if spec.packaged_weights is not None else None
     model = build_backbone(spec, weights).eval()
     batch = torch.rand(2, 3, pre.crop, pre.crop)
@@ -253,6 +292,8 @@ def check_method(
 ) -> tuple[str, str]:
     """Two training steps through the engine on generated data for the method's roles, with the
     kit's backbone on CPU; every loss finite."""
+    if problems := check_spec(spec):  # the loader's checks, for callers passing any spec
+        return FAILED, "; ".join(problems)
     from transferstudio.core import events as E
     from transferstudio.core.engine import PlainState, run_experiment
     from transferstudio.core.experiment import from_mapping
@@ -296,8 +337,9 @@ def check_method(
         exp = from_mapping(raw, host.method_params)
         result = run_experiment(exp, host, state, folder / "workspace")
     except ExperimentError as exc:
-        if not (exc.key or "").startswith("method.params."):
-            raise
+        key = exc.key or ""
+        if not key.startswith("method.params.") or key.removeprefix("method.params.") in params:
+            raise  # not a setting, or one the caller gave: a failure, not a skip
         return SKIPPED, (
             f"needs settings the check cannot guess: {exc}. Give them as params= (test kit) or "
             f"--param {spec.name}.KEY=VALUE (transferstudio plugins check)"
@@ -357,6 +399,8 @@ def _check_support_classifier(host, spec: MethodSpec, folder: Path, params: dict
 def check_exporter(spec: ExporterSpec, folder: Path) -> tuple[str, str]:
     """Writes a small classifier (atomically) and reads it back with the same outputs, through
     the host's own verified export."""
+    if problems := check_spec(spec):  # the loader's checks, for callers passing any spec
+        return FAILED, "; ".join(problems)
     import torch
     from torch import nn
 
@@ -392,6 +436,8 @@ def check_exporter(spec: ExporterSpec, folder: Path) -> tuple[str, str]:
 def check_dataset(spec: DatasetSpec, folder: Path) -> tuple[str, str]:
     """Lists the example it writes (``write_example``); every listed image opens, and the host
     can split and train on it."""
+    if problems := check_spec(spec):  # the loader's checks, for callers passing any spec
+        return FAILED, "; ".join(problems)
     from transferstudio.core.data import scan
     from transferstudio.core.experiment import DataSettings
 
