@@ -172,3 +172,18 @@ def test_a_support_set_method_without_a_support_classifier_fails():
     (result,) = check_plugin(_plugin(transferstudio_methods=lambda: [spec])).results
     assert result.status == "failed"
     assert "method 'forgetful'" in result.detail and "NotImplementedError" in result.detail
+
+
+def test_the_kit_and_the_loader_judge_a_declaration_alike():
+    """``check_backbone`` given a spec directly (not through a host) applies the loader's checks:
+    a misspelt interpolation passed the kit before (issue 17, point 9)."""
+    from transferstudio.core.plugins import check_spec
+    from transferstudio.testing.conformance import check_backbone
+
+    pre = dataclasses.replace(_kit_backbone().preprocessing, interpolation="bicubik")
+    spec = _kit_backbone(preprocessing=pre)
+    status, detail = check_backbone(spec)
+    assert status == "failed" and detail == "; ".join(check_spec(spec))
+    assert "interpolation 'bicubik' is not one of 'bilinear', 'bicubic'" in detail
+    report = check_plugin(_plugin(transferstudio_backbones=lambda: [spec]))
+    assert not report.ok and "backbone 'my-cnn' is not registered" in report.text()
