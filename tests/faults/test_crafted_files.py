@@ -329,6 +329,8 @@ def test_checkpoint_preprocessing_is_bounded_before_use(tmp_path, key, value, ex
 
 CORPUS["best.json with preprocessing.crop = 60000 (asks 86 GB)"] = "refused: names file, limit"
 CORPUS["best.json with preprocessing.std holding 0"] = "refused: names file and key"
+CORPUS["best.json with preprocessing.resize = 10^9"] = "refused: names file, limit"
+CORPUS['best.json with preprocessing.crop = "224" (a string)'] = "refused: names file and key"
 
 
 @crafted("best.json with 200,000 class names over the limit", "refused: names the limit")
