@@ -33,7 +33,6 @@ class ConsoleProgress:
         self.started = time.monotonic()
         self.last_draw = 0.0
         self.run_id: str | None = None
-        self.failure_lines: set[str] = set()  # "run failed: ..." lines the log showed
 
     def stop_requested(self) -> bool:
         return self.stop
@@ -88,17 +87,11 @@ class ConsoleProgress:
                 + ("  *best*" if event.improved else "")
             )
         elif isinstance(event, E.LogMessage):
-            if event.text.startswith("run failed: "):
-                self.failure_lines.add(event.text)
             self._print(event.text)
         elif isinstance(event, E.RunFinished) and event.status == "completed":
             self._print(final_table(event.report))
-        elif isinstance(event, E.RunFailed):
-            # The engine logs this very line (then perhaps a traceback) before the event:
-            # print it once.
-            line = f"run failed: {event.message}"
-            if line not in self.failure_lines:
-                self._print(line)
+        elif isinstance(event, E.RunFailed):  # the engine writes this line to log.txt only
+            self._print(f"run failed: {event.message}")
 
 
 def final_table(report: dict[str, Any]) -> str:

@@ -394,3 +394,16 @@ def test_a_method_missing_a_required_function_is_named_not_blamed_on_transferstu
     assert result.status == "failed"
     assert "method 'novalid'" in result.message and "validation_step()" in result.message
     assert "please report it" not in result.message
+
+
+def test_an_image_size_the_backbone_cannot_take_is_refused_naming_the_key(data, tmp_path):
+    """convnext_tiny at 20 px failed in its first batch with torch's "Kernel size can't be
+    greater than actual input size", as a failed run in the history."""
+    from transferstudio.api import ExperimentError
+    from transferstudio.core.runs import RunStore
+
+    exp = tiny_experiment(data, model__backbone="convnext_tiny", data__image_size=20)
+    with pytest.raises(ExperimentError, match="cannot take 20 px images.*224 px") as caught:
+        run_experiment(exp, load_plugins(autoload=False), PlainState(), tmp_path / "ws")
+    assert caught.value.key == "data.image_size"
+    assert RunStore(tmp_path / "ws").list() == []  # refused before the run exists

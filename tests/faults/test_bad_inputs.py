@@ -10,6 +10,7 @@ hostile class names of :data:`HOSTILE_CLASSES`, which go through a real run, ``r
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -25,7 +26,6 @@ import pytest
 from tests.helpers import tiny_experiment, write_class_images
 from transferstudio.api import DataError, ExperimentError
 from transferstudio.core import data as D
-from transferstudio.core import events as E
 from transferstudio.core import experiment as X
 from transferstudio.core.roles import scan_multilabel
 from transferstudio.core.safe_text import csv_cell, printable
@@ -453,17 +453,44 @@ def test_printable_escapes_controls_but_keeps_lines_and_text():
     assert printable(os.fsdecode(b"caf\xe9")) == "caf\\udce9"
 
 
-def test_a_failure_is_printed_once():
-    """The engine logs "run failed: ..." (and for internal errors a traceback) and then emits
-    RunFailed with the same message: the console shows the line once."""
+def test_a_failure_is_printed_once(tmp_path, make_images):
+    """A failing run's "run failed: ..." line was printed twice (the engine logged it, then
+    the console printed the RunFailed event); the window's log showed it twice too."""
+    from transferstudio.api import MethodSpec, TransferMethod
     from transferstudio.console import ConsoleProgress
+    from transferstudio.core.engine import run_experiment
+    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.plugins import load_plugins, plugin_from_namespace
 
+    @dataclasses.dataclass
+    class P:
+        pass
+
+    class Breaks(TransferMethod):
+        def __init__(self, params):
+            pass
+
+        def setup(self, ctx):
+            self.model = ctx.build_classifier()
+
+        def modules(self):
+            return {"model": self.model}
+
+        def training_step(self, batch, ctx):
+            raise RuntimeError("class 'x' vanished")
+
+    spec = MethodSpec("breaks", "test", P, Breaks)
+    host = load_plugins(
+        autoload=False, extra=[plugin_from_namespace("b", transferstudio_methods=lambda: [spec])]
+    )
+    raw = tiny_experiment(make_images({"a": 4, "b": 4}), train__epochs=1).to_dict()
+    raw["method"] = {"name": "breaks", "params": {}}
     out = StringIO()
-    console = ConsoleProgress(out)
-    console.emit(E.LogMessage("run failed: class 'x' vanished"))
-    console.emit(E.LogMessage("Traceback (most recent call last): ..."))
-    console.emit(E.RunFailed("run-1", "class 'x' vanished", "Traceback ..."))
-    assert out.getvalue().count("run failed: class 'x' vanished") == 1
-    other = StringIO()
-    ConsoleProgress(other).emit(E.RunFailed("run-1", "disk gone", ""))  # no log line before
-    assert other.getvalue() == "run failed: disk gone\n"
+    result = run_experiment(
+        from_mapping(raw, host.method_params), host, ConsoleProgress(out), tmp_path / "ws"
+    )
+    assert result.status == "failed"
+    assert out.getvalue().count("run failed: ") == 1, out.getvalue()
+    assert "Traceback" not in out.getvalue()  # in log.txt, as the message says
+    log = (result.folder / "log.txt").read_text("utf-8")
+    assert "run failed: " in log and "Traceback" in log

@@ -608,3 +608,33 @@ def test_an_export_records_the_plugin_that_provides_the_backbone(host):
     assert plugin is not None and plugin["name"] == "transferstudio"
     meta = {"backbone": "resnet18", "backbone_plugin": plugin, "preprocessing": _preprocessing()}
     assert bundle_manifest(meta, "", [3])["provenance"]["backbone_plugin"] == plugin
+
+
+def test_resuming_a_run_whose_state_file_was_replaced_by_a_malicious_pickle(tmp_path, capsys):
+    """End to end: ``run --resume`` of a run whose ``last-N.state.pt`` would run code fails
+    the run in our words; it used to say "(please report it) ... Re-running torch.load with
+    weights_only set to False will likely succeed"."""
+    from tests.helpers import tiny_experiment, write_class_images
+    from transferstudio.cli import main
+    from transferstudio.core.engine import PlainState, run_experiment
+    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.runs import RunStore
+
+    data = write_class_images(tmp_path / "data", {"a": 4, "b": 4}, 32, 0)
+    workspace = tmp_path / "ws"
+    state = PlainState(
+        should_stop=lambda: any(type(e).__name__ == "EpochEnded" for e in state.events)
+    )
+    exp = tiny_experiment(data, train__epochs=3)
+    stopped = run_experiment(exp, load_plugins(autoload=False), state, workspace)
+    assert stopped.status == "cancelled"
+    (state_file,) = (stopped.folder / "checkpoints").glob("last-*.state.pt")
+    malicious_pt(state_file)
+    code = main(["--workspace", str(workspace), "run", "--resume", stopped.run_id])
+    out = capsys.readouterr()
+    assert code == 1
+    message = RunStore(workspace).get(stopped.run_id).message
+    assert "would need to run code" in message or "not a plain tensor file" in message, message
+    _assert_no_unsafe_advice(message + out.out + out.err)
+    assert "please report" not in message
+    assert "this must never be printed" not in out.out + out.err

@@ -157,6 +157,9 @@ def test_a_run_killed_at_any_write_resumes_to_the_uninterrupted_files(reference)
         if resumed.returncode != 0:
             failures.append(f"{where}: resume failed: {resumed.stderr[-500:]}")
             continue
+        leftovers = [p.name for p in Path(record.folder).rglob(".*.tmp")]
+        if leftovers:
+            failures.append(f"{where}: temporary files left after the resume: {leftovers}")
         try:
             found = differences(artefacts(workspace), want)
         except Exception as exc:  # noqa: BLE001 - a missing or unreadable file is a finding

@@ -116,7 +116,7 @@ def test_a_failing_disk_write_stops_the_run_with_the_file_named_and_keeps_epoch_
     monkeypatch.setattr(checkpoint, "save_file", save_file)
     outcome = _run_to_the_end(window, qtbot)
     message = outcome["errored"]
-    assert message.startswith("file error ") and "No space left on device" in message
+    assert message.startswith("no space left on the disk of ") and "Free some space" in message
     assert "last-2.safetensors" in message and "the checkpoint of epoch 1 is kept" in message
     (record,) = RunStore(window.workspace).list()
     folder = Path(record.folder) / "checkpoints"

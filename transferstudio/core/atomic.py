@@ -11,6 +11,19 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any thread could
+    # create a file in between.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -18,9 +31,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     on an exception it is removed and ``target`` is untouched."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     tmp_path = Path(tmp)
+    try:
+        # mkstemp makes 0600 files; the finished file gets the mode the target had, else
+        # the one any new file gets under the umask (0644 with umask 022).
+        os.fchmod(fd, _mode_of(target))
+    finally:
+        os.close(fd)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
@@ -30,6 +48,23 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+def _mode_of(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes into ``folder`` left when their process was
+    killed; returns them. Call it only while no other process writes there (a run's lock)."""
+    removed = []
+    for leftover in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
 
 
 def write_atomic(target: str | Path, writer: Callable[[Path], None]) -> None:

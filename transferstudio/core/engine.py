@@ -47,7 +47,8 @@ from transferstudio.api import (
 )
 from transferstudio.core import data as D
 from transferstudio.core import events as E
-from transferstudio.core.atomic import write_text_atomic
+from transferstudio.core.atomic import remove_leftovers, write_text_atomic
+from transferstudio.core.bundle import backbone_plugin
 from transferstudio.core.checkpoint import (
     CheckpointStore,
     load_module_weights,
@@ -651,6 +652,43 @@ class _Run:
             ) from exc
         for module in self.modules.values():
             module.to(self.device)
+        self._check_input_size()
+
+    def _check_input_size(self) -> None:
+        """A backbone that cannot take ``data.image_size`` (convnext_tiny under 32 px, a ViT
+        at anything but its own size) is refused here, naming the key, before the run exists;
+        it failed in the first batch with torch's words. One forward of two blank images."""
+        size, native = self.exp.data.image_size, self.backbone_spec.preprocessing.crop
+        if not size or size == native:
+            return
+        try:
+            predictor = self.method.predictor()
+        except Exception:  # noqa: BLE001 - a method without one is checked by its own run
+            return
+        modes = [(m, m.training) for m in predictor.modules()]
+        predictor.eval()
+
+        def forward(px: int) -> None:
+            with torch.no_grad():
+                predictor(torch.zeros(2, 3, px, px, device=self.device))
+
+        try:
+            forward(size)
+        except Exception as exc:  # noqa: BLE001 - decided by whether the native size works
+            try:
+                forward(native)
+            except Exception:  # noqa: BLE001 - not a size problem: the run reports it
+                return
+            first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise ExperimentError(
+                f"backbone {self.exp.model.backbone!r} cannot take {size} px images "
+                f"({type(exc).__name__}: {first_line}); it works at its own size, {native} px: "
+                f"set data.image_size = 0 (its own size) or another size it accepts",
+                "data.image_size",
+            ) from None
+        finally:
+            for module, training in modes:
+                module.train(training)
 
     def open_run(self) -> None:
         """Find (resume) or register (new) the run and open its folder, holding the run's lock.
@@ -702,6 +740,9 @@ class _Run:
         self.checkpoints = CheckpointStore(self.folder / "checkpoints")
         if self.writer:
             self.folder.mkdir(parents=True, exist_ok=True)
+            for folder in (self.folder, self.checkpoints.folder):  # this process holds the lock
+                for leftover in remove_leftovers(folder):
+                    self.log(f"removed {leftover.name}, left by a killed write", quiet=True)
             self.log_file = open(self.folder / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
             self.log_file.writelines(line + "\n" for line in self.log_lines)
             self.log_file.flush()
@@ -1066,6 +1107,8 @@ class _Run:
             "class_names": self.scan.classes,
             "metrics": metrics,
             "plugin_versions": self.host.plugin_versions(),
+            # What a machine without the backbone's plugin is told to install (predict).
+            "backbone_plugin": backbone_plugin(self.host, self.exp.model.backbone),
             "backbone": self.exp.model.backbone,
             "method": self.exp.method,
             "preprocessing": self.preprocessing.to_dict(),
@@ -1294,10 +1337,12 @@ def _describe_failure(exc: Exception, run: _Run) -> str:
         else ""
     )
     if is_disk_full(exc, run.folder if hasattr(run, "folder") else run.workspace):
+        target = getattr(exc, "filename", None)
         return (
-            f"no space left on the disk of {run.workspace} at {where} ({type(exc).__name__}: "
-            f"{exc}). Free some space, or choose another workspace (--workspace){kept}"
-            + (" once there is space" if kept else "")
+            f"no space left on the disk of {run.workspace}"
+            + (f" writing {target}" if target else "")
+            + f" at {where} ({type(exc).__name__}: {exc}). Free some space, or choose another "
+            f"workspace (--workspace){kept}" + (" once there is space" if kept else "")
         )
     if isinstance(exc, OSError):
         target = f" {exc.filename}" if exc.filename else ""
@@ -1411,7 +1456,7 @@ def run_experiment(
         run.failed = True
         message = _failure_message(exc, run)
         tb = traceback.format_exc()
-        run.log(f"run failed: {message}")
+        run.log(f"run failed: {message}", quiet=True)  # clients show the RunFailed event
         if not isinstance(exc, TransferStudioError):
             run.log(tb, quiet=True)  # for log.txt: the message says it is there
         if run.store:
