@@ -309,6 +309,7 @@ def test_a_corrupt_checkpoint_weights_file_is_named(tmp_path):
         ("resize", 10**9, "preprocessing.resize is 1,000,000,000, above"),
         ("std", [0.2, 0.0, 0.2], "preprocessing.std holds 0"),
         ("crop", "224", "preprocessing.crop must be a positive whole number, not '224'"),
+        ("interpolation", "bicubik", "preprocessing.interpolation is 'bicubik'"),
     ],
 )
 def test_checkpoint_preprocessing_is_bounded_before_use(tmp_path, key, value, expected):

@@ -100,6 +100,10 @@ def positive_int(value: Any, *, file: object, what: str, limit: int, advice: str
     return value
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+"""The resize interpolations the image pipeline knows (core.data.build_transform)."""
+
+
 def checked_preprocessing(data: Any, *, file: object, key: str = "preprocessing") -> dict:
     """A preprocessing mapping read from a file (bundle manifest, checkpoint metadata), checked
     before anything is built from it: ``resize`` and ``crop`` within limits, three finite
@@ -122,6 +126,13 @@ def checked_preprocessing(data: Any, *, file: object, key: str = "preprocessing"
                 f"{file}: {key}.{name} must be three finite numbers (R, G, B), not {values!r}; "
                 f"{advice}"
             )
+    interpolation = data.get("interpolation", "bilinear")  # older files do not record it
+    if interpolation not in INTERPOLATIONS:
+        raise LimitError(
+            f"{file}: {key}.interpolation is {interpolation!r}; it must be one of "
+            + ", ".join(repr(i) for i in INTERPOLATIONS)
+            + f"; {advice}"
+        )
     if any(v == 0 for v in data["std"]):
         raise LimitError(
             f"{file}: {key}.std holds 0 ({data['std']!r}); normalising divides by it, so every "

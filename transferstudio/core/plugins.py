@@ -118,10 +118,6 @@ def _time_boxed(call, timeout: float):
 # kit (transferstudio.testing) calls the same functions, so the loader and the kit never
 # disagree. Each returns a list of problems, one sentence each, empty when the spec is sound.
 
-INTERPOLATIONS = ("bilinear", "bicubic")
-"""``Preprocessing.interpolation`` values the image pipeline understands (core.data's
-``build_transform``); any other name would silently be read as bilinear."""
-
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -145,7 +141,7 @@ def check_preprocessing(pre: Any) -> list[str]:
     """Problems of a backbone's :class:`~transferstudio.api.Preprocessing`: ``resize`` and
     ``crop`` whole numbers within the read limits with ``crop <= resize``, ``mean`` and ``std``
     three finite numbers each with every ``std`` above 0, ``interpolation`` a known name."""
-    from transferstudio.core.limits import MAX_CROP, MAX_RESIZE
+    from transferstudio.core.limits import INTERPOLATIONS, MAX_CROP, MAX_RESIZE
 
     if not isinstance(pre, Preprocessing):
         return [f"preprocessing must be an api.Preprocessing, not {type(pre).__name__}"]
