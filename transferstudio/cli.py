@@ -473,14 +473,14 @@ def cmd_runs(args) -> int:
 
     found = gains(store)
     print(
-        f"{'id':40} {'status':10} {'backbone':16} {'method':16} {'best':>8} {'epochs':>6} "
+        f"{'id':40} {'status':11} {'backbone':16} {'method':16} {'best':>8} {'epochs':>6} "
         f"{'time':>8}  transfer gain"
     )
     for r in runs:
         best = f"{r.best_metric:.4f}" if r.best_metric is not None else "-"
         gain = found[r.id].describe() if r.id in found else ""
         print(
-            f"{r.id:40} {r.status:10} {r.backbone:16} {r.method:16} {best:>8} "
+            f"{r.id:40} {r.status:11} {r.backbone:16} {r.method:16} {best:>8} "
             f"{r.epochs_done:>6} {r.duration_s:>7.1f}s  {gain}".rstrip()
         )
     return 0
