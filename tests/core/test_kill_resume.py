@@ -52,7 +52,7 @@ def test_kill_nine_then_resume_equals_uninterrupted(make_images, tmp_path):
     victim.communicate()
     store = RunStore(workspace)
     (record,) = store.list()
-    assert record.status == "running"  # killed: nobody marked it finished
+    assert record.status == "interrupted"  # killed: its process is gone, nobody marked it finished
     assert store.integrity_ok()
     killed_epoch = CheckpointStore(meta_files[0].parent).meta("last")["epoch"]
     assert killed_epoch < 4
