@@ -350,7 +350,8 @@ def check_settings(data: DataSettings, model: ModelSettings) -> None:
             f"data.val_split ({data.val_split:g}) + data.test_split ({data.test_split:g}) = "
             f"{data.val_split + data.test_split:g} leaves nothing to train on; make their sum "
             "less than 1 (e.g. 0.2 and 0.1)",
-            "data.val_split",
+            # the larger share is the one to lower (and the one a single edit just raised)
+            "data.test_split" if data.test_split > data.val_split else "data.val_split",
         )
     if 0 < data.image_size < MIN_IMAGE_SIZE:
         raise ExperimentError(
