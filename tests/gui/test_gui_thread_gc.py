@@ -20,7 +20,11 @@ def _cyclic_qobject_freed_in() -> list[str]:
     freed_in: list[str] = []
     obj = QObject()
     obj.myself = obj  # only the cycle collector can free it
-    obj.payload = [[i] for i in range(1_000)]  # enough garbage to make a collection due
+    # Enough tracked objects that generation 0 stays past its threshold (700) even when the
+    # event loop frees other tests' deferred-deleted wrappers first: each free lowers the count,
+    # and with a payload of 1,000 a busy CI run dropped it below the threshold, so no
+    # collection fell due within the wait.
+    obj.payload = [[i] for i in range(100_000)]
     weakref.finalize(obj, lambda: freed_in.append(threading.current_thread().name))
     del obj
 
