@@ -24,6 +24,24 @@ ISSUE_BACKBONES = (
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+CLI_ENV = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1"}
+"""The environment of a CLI subprocess: built-ins only, as the ``host`` fixture has."""
+
+
+def run_cli(workspace: Path, *args: str):
+    """``transferstudio --workspace WORKSPACE ARGS`` in a subprocess, to its end; raises when
+    it fails. Returns the ``CompletedProcess`` (output captured)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "transferstudio", "--workspace", str(workspace), *args],
+        check=True,
+        env=CLI_ENV,
+        capture_output=True,
+        text=True,
+    )
+
 
 def write_class_images(
     root: Path, per_class: dict[str, int], size: int = 24, seed: int = 0

@@ -125,19 +125,13 @@ def cmd_run(args) -> int:
     host = _host()
     workspace = _workspace(args)
     if args.resume:
+        from transferstudio.core.resume import experiment_to_resume
         from transferstudio.core.runs import RunStore
 
-        record = RunStore(workspace).get(args.resume)
+        record, exp = experiment_to_resume(
+            RunStore(workspace), args.resume, host.method_params, args.set
+        )
         exp_file = Path(record.folder) / "experiment.toml"
-        if not exp_file.is_file():
-            from transferstudio.api import TransferStudioError
-
-            raise TransferStudioError(
-                f"run {record.id} cannot be resumed: its experiment file {exp_file} was never "
-                "written (the run was stopped while it started) or was removed. Delete the run "
-                f"with 'transferstudio runs delete {record.id}' and start the experiment again"
-            )
-        exp = X.load(exp_file, host.method_params, args.set)
         if args.experiment:
             print(
                 f"note: resuming uses the run's own {exp_file}, not {args.experiment}",

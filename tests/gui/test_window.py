@@ -208,9 +208,8 @@ def test_export_from_the_tree_writes_a_verified_file_that_reloads(window, qtbot,
 
 def test_a_window_run_equals_a_headless_run_of_the_saved_file(window, qtbot, tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
+
+    from tests.helpers import run_cli
 
     window._preset("last")  # a non-trivial freeze plan must survive the round trip too
     path = tmp_path / "from-window.toml"
@@ -220,21 +219,7 @@ def test_a_window_run_equals_a_headless_run_of_the_saved_file(window, qtbot, tmp
         pass
     gui_result = blocker.args[0]
     qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
-    env = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "transferstudio",
-            "--workspace",
-            str(tmp_path / "cli"),
-            "run",
-            str(path),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    run_cli(tmp_path / "cli", "run", str(path))
     (report_path,) = (tmp_path / "cli" / "runs").glob("*/report.json")
     cli_report = json.loads(report_path.read_text())
     assert cli_report["val"] == json.loads(json.dumps(gui_result.report["val"]))

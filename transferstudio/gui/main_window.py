@@ -7,19 +7,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, QUrl
+from PySide6.QtCore import QItemSelectionModel, QSettings, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QDockWidget,
     QFileDialog,
+    QFormLayout,
     QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
@@ -40,6 +42,7 @@ from transferstudio.api import API_VERSION, ExperimentError, TransferStudioError
 from transferstudio.core import events as E
 from transferstudio.core import experiment as X
 from transferstudio.core.atomic import write_text_atomic
+from transferstudio.core.eta import EtaEstimator, format_duration
 from transferstudio.core.plugins import PluginHost
 from transferstudio.gui.gui_thread_gc import collect_garbage_on_gui_thread
 from transferstudio.gui.layer_tree_model import QtLayerTreeModel
@@ -52,6 +55,7 @@ MAX_RECENT = 8
 THUMBNAILS_PER_CLASS = 4
 GALLERY_SIZE = 24
 CURVE_REFRESH_MS = 500
+RUNS_POLL_MS = 3000
 
 
 class MainWindow(QMainWindow):
@@ -73,8 +77,6 @@ class MainWindow(QMainWindow):
         self.settings = settings or QSettings("TransferStudio", "TransferStudio")
         self.experiment_path = experiment_path
         self.controller = RunController(self)
-        from PySide6.QtCore import QTimer
-
         self._dirty_curves: set[str] = set()
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setSingleShot(True)
@@ -87,6 +89,7 @@ class MainWindow(QMainWindow):
         self.last_error: tuple[str, str] | None = None
         self.error_box: QMessageBox | None = None
         self._run_started_at = 0.0
+        self._eta = EtaEstimator()
         self._epochs = 1
         self._start_epoch = 0
         self._last_result = None
@@ -148,6 +151,13 @@ class MainWindow(QMainWindow):
         self.act_pause = self._action("action.pause", "&Pause", self.toggle_pause, "Ctrl+P")
         self.act_pause.setCheckable(True)
         self.act_stop = self._action("action.stop", "S&top", self.stop_run, "Ctrl+.")
+        self.act_resume = self._action(
+            "action.resume", "&Resume selected run", self.resume_selected_run, "Ctrl+Shift+R"
+        )
+        self.act_resume.setToolTip(
+            "Continue the run selected in Runs (stopped, failed or interrupted) in its own "
+            "folder, from its last checkpoint"
+        )
         self.act_lr_find = self._action(
             "action.lr_find", "Find &learning rate...", self.find_learning_rate, "Ctrl+L"
         )
@@ -170,7 +180,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.act_workspace)
         file_menu.addAction(self.act_quit)
         run_menu = bar.addMenu("&Run")
-        for action in (self.act_start, self.act_pause, self.act_stop):
+        for action in (self.act_start, self.act_pause, self.act_stop, self.act_resume):
             run_menu.addAction(action)
         run_menu.addSeparator()
         run_menu.addAction(self.act_lr_find)
@@ -365,9 +375,13 @@ class MainWindow(QMainWindow):
         layout.addLayout(buttons)
         self.epoch_bar = named(QProgressBar(), "training.epoch_progress", "epoch progress")
         self.batch_bar = named(QProgressBar(), "training.batch_progress", "batch progress")
+        bars = QFormLayout()
+        bars.addRow("Run:", self.epoch_bar)
+        bars.addRow("Epoch:", self.batch_bar)
+        self._reset_progress()
+        layout.addLayout(bars)
         self.eta_label = named(QLabel(""), "training.eta")
-        for w in (self.epoch_bar, self.batch_bar, self.eta_label):
-            layout.addWidget(w)
+        layout.addWidget(self.eta_label)
         self.curves = TrainingCurves()
         layout.addWidget(self.curves, 3)
         self.log_view = named(QPlainTextEdit(), "training.log", "run log")
@@ -398,18 +412,34 @@ class MainWindow(QMainWindow):
             QHeaderView.ResizeMode.ResizeToContents
         )
         self.runs_table.itemSelectionChanged.connect(self._overlay_selected_runs)
+        self.runs_table.itemSelectionChanged.connect(self._update_actions)
+        self.runs_table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.runs_table.customContextMenuRequested.connect(self._runs_menu)
+        self.runs_table.doubleClicked.connect(lambda _index: self.open_selected_run())
         layout.addWidget(self.runs_table)
         row = QHBoxLayout()
         for name, text, slot in (
             ("runs.refresh", "Refresh", self.refresh_runs),
             ("runs.open", "Open experiment", self.open_selected_run),
+            ("runs.resume", "Resume", self.resume_selected_run),
             ("runs.baseline", "Transfer gain", self.run_selected_baseline),
             ("runs.delete", "Delete...", self.delete_selected_runs),
         ):
             button = named(QPushButton(text), name)
             button.clicked.connect(slot)
             row.addWidget(button)
+            if name == "runs.resume":
+                button.setToolTip(self.act_resume.toolTip())
+                self.act_resume.changed.connect(
+                    lambda b=button: b.setEnabled(self.act_resume.isEnabled())
+                )
         layout.addLayout(row)
+        # Runs started elsewhere (the CLI, a sweep, another window) appear without a click.
+        self._runs_seen: tuple = ()
+        self._runs_poll = QTimer(self)
+        self._runs_poll.setInterval(RUNS_POLL_MS)
+        self._runs_poll.timeout.connect(self._refresh_runs_if_changed)
+        self._runs_poll.start()
         import pyqtgraph as pg
 
         self.overlay_plot = pg.PlotWidget(title="val accuracy of selected runs")
@@ -896,19 +926,24 @@ class MainWindow(QMainWindow):
             return
         self._start(exp)
 
-    def _start(self, exp: X.Experiment, tags: dict[str, str] | None = None) -> None:
+    def _start(
+        self, exp: X.Experiment, tags: dict[str, str] | None = None, resume: str | None = None
+    ) -> None:
         self.curves.clear()
         self.log_view.clear()
-        self.epoch_bar.setValue(0)
-        self.batch_bar.setValue(0)
+        self._reset_progress()
+        self.eta_label.setText("starting ...")
         self._run_started_at = time.monotonic()
-        processes = self.processes.value() if self.processes.isEnabled() and not tags else 1
+        if resume is not None:
+            self._show_earlier_epochs(resume)
+        one_process = tags or resume is not None
+        processes = self.processes.value() if self.processes.isEnabled() and not one_process else 1
         if processes > 1:
             from transferstudio.gui.process_run import ProcessRun
 
             worker = ProcessRun(exp, self.workspace, processes)
         else:
-            worker = RunWorker(exp, self.host, self.workspace, tags=tags)
+            worker = RunWorker(exp, self.host, self.workspace, resume=resume, tags=tags)
         worker.run_started.connect(self._on_run_started)
         worker.batches_ended.connect(self._on_batches)
         worker.epoch_ended.connect(self._on_epoch)
@@ -927,7 +962,45 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"starting {processes} processes under torchrun ...")
         else:
             self.controller.start(worker)
-            self.statusBar().showMessage("training ...")
+            self.statusBar().showMessage(f"resuming run {resume} ..." if resume else "training ...")
+
+    def _reset_progress(self) -> None:
+        """Empty, labelled progress bars: nothing of the last run is left on them."""
+        self.epoch_bar.setRange(0, 1)
+        self.epoch_bar.setValue(0)
+        self.epoch_bar.setFormat("no run")
+        self.batch_bar.setRange(0, 1)
+        self.batch_bar.setValue(0)
+        self.batch_bar.setFormat("")
+
+    def resume_selected_run(self) -> None:
+        """Continue the run selected in Runs in its own folder, as ``run --resume`` does."""
+        from transferstudio.core.resume import experiment_to_resume
+        from transferstudio.core.runs import RunStore
+
+        ids = self._selected_run_ids()
+        if len(ids) != 1 or self.controller.running:
+            self.statusBar().showMessage("select one stopped, failed or interrupted run to resume")
+            return
+        try:
+            record, exp = experiment_to_resume(
+                RunStore(self.workspace), ids[0], self.host.method_params
+            )
+        except TransferStudioError as exc:
+            self.show_error("Cannot resume the run", str(exc))
+            return
+        self._start(exp, resume=record.id)
+
+    def _show_earlier_epochs(self, run_id: str) -> None:
+        """A resumed run's curves start with the epochs it had already done."""
+        from transferstudio.core.runs import RunStore
+
+        metrics = RunStore(self.workspace).epoch_metrics(run_id)
+        for split, prefix in (("train", "train"), ("val", "val")):
+            for name, key in (("loss", "loss"), ("accuracy", "acc")):
+                for epoch, value in metrics.get(split, {}).get(name, []):
+                    self.curves.append(f"{prefix}_{key}", epoch + 1, value)
+        self._schedule_redraw("train_loss", "val_loss", "train_acc", "val_acc")
 
     def find_learning_rate(self) -> None:
         """The learning-rate range test on the experiment as shown; Apply sets train.lr."""
@@ -962,8 +1035,17 @@ class MainWindow(QMainWindow):
         self.device_label.setText(f"device: {event.device_detail} ({event.precision})")
         self.epoch_bar.setRange(0, event.epochs)
         self.epoch_bar.setValue(event.start_epoch)
+        self.epoch_bar.setFormat("epoch %v of %m done")
         self.batch_bar.setRange(0, event.batches_per_epoch)
+        self.batch_bar.setFormat("training batch %v of %m")
         self.curves.set_epochs(event.epochs)
+        self._eta.started(
+            self._run_started_at,
+            event.epochs,
+            event.start_epoch,
+            sum(event.counts.get("train", {}).values()),
+            sum(event.counts.get("val", {}).values()),
+        )
 
     def _on_batches(self, events: list) -> None:
         for ev in events:
@@ -975,15 +1057,23 @@ class MainWindow(QMainWindow):
         last = events[-1]
         self.batch_bar.setRange(0, last.batches)
         self.batch_bar.setValue(last.batch + 1)
-        done = (last.epoch - self._start_epoch) + (last.batch + 1) / max(last.batches, 1)
-        total = max(self._epochs - self._start_epoch, 1)
-        elapsed = time.monotonic() - self._run_started_at
-        eta = elapsed * (total - done) / done if done > 0 else 0
-        self.eta_label.setText(
-            f"epoch {last.epoch + 1}/{self._epochs}, batch {last.batch + 1}/"
-            f"{last.batches}, loss {last.loss:.4f}, ETA {int(eta) // 60:d}:{int(eta) % 60:02d}"
+        now = time.monotonic()
+        self._eta.batch(now, last.epoch, last.batch, last.batches)
+        if self._eta.validating:
+            self.batch_bar.setFormat("validating ...")
+        self._show_eta(
+            f"epoch {last.epoch + 1}/{self._epochs}, batch {last.batch + 1}/{last.batches}, "
+            f"loss {last.loss:.4f}",
+            now,
         )
         self._schedule_redraw("batch_loss", "lr", *self.curves.diagnostic_keys())
+
+    def _show_eta(self, where: str, now: float) -> None:
+        phase = ", validating" if self._eta.validating else ""
+        left = self._eta.remaining(now)
+        eta = f", about {format_duration(left)} left" if left is not None else ""
+        elapsed = format_duration(now - self._run_started_at)
+        self.eta_label.setText(f"{where}{phase}{eta} (elapsed {elapsed})")
 
     def _schedule_redraw(self, *keys: str) -> None:
         # Curves repaint at most every CURVE_REFRESH_MS: pyqtgraph paints in Python and holds
@@ -1031,12 +1121,35 @@ class MainWindow(QMainWindow):
             "train_loss", "val_loss", "train_acc", "val_acc", *self.curves.diagnostic_keys()
         )
         self.epoch_bar.setValue(ev.epoch + 1)
+        self.batch_bar.setValue(0)
+        self.batch_bar.setFormat("training batch %v of %m")
+        now = time.monotonic()
+        self._eta.epoch_ended(now, ev.epoch)
+        self.log_view.appendPlainText(_epoch_line(ev))
+        self._show_eta(f"epoch {ev.epoch + 1}/{ev.epochs} done", now)
 
     def _on_run_error(self, message: str, details: str) -> None:
+        self._show_run_end("failed")
         self.show_error("The run stopped with an error", message, details)
+
+    def _show_run_end(self, what: str) -> None:
+        """The progress area after a run: what happened, nothing left ticking."""
+        self.batch_bar.setRange(0, 1)
+        self.batch_bar.setValue(0)
+        self.batch_bar.setFormat("")
+        self.epoch_bar.setFormat(f"{what}: epoch %v of %m")
+        elapsed = format_duration(time.monotonic() - self._run_started_at)
+        self.eta_label.setText(f"run {what} after {elapsed}")
 
     def _on_run_finished(self, result) -> None:
         self._last_result = result
+        resumable = result.status != "completed"
+        self._show_run_end(result.status + (" (Resume it from Runs)" if resumable else ""))
+        if resumable:
+            self.log_view.appendPlainText(
+                "in the window: select it in Runs, then Run > Resume (Ctrl+Shift+R) or "
+                "right-click > Resume"
+            )
         if result.status == "completed" and result.best_epoch is not None:
             self.predict_panel.set_run(result.folder)
         self._redraw_timer.stop()
@@ -1099,13 +1212,41 @@ class MainWindow(QMainWindow):
     def _gallery_failed(self, message: str, details: str) -> None:
         self.gallery_label.setText(f"cannot show the misclassified images: {message}")
 
+    def _runs_signature(self) -> tuple:
+        """Changes whenever the runs table would: the index was written, or a run shown as
+        running lost its process (it then reads "interrupted")."""
+        from transferstudio.core.runs import RunStore
+
+        files = [self.workspace / f"runs.sqlite{suffix}" for suffix in ("", "-wal")]
+        stamps = tuple(
+            (f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files
+        )
+        store = RunStore(self.workspace)
+        running = tuple(
+            store.is_active(r.id) for r in getattr(self, "run_records", []) if r.status == "running"
+        )
+        return stamps, running
+
+    def _refresh_runs_if_changed(self) -> None:
+        try:
+            changed = self._runs_signature() != self._runs_seen
+        except OSError:  # the workspace went away (an unplugged drive): keep what is shown
+            return
+        if changed:
+            self.refresh_runs()
+
     def refresh_runs(self) -> None:
         from transferstudio.core.baseline import gains
         from transferstudio.core.runs import RunStore
 
         store = RunStore(self.workspace)
+        selected = set(self._selected_run_ids()) if hasattr(self, "run_records") else set()
         self.run_records = store.list()
         self.run_gains = gains(store)
+        self._runs_seen = self._runs_signature()
+        # Rows move when a run is added (newest first): keep the same runs selected, by id.
+        self.runs_table.blockSignals(True)
+        self.runs_table.clearSelection()
         self.runs_table.setRowCount(len(self.run_records))
         for r, rec in enumerate(self.run_records):
             best = f"{rec.best_metric:.4f}" if rec.best_metric is not None else "-"
@@ -1124,6 +1265,16 @@ class MainWindow(QMainWindow):
                 item = QTableWidgetItem(value)
                 item.setData(Qt.ItemDataRole.UserRole, rec.id)
                 self.runs_table.setItem(r, c, item)
+            if rec.id in selected:
+                self.runs_table.selectionModel().select(
+                    self.runs_table.model().index(r, 0),
+                    QItemSelectionModel.SelectionFlag.Select
+                    | QItemSelectionModel.SelectionFlag.Rows,
+                )
+        self.runs_table.blockSignals(False)
+        if set(self._selected_run_ids()) != selected:  # a selected run was deleted elsewhere
+            self.runs_table.itemSelectionChanged.emit()
+        self._update_actions()
 
     def run_selected_baseline(self) -> None:
         """Run the transfer-gain baseline of the selected run in the window; when it completes,
@@ -1148,6 +1299,18 @@ class MainWindow(QMainWindow):
         self._start(baseline, {BASELINE_OF: record.id, BASELINE_KIND: what})
         self.statusBar().showMessage(f"baseline of {record.id}: {what} ...")
 
+    def _runs_menu(self, position) -> None:
+        menu = QMenu(self)
+        menu.setObjectName("menu.runs")
+        menu.addAction(self.act_resume)
+        for text, slot in (
+            ("Open experiment", self.open_selected_run),
+            ("Measure transfer gain", self.run_selected_baseline),
+            ("Delete...", self.delete_selected_runs),
+        ):
+            menu.addAction(text, slot)
+        menu.popup(self.runs_table.viewport().mapToGlobal(position))
+
     def _selected_run_ids(self) -> list[str]:
         rows = sorted({i.row() for i in self.runs_table.selectedIndexes()})
         return [self.run_records[r].id for r in rows]
@@ -1168,6 +1331,10 @@ class MainWindow(QMainWindow):
                     list(ys),
                     name=run_id,
                     pen=pg.mkPen(pg.intColor(k), width=2),
+                    # A one-epoch run is a single point: without a symbol it draws nothing.
+                    symbol="o",
+                    symbolSize=6,
+                    symbolBrush=pg.intColor(k),
                 )
 
     def open_selected_run(self) -> None:
@@ -1328,6 +1495,7 @@ class MainWindow(QMainWindow):
         self.act_lr_find.setEnabled(not running and not error)
         self.act_pause.setEnabled(running)
         self.act_stop.setEnabled(running and self.controller.state != "stopping")
+        self.act_resume.setEnabled(not running and self._selected_run_resumable())
         if not running:
             self.act_pause.setChecked(False)
         for widget in (self.data_path, self.backbone_combo, self.method_combo):
@@ -1341,6 +1509,13 @@ class MainWindow(QMainWindow):
             else f"{self.method_combo.currentData()} does not support training in several "
             "processes (docs/distributed.md); it runs in one."
         )
+
+    def _selected_run_resumable(self) -> bool:
+        from transferstudio.core.resume import is_resumable
+
+        ids = self._selected_run_ids() if hasattr(self, "run_records") else []
+        records = {r.id: r for r in self.run_records} if ids else {}
+        return len(ids) == 1 and is_resumable(records[ids[0]])
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         if self.sweep_panel.running:
@@ -1374,6 +1549,20 @@ PROCESSES_TIP = (
     "per GPU (NCCL), or CPU processes (Gloo). The batch size stays the global batch and must be "
     "a multiple of this number."
 )
+
+
+def _epoch_line(ev: E.EpochEnded) -> str:
+    """The window log's line for an ended epoch: its figures at a glance."""
+
+    def figures(split: dict[str, float]) -> str:
+        shown = [f"{k} {split[k]:.4f}" for k in ("loss", "accuracy") if k in split]
+        return ", ".join(shown) or "-"
+
+    best = " (best so far)" if ev.improved else ""
+    return (
+        f"epoch {ev.epoch + 1}/{ev.epochs}: train {figures(ev.train)} | "
+        f"val {figures(ev.val)}{best} | lr {ev.lr:.3g} | {ev.seconds:.1f} s"
+    )
 
 
 def _max_processes() -> int:

@@ -48,6 +48,7 @@ class TrainingCurves(QWidget):
     }
 
     FIXED_KEYS = frozenset(key for entries in SERIES.values() for _, key, _ in entries)
+    PER_BATCH_KEYS = frozenset({"batch_loss", "lr"})
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -64,8 +65,17 @@ class TrainingCurves(QWidget):
             plot.setLabel("bottom", "epoch")
             # No showGrid: it made each repaint about four times dearer (see module doc).
             for label, key, colour in entries:
+                per_batch = key in self.PER_BATCH_KEYS
                 curve = plot.plot(
-                    name=label, pen=pg.mkPen(colour, width=2 if key != "batch_loss" else 1)
+                    name=label,
+                    pen=pg.mkPen(colour, width=1 if key == "batch_loss" else 2),
+                    # Per-epoch series get a dot per point: after epoch 1 a series is one
+                    # point, which a line alone does not draw. Per-batch series have
+                    # thousands of points and no symbols (they would dominate the paint time).
+                    symbol=None if per_batch else "o",
+                    symbolSize=6,
+                    symbolBrush=colour,
+                    symbolPen=colour,
                 )
                 curve.setDownsampling(auto=True, method="peak")
                 curve.setClipToView(True)
@@ -103,7 +113,15 @@ class TrainingCurves(QWidget):
             colour = self.DIAGNOSTIC_COLOURS[
                 sum(k not in self.FIXED_KEYS for k in self.series) % len(self.DIAGNOSTIC_COLOURS)
             ]
-            curve = plot.plot(name=key, pen=pg.mkPen(colour, width=2), symbol=None)
+            per_epoch = key.startswith("val ")  # epoch_diagnostics: one point per epoch
+            curve = plot.plot(
+                name=key,
+                pen=pg.mkPen(colour, width=2),
+                symbol="o" if per_epoch else None,
+                symbolSize=6,
+                symbolBrush=colour,
+                symbolPen=colour,
+            )
             curve.setDownsampling(auto=True, method="peak")
             self.curves[key] = curve
             self.series[key] = Series()
@@ -119,7 +137,14 @@ class TrainingCurves(QWidget):
     def redraw(self, keys=None) -> None:
         for key in keys or self.series:
             s = self.series[key]
-            self.curves[key].setData(s.x[: s.n], s.y[: s.n])
+            x, y = s.x[: s.n], s.y[: s.n]
+            curve = self.curves[key]
+            if curve.opts["symbol"] is not None:
+                # A method without a validation loss sends NaN: pyqtgraph's scatter cannot
+                # bound an all-NaN series (it warns from inside a paint), so it gets none.
+                finite = np.isfinite(y)
+                x, y = x[finite], y[finite]
+            curve.setData(x, y)
 
     def clear(self) -> None:
         for key, s in self.series.items():
