@@ -56,8 +56,7 @@ def run_gui(
     else:
         path = Path(experiment_path)
     exp = X.load(path, host.method_params)
-    window = MainWindow(host, workspace, exp, path)
-    window.resize(1400, 900)
+    window = MainWindow(host, workspace, exp, path)  # sized to the screen, or as last closed
     window.show()
     if self_test:
         return _self_test(app, window, started)

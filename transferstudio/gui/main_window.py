@@ -14,8 +14,8 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
     QFileDialog,
-    QFormLayout,
     QFrame,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QTreeView,
@@ -56,6 +57,7 @@ THUMBNAILS_PER_CLASS = 4
 GALLERY_SIZE = 24
 CURVE_REFRESH_MS = 500
 RUNS_POLL_MS = 3000
+LEGEND_BRUSH = (255, 255, 255, 210)  # legends stay readable where they cover a curve
 
 
 class MainWindow(QMainWindow):
@@ -94,6 +96,7 @@ class MainWindow(QMainWindow):
         self._start_epoch = 0
         self._last_result = None
         self.lr_dialog = None  # the learning-rate finder, while open
+        self._shown_once = False
         self.setObjectName("MainWindow")
         self.setWindowTitle("TransferStudio")
         self.setDockNestingEnabled(True)
@@ -113,8 +116,8 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("ready")
         self.load_experiment(experiment, experiment_path)
         geometry = self.settings.value("window/geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
+        if geometry is None or not self.restoreGeometry(geometry):
+            self._fit_to_screen()
         state = self.settings.value("window/state")
         if state is not None:
             self.restoreState(state)
@@ -207,12 +210,35 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(dock["dock.predict"], dock["dock.sweeps"])
         dock["dock.data"].raise_()
         dock["dock.runs"].raise_()
-        # The live curves get most of the height; the runs table and its comparison plot take
-        # about a quarter of it (left to Qt, the bottom docks took nearly half).
-        self.resizeDocks([dock["dock.runs"]], [300], Qt.Orientation.Vertical)
+        self._fit_docks_to_window()
+
+    def _fit_to_screen(self) -> None:
+        """The first window: as large as the screen allows, up to 1600x1000, centred."""
+        screen = self.screen().availableGeometry()
+        width, height = min(screen.width(), 1600), min(screen.height(), 1000)
+        self.resize(width, height)
+        self.move(screen.x() + (screen.width() - width) // 2, screen.y())
+
+    def _fit_docks_to_window(self) -> None:
+        """Dock sizes in proportion to the window: the live curves get most of the height and
+        the middle column; side panels a quarter of the width each at most (at 1366 px fixed
+        sizes left the curves 60 px tall and cut off the side panels' buttons)."""
+        dock = {d.objectName(): d for d in self.findChildren(QDockWidget)}
+        width, height = self.width(), self.height()
+        self.resizeDocks([dock["dock.runs"]], [int(height * 0.27)], Qt.Orientation.Vertical)
         self.resizeDocks(
-            [dock["dock.data"], dock["dock.method"]], [340, 320], Qt.Orientation.Horizontal
+            [dock["dock.data"], dock["dock.method"]],
+            [max(340, int(width * 0.25)), max(330, int(width * 0.22))],
+            Qt.Orientation.Horizontal,
         )
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if not self._shown_once:
+            self._shown_once = True
+            if self.settings.value("window/state") is None:  # no layout of the user's own
+                # Queued: the window has its real size only once the show has been processed.
+                QTimer.singleShot(0, self._fit_docks_to_window)
 
     def _build_sweeps_dock(self) -> None:
         from transferstudio.gui.sweep_panel import SweepPanel
@@ -301,7 +327,7 @@ class MainWindow(QMainWindow):
             )
         self.model_form.changed.connect(self._on_form_changed)
         layout.addWidget(self.model_form)
-        presets = QHBoxLayout()
+        presets = QGridLayout()
         train_all = named(QPushButton("Train all"), "tree.train_all")
         train_all.clicked.connect(lambda: self._preset("all"))
         head_only = named(QPushButton("Head only"), "tree.head_only")
@@ -310,15 +336,23 @@ class MainWindow(QMainWindow):
         self.last_blocks.setRange(1, 50)
         last = named(QPushButton("Unfreeze last N"), "tree.unfreeze_last")
         last.clicked.connect(lambda: self._preset("last"))
-        for w in (train_all, head_only, self.last_blocks, last):
-            presets.addWidget(w)
+        # Two rows: in one, the buttons were wider than the dock at 1366 px and were cut off.
+        presets.addWidget(train_all, 0, 0)
+        presets.addWidget(head_only, 0, 1)
+        presets.addWidget(last, 1, 0)
+        presets.addWidget(self.last_blocks, 1, 1)
         layout.addLayout(presets)
         self.tree_summary = named(QLabel(""), "tree.summary")
+        self.tree_summary.setWordWrap(True)
         layout.addWidget(self.tree_summary)
         from PySide6.QtWidgets import QCheckBox
 
         self.show_stats = named(
-            QCheckBox("show weight drift and gradient norm while training"), "tree.show_stats"
+            QCheckBox("show drift and gradients while training"), "tree.show_stats"
+        )
+        self.show_stats.setToolTip(
+            "Show each layer's weight drift from its starting value and its gradient norm in "
+            "the tree while a run trains (measured only while the tree is visible)"
         )
         self.show_stats.setChecked(True)
         self.show_stats.toggled.connect(self._apply_stats_columns)
@@ -375,24 +409,33 @@ class MainWindow(QMainWindow):
         layout.addLayout(buttons)
         self.epoch_bar = named(QProgressBar(), "training.epoch_progress", "epoch progress")
         self.batch_bar = named(QProgressBar(), "training.batch_progress", "batch progress")
-        bars = QFormLayout()
-        bars.addRow("Run:", self.epoch_bar)
-        bars.addRow("Epoch:", self.batch_bar)
+        bars = QHBoxLayout()
+        for text, bar in (("Run:", self.epoch_bar), ("Epoch:", self.batch_bar)):
+            bars.addWidget(QLabel(text))
+            bars.addWidget(bar, 1)
         self._reset_progress()
         layout.addLayout(bars)
         self.eta_label = named(QLabel(""), "training.eta")
         layout.addWidget(self.eta_label)
         self.curves = TrainingCurves()
-        layout.addWidget(self.curves, 3)
         self.log_view = named(QPlainTextEdit(), "training.log", "run log")
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
-        layout.addWidget(self.log_view, 1)
+        # The curves get the height; the log a few lines, more by dragging the handle.
+        split = named(QSplitter(Qt.Orientation.Vertical), "training.split")
+        split.addWidget(self.curves)
+        split.addWidget(self.log_view)
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 1)
+        split.setChildrenCollapsible(False)
+        self.log_view.setMinimumHeight(48)
+        layout.addWidget(split, 1)
         self.setCentralWidget(panel)
 
     def _build_runs_dock(self) -> None:
-        panel = QWidget()
-        layout = QVBoxLayout(panel)
+        table_side = QWidget()
+        layout = QVBoxLayout(table_side)
+        layout.setContentsMargins(0, 0, 0, 0)
         self.runs_table = named(QTableWidget(0, 8), "runs.table", "run history")
         self.runs_table.setHorizontalHeaderLabels(
             [
@@ -407,6 +450,10 @@ class MainWindow(QMainWindow):
             ]
         )
         self.runs_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.runs_table.verticalHeader().setVisible(False)
+        self.runs_table.verticalHeader().setDefaultSectionSize(
+            self.runs_table.fontMetrics().height() + 8
+        )
         self.runs_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.runs_table.horizontalHeader().setSectionResizeMode(
             QHeaderView.ResizeMode.ResizeToContents
@@ -445,8 +492,15 @@ class MainWindow(QMainWindow):
         self.overlay_plot = pg.PlotWidget(title="val accuracy of selected runs")
         self.overlay_plot.setObjectName("runs.overlay")
         self.overlay_plot.setBackground("w")
-        self.overlay_plot.addLegend()
-        layout.addWidget(self.overlay_plot)
+        self.overlay_plot.setLabel("bottom", "epoch")
+        self.overlay_plot.addLegend(brush=LEGEND_BRUSH)
+        # Side by side: the dock is wide and short, and stacked, the table showed one row.
+        panel = named(QSplitter(Qt.Orientation.Horizontal), "runs.split")
+        panel.addWidget(table_side)
+        panel.addWidget(self.overlay_plot)
+        panel.setStretchFactor(0, 3)
+        panel.setStretchFactor(1, 2)
+        panel.setChildrenCollapsible(False)
         self._dock("runs", "Runs", panel, Qt.DockWidgetArea.BottomDockWidgetArea)
 
     def _build_evaluation_dock(self) -> None:

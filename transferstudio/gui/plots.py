@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGridLayout, QWidget
 
 
 class Series:
@@ -52,17 +52,17 @@ class TrainingCurves(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        layout = QVBoxLayout(self)
+        # Loss and accuracy side by side, learning rate (and a method's diagnostics) below:
+        # stacked three high, each plot was ~60 px tall at 768 px and its labels overlapped.
+        layout = QGridLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.setRowStretch(0, 3)
+        layout.setRowStretch(1, 2)
         self.series: dict[str, Series] = {}
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.plots: dict[str, pg.PlotWidget] = {}
         for title, entries in self.SERIES.items():
-            plot = pg.PlotWidget(title=title)
-            plot.setObjectName(f"plot:{title}")
-            plot.setBackground("w")
-            plot.addLegend(offset=(-10, 10))
-            plot.setLabel("bottom", "epoch")
+            plot = _plot(title)
             # No showGrid: it made each repaint about four times dearer (see module doc).
             for label, key, colour in entries:
                 per_batch = key in self.PER_BATCH_KEYS
@@ -82,7 +82,17 @@ class TrainingCurves(QWidget):
                 self.curves[key] = curve
                 self.series[key] = Series()
             self.plots[title] = plot
-            layout.addWidget(plot)
+        layout.addWidget(self.plots["loss"], 0, 0)
+        layout.addWidget(self.plots["accuracy"], 0, 1)
+        self._place_lower_row()
+
+    def _place_lower_row(self) -> None:
+        """Learning rate across the lower row, or beside the diagnostics once there are some."""
+        layout = self.layout()
+        diagnostics = self.plots.get("diagnostics")
+        layout.addWidget(self.plots["learning rate"], 1, 0, 1, 1 if diagnostics else 2)
+        if diagnostics is not None:
+            layout.addWidget(diagnostics, 1, 1)
 
     def set_epochs(self, epochs: int) -> None:
         """Fix every plot's x axis to [0, epochs]: the curves fill in from the left, and a
@@ -98,17 +108,13 @@ class TrainingCurves(QWidget):
         *diagnostics* plot, created on first use; the plot shows once it has one."""
         plot = self.plots.get("diagnostics")
         if plot is None:
-            plot = pg.PlotWidget(title="diagnostics")
-            plot.setObjectName("plot:diagnostics")
-            plot.setBackground("w")
-            plot.addLegend(offset=(-10, 10))
-            plot.setLabel("bottom", "epoch")
+            plot = _plot("diagnostics")
             x_range = self.plots["loss"].getViewBox().viewRange()[0]
             if not self.plots["loss"].getViewBox().autoRangeEnabled()[0]:
                 plot.enableAutoRange(x=False)
                 plot.setXRange(*x_range, padding=0)
             self.plots["diagnostics"] = plot
-            self.layout().addWidget(plot)
+            self._place_lower_row()
         if key not in self.series:
             colour = self.DIAGNOSTIC_COLOURS[
                 sum(k not in self.FIXED_KEYS for k in self.series) % len(self.DIAGNOSTIC_COLOURS)
@@ -159,6 +165,17 @@ class TrainingCurves(QWidget):
         if plot is not None:
             plot.setParent(None)
             plot.deleteLater()
+            self._place_lower_row()
 
     def points(self, key: str) -> int:
         return self.series[key].n
+
+
+def _plot(title: str) -> pg.PlotWidget:
+    """A live plot: white, titled, x axis in epochs, a legend that does not hide the curves."""
+    plot = pg.PlotWidget(title=title)
+    plot.setObjectName(f"plot:{title}")
+    plot.setBackground("w")
+    plot.addLegend(offset=(-10, 10), brush=(255, 255, 255, 210))
+    plot.setLabel("bottom", "epoch")
+    return plot
