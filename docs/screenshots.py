@@ -37,7 +37,8 @@ def main(argv: list[str]) -> int:
     from transferstudio.core.plugins import load_plugins
     from transferstudio.gui.main_window import MainWindow
 
-    app = QApplication.instance() or QApplication(sys.argv)
+    # Keep a reference: the application must outlive every window made below.
+    app = QApplication.instance() or QApplication(sys.argv)  # noqa: F841
     host = load_plugins()
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -64,9 +64,7 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_says_so_keeps_the_workspace_readable_and_the_run_resumes(
-    tmp_path, small_disk
-):
+def test_a_full_disk_says_so_keeps_the_workspace_readable_and_the_run_resumes(tmp_path, small_disk):
     data = write_class_images(tmp_path / "data", {"a": 8, "b": 8}, 28, 0)
     exp = tiny_experiment(
         data, model__backbone="lenet", data__image_size=28, train__epochs=40, train__lr=0.01
