@@ -89,20 +89,7 @@ class FineTune(TransferMethod):
 
     def setup(self, ctx) -> None:
         self.model = ctx.build_classifier()
-        paths = [p for p, _ in self.model.named_modules() if p]
-        if self.plan.up_to and self.plan.up_to not in paths:
-            raise ExperimentError(
-                f"{self.plan.up_to!r} is not a module of this model; top-level "
-                f"modules: {', '.join(_top(paths))}",
-                "method.params.freeze_up_to",
-            )
-        unknown = self.plan.unknown_patterns(self.model)
-        if unknown:
-            raise ExperimentError(
-                f"pattern {unknown[0]!r} matches no module; module paths look "
-                f"like {', '.join(_top(paths))}",
-                "method.params.freeze",
-            )
+        self.plan.check(self.model)
 
     def modules(self):
         return {"model": self.model}
@@ -147,14 +134,6 @@ class FineTune(TransferMethod):
 
     def state_summary(self):
         return {"trainable": sorted(self.trainable or ())}
-
-
-def _top(paths: list[str]) -> list[str]:
-    out = []
-    for p in paths:
-        if p.count(".") <= 1 and p not in out:
-            out.append(p)
-    return out[:12]
 
 
 FINE_TUNE = MethodSpec(

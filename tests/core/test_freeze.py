@@ -116,6 +116,25 @@ def test_unknown_pattern_is_reported():
     ]
 
 
+@pytest.mark.parametrize(
+    ("plan", "key", "message"),
+    [
+        (FreezePlan(up_to="backbone.blok1"), "freeze_up_to", "did you mean 'backbone.block1'?"),
+        (FreezePlan(patterns=["backbone.nope"]), "freeze", "'backbone.nope' matches no module"),
+        (
+            FreezePlan(patterns=["head"], unfreeze=[(2, "backbone.block3")]),
+            "unfreeze",
+            "did you mean 'backbone.block2'?",
+        ),
+    ],
+)
+def test_check_names_the_field_a_plan_is_wrong_in(plan, key, message):
+    with pytest.raises(ExperimentError, match=message) as caught:
+        plan.check(_model())
+    assert caught.value.key == f"method.params.{key}"
+    FreezePlan(patterns=["backbone.block*"], up_to="backbone.stem").check(_model())  # no error
+
+
 @pytest.mark.parametrize("entry", ["backbone.layer4", "x:backbone", "0:backbone", "3:"])
 def test_bad_unfreeze_entries_are_refused(entry):
     with pytest.raises(ValueError, match="EPOCH:PATTERN"):

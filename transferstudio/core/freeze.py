@@ -141,6 +141,31 @@ class FreezePlan:
             for module in _batchnorm_modules(model):
                 module.eval()
 
+    def check(self, model: nn.Module) -> None:
+        """Raise :class:`ExperimentError` when ``up_to`` or a pattern names nothing in ``model``.
+
+        The error's key is the fine-tune parameter a user edits (``method.params.freeze_up_to``,
+        ``.freeze`` or ``.unfreeze``), the names every method embedding a freeze plan uses, so
+        the window can mark the field while the user types and the run refuses the same plan.
+        """
+        from transferstudio.api import ExperimentError
+
+        paths = [p for p, _ in model.named_modules() if p]
+        if self.up_to and self.up_to not in paths:
+            raise ExperimentError(
+                f"{self.up_to!r} is not a module of this model{_did_you_mean(self.up_to, paths)}"
+                f"; top-level modules: {', '.join(_top_level(paths))}",
+                "method.params.freeze_up_to",
+            )
+        unknown = self.unknown_patterns(model)
+        if unknown:
+            field_name = "freeze" if unknown[0] in self.patterns else "unfreeze"
+            raise ExperimentError(
+                f"pattern {unknown[0]!r} matches no module{_did_you_mean(unknown[0], paths)}; "
+                f"module paths look like {', '.join(_top_level(paths))}",
+                f"method.params.{field_name}",
+            )
+
     def unknown_patterns(self, model: nn.Module) -> list[str]:
         """Patterns (freeze and unfreeze) that match no module or parameter: likely typos."""
         paths = [p for p, _ in model.named_modules() if p] + [
@@ -148,6 +173,22 @@ class FreezePlan:
         ]
         candidates: Iterable[str] = list(self.patterns) + [p for _, p in self.unfreeze]
         return [pat for pat in candidates if not any(path_matches(p, pat) for p in paths)]
+
+
+def _top_level(paths: list[str]) -> list[str]:
+    """The first dozen paths at most one dot deep: what a user needs to write a pattern."""
+    out: list[str] = []
+    for path in paths:
+        if path.count(".") <= 1 and path not in out:
+            out.append(path)
+    return out[:12]
+
+
+def _did_you_mean(name: str, paths: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, paths, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _batchnorm_modules(model: nn.Module) -> list[nn.Module]:

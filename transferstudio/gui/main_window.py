@@ -381,6 +381,7 @@ class MainWindow(QMainWindow):
         self.method_layout.addWidget(self.method_combo)
         self.method_form: SettingsForm | None = None
         self.train_form = SettingsForm(X.TrainSettings, "train.")
+        self.train_form.context_check = _check_device
         self.train_form.changed.connect(self._on_form_changed)
         self.method_layout.addWidget(self.train_form)
         self.form_error = named(QLabel(""), "method.error")
@@ -595,11 +596,24 @@ class MainWindow(QMainWindow):
             self.method_form.deleteLater()
         self.method_form = SettingsForm(spec.params, "method.params.")
         self.method_form.setObjectName("method.params")
+        self.method_form.context_check = self._check_plan_against_model
         if params is not None and isinstance(params, spec.params):
             self.method_form.set_values(dataclasses.asdict(params))
         self.method_form.changed.connect(self._on_method_params_changed)
         self.method_layout.insertWidget(1, self.method_form)
         self._show_data_roles(spec)
+
+    def _check_plan_against_model(self, params: Any) -> None:
+        """A method's freeze plan against the modules of the model in the tree, as the run will
+        check it at setup (while the tree is being built, or for methods without a plan,
+        nothing is checked)."""
+        plan = getattr(params, "plan", None)
+        if (
+            callable(plan)
+            and self.tree_model is not None
+            and self._tree_model_for == (self._tree_key())
+        ):
+            plan().check(self.tree_torch_model)
 
     def _show_data_roles(self, spec) -> None:
         """The Data panel shows the fields of the roles the method declares (API 1.1 roles)."""
@@ -789,6 +803,7 @@ class MainWindow(QMainWindow):
         self.tree_view.expandToDepth(0)
         self.tree_view.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         self._apply_plan_to_tree()
+        self._update_actions()  # the plan can now be checked against the model's modules
 
     def _apply_stats_columns(self) -> None:
         from transferstudio.gui.layer_tree_model import DRIFT_COLUMN, GRAD_COLUMN
@@ -1637,3 +1652,10 @@ def _blocks(backbone_node) -> list:
             return with_params
         node = with_params[0]
     return []
+
+
+def _check_device(train: X.TrainSettings) -> None:
+    """The device field as the run checks it: a name torch knows and a device this machine has."""
+    from transferstudio.core.device import choose_device
+
+    choose_device(train.device)

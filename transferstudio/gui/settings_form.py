@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Signal
@@ -42,6 +43,10 @@ class SettingsForm(QWidget):
         self.error = ""
         self.unshown: dict[str, str] = {}
         """Fields whose given value the widget could not show, with why (see the class)."""
+        self.context_check: Callable[[Any], None] | None = None
+        """Checks the built settings against what the form cannot see (the devices of this
+        machine, the modules of the model); raises ExperimentError naming the field. Set by the
+        window so that everything the run would refuse is marked while the user types."""
         self.infos = {info.name: info for info in P.fields_of(cls)}
         self.widgets: dict[str, QWidget] = {}
         layout = QFormLayout(self)
@@ -168,7 +173,9 @@ class SettingsForm(QWidget):
             widget.setStyleSheet("")
             widget.setToolTip(self.infos[name].help)
         try:
-            self.build()
+            instance = self.build()
+            if self.context_check is not None:
+                self.context_check(instance)
         except ExperimentError as exc:
             self.error = str(exc)
             name = (exc.key or "").removeprefix(self.prefix)
