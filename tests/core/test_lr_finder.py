@@ -83,6 +83,7 @@ def test_the_sweep_stops_when_asked_and_keeps_its_points(task, host):
         should_stop=lambda: len(seen) >= 12,
     )
     assert len(result.lrs) == 12 and result.stopped_because == "stopped by the user"
+    assert result.suggestion is None  # 12 of 100 steps: no valley to suggest from
 
 
 def test_a_zero_train_lr_and_discriminative_rates_are_handled(task, host):

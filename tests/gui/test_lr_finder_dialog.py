@@ -88,7 +88,11 @@ def test_stop_ends_the_sweep_early_and_keeps_its_points(qtbot, open_dialog, task
     result = dialog.result
     assert result.stopped_because == "stopped by the user"
     assert 0 < len(result.lrs) < 100 and len(dialog.points) == len(result.lrs)
-    assert "stopped by the user" in dialog.status.text()
+    # a part of the sweep suggests nothing: its "valley" ends where the user stopped it
+    assert result.suggestion is None and not dialog.apply_button.isEnabled()
+    assert dialog.suggestion_line is None
+    assert f"stopped at step {len(result.lrs)} of " in dialog.status.text()
+    assert "run it to the end" in dialog.status.text()
 
 
 def test_an_error_is_shown_and_nothing_can_be_applied(qtbot, open_dialog, tmp_path):

@@ -25,6 +25,7 @@ from transferstudio.core.experiment import Experiment
 from transferstudio.core.plugins import PluginHost
 
 SMOOTHING = 0.98  # exponential moving average of the loss, debiased (as fastai)
+STOPPED_BY_USER = "stopped by the user"
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
 
 
@@ -118,7 +119,7 @@ def find_lr(
                 if i >= steps:
                     break
                 if should_stop is not None and should_stop():
-                    result.stopped_because = "stopped by the user"
+                    result.stopped_because = STOPPED_BY_USER
                     break
                 lr = start_lr * ratio**i
                 out, loss, _ = run.optimizer_step(batch, lr)
@@ -142,10 +143,14 @@ def find_lr(
                 raise TransferStudioError("the training split gave no batches to sweep over")
             epoch += 1
     except RunCancelled:  # stopped while the method prepared its data (a feature cache)
-        result.stopped_because = "stopped by the user"
+        result.stopped_because = STOPPED_BY_USER
     finally:
         run.close()
     result.suggestion, result.min_loss_lr = suggest(result.lrs, result.smoothed)
+    if result.stopped_because == STOPPED_BY_USER:
+        # A sweep stopped part-way covers only the low rates: its longest fall is where the
+        # user stopped, not where the loss would have turned, so it suggests nothing.
+        result.suggestion = None
     if not result.stopped_because:
         result.stopped_because = f"reached {steps} steps"
     return result

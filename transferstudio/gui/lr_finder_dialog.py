@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core.lr_finder import LrFinderResult, find_lr
+from transferstudio.core.lr_finder import STOPPED_BY_USER, LrFinderResult, find_lr
 from transferstudio.gui.widgets import named
 from transferstudio.gui.worker import (
     EMIT_INTERVAL_S,
@@ -214,10 +214,14 @@ class LrFinderDialog(QDialog):
     def _on_finished(self, result: LrFinderResult) -> None:
         self.result = result
         if result.suggestion is None:
-            self.status.setText(
-                "no suggestion: the loss did not fall steadily over the sweep; "
+            why = (
+                f"the sweep was stopped at step {len(result.lrs)} of {self.steps}, before the "
+                "loss could turn; run it to the end for a suggestion"
+                if result.stopped_because == STOPPED_BY_USER
+                else "the loss did not fall steadily over the sweep; "
                 f"sweep ended: {result.stopped_because}"
             )
+            self.status.setText(f"no suggestion: {why}")
             return
         self.suggestion_line = pg.InfiniteLine(
             pos=math.log10(result.suggestion), angle=90, pen=pg.mkPen("r", width=1)

@@ -91,6 +91,10 @@ class MainWindow(QMainWindow):
         self.last_error: tuple[str, str] | None = None
         self.error_box: QMessageBox | None = None
         self._run_started_at = 0.0
+        self._saved_text = ""
+        self._scan_generation = 0
+        self.data_error = ""
+        """Why the scanned data cannot be used (one class, unreadable CSV); Start waits."""
         self._eta = EtaEstimator()
         self._epochs = 1
         self._start_epoch = 0
@@ -281,6 +285,9 @@ class MainWindow(QMainWindow):
         row.addWidget(browse_csv)
         layout.addLayout(row)
         self.scan_label = named(QLabel("no data scanned"), "data.scan_status")
+        # a long reason (one class only, an unreadable CSV) wraps instead of widening the panel
+        # and pushing Folder... and CSV... out of view
+        self.scan_label.setWordWrap(True)
         layout.addWidget(self.scan_label)
         self.counts_tree = named(QTreeWidget(), "data.counts", "class counts per split")
         self.counts_tree.setRootIsDecorated(True)
@@ -362,6 +369,18 @@ class MainWindow(QMainWindow):
         self.tree_view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.tree_view.customContextMenuRequested.connect(self._tree_menu)
         layout.addWidget(self.tree_view, 1)
+        self.export_button = named(QPushButton("Export model..."), "model.export")
+        self.export_button.setToolTip(
+            "Export the whole model (the weights of the last run finished in this window, else "
+            "the initial ones); right-click a layer in the tree to export only that part"
+        )
+        export_menu = QMenu(self.export_button)
+        export_menu.setObjectName("menu.export")
+        for spec in self.host.exporters.values():
+            action = export_menu.addAction(f"as {spec.format} ({spec.suffix})...")
+            action.triggered.connect(lambda _=False, f=spec.format: self._export_dialog("", f))
+        self.export_button.setMenu(export_menu)
+        layout.addWidget(self.export_button)
         dock = self._dock("model", "Model", panel, Qt.DockWidgetArea.LeftDockWidgetArea)
         # Queued: visibilityChanged comes before the view itself reports visible.
         dock.visibilityChanged.connect(
@@ -562,10 +581,42 @@ class MainWindow(QMainWindow):
             self._rebuild_method_form(exp.method_params)
         finally:
             self._syncing = False
-        self.setWindowTitle(f"TransferStudio - {path.name if path else exp.name}")
+        self.setWindowTitle(f"TransferStudio - {path.name if path else exp.name}[*]")
+        self._saved_text = self._experiment_text()
         self._scan_data()
         self._rebuild_tree()
         self._update_actions()
+
+    def _experiment_text(self) -> str:
+        """What saving would write now (an invalid form counts as its own text), for
+        :meth:`has_unsaved_changes`."""
+        try:
+            return self.current_experiment().to_toml(comments=False)
+        except TransferStudioError as exc:
+            return f"invalid: {exc}"
+
+    def has_unsaved_changes(self) -> bool:
+        """True when the window shows an experiment that differs from the one last opened,
+        created or saved."""
+        return self._experiment_text() != self._saved_text
+
+    def _confirm_discard(self, doing: str) -> bool:
+        """Before ``doing`` replaces the experiment: Save, Discard or Cancel when it has unsaved
+        changes. True when the caller may go on."""
+        if not self.has_unsaved_changes():
+            return True
+        name = self.experiment_path.name if self.experiment_path else self.experiment_name
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(
+            self,
+            "Unsaved changes",
+            f"{name} has changes that are not saved. Save them before {doing}?",
+            buttons.Save | buttons.Discard | buttons.Cancel,
+            buttons.Save,
+        )
+        if answer == buttons.Save:
+            return self.save()
+        return answer == buttons.Discard
 
     def current_experiment(self) -> X.Experiment:
         """The experiment the window shows (raises ExperimentError naming a bad key)."""
@@ -703,7 +754,11 @@ class MainWindow(QMainWindow):
     def _scan_data(self) -> None:
         text = self.data_path.text().strip()
         self.counts_tree.clear()
+        self.thumbnails.clear()  # another folder's images must not stay on show
         self.scan_result = None
+        self.data_error = ""
+        self._scan_generation += 1
+        generation = self._scan_generation
         if not text:
             self.scan_label.setText("choose an image folder or CSV file")
             return
@@ -712,14 +767,22 @@ class MainWindow(QMainWindow):
         path = Path(text) if Path(text).is_absolute() else self.base_dir / text
         settings = self.data_form.build() if self.data_form.validate() else X.DataSettings()
         self.scan_label.setText(f"scanning {path} ...")
+        self._update_actions()
 
         def scan():
             spec = D.choose_source(self.host.datasets, settings, path)
             return D.scan(spec, settings, path)
 
-        run_in_background(scan, self._show_scan, self._scan_failed, self)
+        run_in_background(
+            scan,
+            lambda result: self._show_scan(result, generation),
+            lambda message, details: self._scan_failed(message, details, generation),
+            self,
+        )
 
-    def _show_scan(self, result) -> None:
+    def _show_scan(self, result, generation: int | None = None) -> None:
+        if generation is not None and generation != self._scan_generation:
+            return  # an earlier folder's scan, finished after the user chose another
         self.scan_result = result
         counts = result.counts()
         splits = list(counts)
@@ -729,8 +792,13 @@ class MainWindow(QMainWindow):
             QTreeWidgetItem(self.counts_tree, [name, *[str(counts[s][name]) for s in splits]])
         if result.skipped:
             skipped = QTreeWidgetItem(self.counts_tree, [f"skipped files ({len(result.skipped)})"])
+            # the lines span the count columns: in the class column alone they were cut to
+            # "readm..."; the tooltip holds the whole reason and the full path
+            skipped.setFirstColumnSpanned(True)
             for path, reason in result.skipped:
-                QTreeWidgetItem(skipped, [f"{Path(path).name}: {reason}"]).setToolTip(0, path)
+                item = QTreeWidgetItem(skipped, [f"{Path(path).name}: {reason}"])
+                item.setFirstColumnSpanned(True)
+                item.setToolTip(0, f"{path}\n{reason}")
         total = sum(len(v) for v in result.splits.values())
         self.scan_label.setText(
             f"{len(result.classes)} classes, {total} images"
@@ -743,15 +811,24 @@ class MainWindow(QMainWindow):
             if len(paths) < THUMBNAILS_PER_CLASS:
                 paths.append(sample.path)
         items = [(label, path) for label, paths in per_class.items() for path in paths]
+        self._update_actions()
         run_in_background(
-            lambda: load_thumbnails(items), self._show_thumbnails, self._scan_failed, self
+            lambda: load_thumbnails(items),
+            lambda images: self._show_thumbnails(images, generation),
+            lambda message, details: self._scan_failed(message, details, generation),
+            self,
         )
 
-    def _show_thumbnails(self, images) -> None:
-        fill_thumbnails(self.thumbnails, images)
+    def _show_thumbnails(self, images, generation: int | None = None) -> None:
+        if generation is None or generation == self._scan_generation:
+            fill_thumbnails(self.thumbnails, images)
 
-    def _scan_failed(self, message: str, details: str) -> None:
+    def _scan_failed(self, message: str, details: str, generation: int | None = None) -> None:
+        if generation is not None and generation != self._scan_generation:
+            return
+        self.data_error = message
         self.scan_label.setText(f"cannot use this data: {message}")
+        self._update_actions()
 
     # ------------------------------------------------------------------ layer tree
 
@@ -1003,6 +1080,7 @@ class MainWindow(QMainWindow):
         self._reset_progress()
         self.eta_label.setText("starting ...")
         self._run_started_at = time.monotonic()
+        self._run_began = False
         if resume is not None:
             self._show_earlier_epochs(resume)
         one_process = tags or resume is not None
@@ -1099,6 +1177,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("stopping after this batch ...")
 
     def _on_run_started(self, event: E.RunStarted) -> None:
+        self._run_began = True
         self._epochs, self._start_epoch = event.epochs, event.start_epoch
         self._run_started_at = time.monotonic()
         self.device_label.setText(f"device: {event.device_detail} ({event.precision})")
@@ -1198,8 +1277,14 @@ class MainWindow(QMainWindow):
         self._show_eta(f"epoch {ev.epoch + 1}/{ev.epochs} done", now)
 
     def _on_run_error(self, message: str, details: str) -> None:
-        self._show_run_end("failed")
-        self.show_error("The run stopped with an error", message, details)
+        if getattr(self, "_run_began", True):
+            self._show_run_end("failed")
+            self.show_error("The run stopped with an error", message, details)
+            return
+        # refused before its first epoch (settings, data, weights): no run to speak of
+        self._reset_progress()
+        self.eta_label.setText("not started: see the message")
+        self.show_error("The run could not start", message, details)
 
     def _show_run_end(self, what: str) -> None:
         """The progress area after a run: what happened, nothing left ticking."""
@@ -1439,10 +1524,14 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ files
 
     def new_experiment(self) -> None:
+        if not self._confirm_discard("starting a new experiment"):
+            return
         spec = self.host.method(self.method_combo.currentData() or "fine-tune")
         self.load_experiment(X.new_experiment(spec.name, spec.params), None)
 
     def open_dialog(self) -> None:
+        if not self._confirm_discard("opening another experiment"):
+            return
         path, _ = QFileDialog.getOpenFileName(
             self, "Open experiment", str(self.base_dir), "Experiments (*.toml)"
         )
@@ -1476,12 +1565,18 @@ class MainWindow(QMainWindow):
         except TransferStudioError as exc:
             self.show_error("Cannot save", str(exc))
             return False
+        if path != self.experiment_path:
+            # Save As names the experiment after its file (the name runs are listed under),
+            # as a new experiment is still called after its method
+            self.experiment_name = exp.name = path.stem
         if path.resolve().parent != self.base_dir.resolve():
             exp = exp.with_absolute_paths()
         write_text_atomic(path, exp.to_toml())
         self.experiment_path = path
         self.base_dir = path.resolve().parent
-        self.setWindowTitle(f"TransferStudio - {path.name}")
+        self._saved_text = self._experiment_text()
+        self.setWindowTitle(f"TransferStudio - {path.name}[*]")
+        self.setWindowModified(False)
         self._remember_recent(path)
         self.statusBar().showMessage(f"saved {path}")
         return True
@@ -1497,7 +1592,11 @@ class MainWindow(QMainWindow):
         self.recent_menu.clear()
         for entry in self.settings.value("recent", []) or []:
             action = self.recent_menu.addAction(entry)
-            action.triggered.connect(lambda _=False, p=entry: self.open_file(Path(p)))
+            action.triggered.connect(lambda _=False, p=entry: self._open_recent(Path(p)))
+
+    def _open_recent(self, path: Path) -> None:
+        if self._confirm_discard("opening another experiment"):
+            self.open_file(path)
 
     # ------------------------------------------------------------------ dialogs and state
 
@@ -1556,9 +1655,13 @@ class MainWindow(QMainWindow):
 
     def _update_actions(self, *_: Any) -> None:
         running = self.controller.running
+        if not self._syncing and getattr(self, "method_form", None) is not None:
+            self.setWindowModified(self.has_unsaved_changes())
         error = self._first_form_error()
         if not error and not self.data_path.text().strip():
             error = "data.path: choose an image folder or CSV file"
+        if not error and self.data_error:
+            error = f"data.path: {self.data_error}"
         self.form_error.setText(error)
         self.act_start.setEnabled(not running and not error)
         self.act_lr_find.setEnabled(not running and not error)
