@@ -5,8 +5,9 @@
         --experiment EXP.toml --workspace WS --size 1366x768 --size 1920x1080
 
 For each size it opens the window on the experiment, runs it to the end (unless ``--no-run``),
-then brings each panel to the front in turn and saves ``docs/images/gui-<panel>-<size>.png``
-(``--out`` chooses the folder). Run it under a real X server (Xvfb) rather than the offscreen
+saves the whole window as ``gui-window-<size>.png``, then brings each panel to the front in turn
+and saves its dock as ``gui-<panel>-<size>.png``, in ``docs/images`` (``--out`` chooses the
+folder). The images in docs/ were then reduced to 256 colours (``mogrify -colors 256``). Run it under a real X server (Xvfb) rather than the offscreen
 platform, so fonts and styles are those a user sees. The window's saved layout is not used
 (a temporary settings file), so the screenshots show the default layout.
 """
@@ -67,7 +68,8 @@ def main(argv: list[str]) -> int:
             for panel in PANELS:
                 docks[panel].raise_()
                 settle(400)
-                window.grab().save(str(args.out / f"gui-{panel}-{size}.png"))
+                # the panel as it sits in the window at this size (its dock, title bar included)
+                docks[panel].grab().save(str(args.out / f"gui-{panel}-{size}.png"))
             window.close()
             settle(200)
     print(f"screenshots in {args.out}")
