@@ -118,7 +118,8 @@ def test_a_run_trains_draws_curves_and_lands_in_the_runs_table(window, qtbot):
     assert window.runs_table.item(0, 6).text() == "completed"
     assert window.class_table.rowCount() == 3
     mistakes = window._last_result.report["val"]["misclassified"]
-    qtbot.waitUntil(lambda: window.gallery.count() == min(len(mistakes), 24), timeout=10_000)
+    gallery = window.evaluation.gallery
+    qtbot.waitUntil(lambda: gallery.count() == min(len(mistakes), 24), timeout=10_000)
     assert window.thumbnails.count() == 3 * 4  # four per class
     # weight drift and gradient norms reached the tree: the head moved, the frozen-free stem too
     from transferstudio.gui.layer_tree_model import DRIFT_COLUMN

@@ -54,7 +54,6 @@ from transferstudio.gui.worker import RunController, RunWorker, run_in_backgroun
 
 MAX_RECENT = 8
 THUMBNAILS_PER_CLASS = 4
-GALLERY_SIZE = 24
 CURVE_REFRESH_MS = 500
 RUNS_POLL_MS = 3000
 LEGEND_BRUSH = (255, 255, 255, 210)  # legends stay readable where they cover a curve
@@ -229,7 +228,7 @@ class MainWindow(QMainWindow):
         sizes left the curves 60 px tall and cut off the side panels' buttons)."""
         dock = {d.objectName(): d for d in self.findChildren(QDockWidget)}
         width, height = self.width(), self.height()
-        self.resizeDocks([dock["dock.runs"]], [int(height * 0.27)], Qt.Orientation.Vertical)
+        self.resizeDocks([dock["dock.runs"]], [int(height * 0.31)], Qt.Orientation.Vertical)
         self.resizeDocks(
             [dock["dock.data"], dock["dock.method"]],
             [max(340, int(width * 0.25)), max(330, int(width * 0.22))],
@@ -479,6 +478,7 @@ class MainWindow(QMainWindow):
             QHeaderView.ResizeMode.ResizeToContents
         )
         self.runs_table.itemSelectionChanged.connect(self._overlay_selected_runs)
+        self.runs_table.itemSelectionChanged.connect(self._evaluate_selected_run)
         self.runs_table.itemSelectionChanged.connect(self._update_actions)
         self.runs_table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.runs_table.customContextMenuRequested.connect(self._runs_menu)
@@ -524,34 +524,16 @@ class MainWindow(QMainWindow):
         self._dock("runs", "Runs", panel, Qt.DockWidgetArea.BottomDockWidgetArea)
 
     def _build_evaluation_dock(self) -> None:
-        import pyqtgraph as pg
+        from transferstudio.gui.evaluation_view import EvaluationPanel
 
-        panel = QWidget()
-        layout = QVBoxLayout(panel)
-        self.confusion_plot = pg.PlotWidget(
-            title="confusion matrix (rows: true, columns: predicted)"
+        self.evaluation = named(EvaluationPanel(), "evaluation.panel")
+        self.evaluation.gallery_requested.connect(self._load_gallery)
+        self.class_table = self.evaluation.class_table
+        self._gallery_generation = 0
+        self._evaluation_run_id: str | None = None
+        self._dock(
+            "evaluation", "Evaluation", self.evaluation, Qt.DockWidgetArea.BottomDockWidgetArea
         )
-        self.confusion_plot.setObjectName("evaluation.confusion")
-        self.confusion_plot.setBackground("w")
-        self.confusion_image = pg.ImageItem()
-        self.confusion_image.setColorMap(pg.colormap.get("viridis"))
-        self.confusion_plot.addItem(self.confusion_image)
-        self.confusion_plot.invertY(True)
-        self._confusion_labels: list = []
-        layout.addWidget(self.confusion_plot)
-        self.class_table = named(QTableWidget(0, 5), "evaluation.per_class", "per-class metrics")
-        self.class_table.setHorizontalHeaderLabels(
-            ["class", "precision", "recall", "F1", "support"]
-        )
-        self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        layout.addWidget(self.class_table)
-        self.gallery_label = named(
-            QLabel("misclassified validation images"), "evaluation.gallery_title"
-        )
-        layout.addWidget(self.gallery_label)
-        self.gallery = thumbnail_list("evaluation.gallery", "misclassified validation images")
-        layout.addWidget(self.gallery)
-        self._dock("evaluation", "Evaluation", panel, Qt.DockWidgetArea.BottomDockWidgetArea)
 
     def _build_predict_dock(self) -> None:
         from transferstudio.gui.predict_panel import PredictPanel
@@ -1313,58 +1295,47 @@ class MainWindow(QMainWindow):
             + (f", best val {result.best_metric:.4f}" if result.best_metric is not None else "")
         )
         if result.report:
-            self.show_evaluation(result.report)
+            self._evaluation_run_id = result.run_id
+            self.show_evaluation(result.report, f"run {result.run_id} (just finished)")
         if result.status == "completed":
             self._load_run_weights(result)
         self.refresh_runs()
 
-    def show_evaluation(self, report: dict) -> None:
-        section = report.get("test") or report.get("val")
-        if not section:
+    def show_evaluation(self, report: dict, run_label: str = "the run just finished") -> None:
+        """Fill the Evaluation panel from a run's report (see gui/evaluation_view.py)."""
+        self.evaluation.show_report(report, run_label)
+
+    def show_run_evaluation(self, record) -> None:
+        """The Evaluation panel for a run of the workspace (selected in Runs, or the newest
+        completed one when the window opens); a missing or damaged report is said there."""
+        from transferstudio.gui.evaluation_view import read_report_file
+
+        self._evaluation_run_id = record.id
+        label = f"run {record.id} ({record.name}, {record.status})"
+        try:
+            report = read_report_file(record.folder)
+        except ValueError as exc:
+            self.evaluation.show_message(f"{label}: {exc}")
             return
-        import numpy as np
-        import pyqtgraph as pg
+        self.evaluation.show_report(report, label)
 
-        matrix = np.array(section["confusion"], dtype=float)
-        self.confusion_image.setImage(matrix.T, autoLevels=True)
-        for label in self._confusion_labels:
-            self.confusion_plot.removeItem(label)
-        self._confusion_labels = []
-        for i in range(matrix.shape[0]):
-            for j in range(matrix.shape[1]):
-                text = pg.TextItem(str(int(matrix[i, j])), color="w", anchor=(0.5, 0.5))
-                text.setPos(j + 0.5, i + 0.5)
-                self.confusion_plot.addItem(text)
-                self._confusion_labels.append(text)
-        mistakes = (report.get("val") or {}).get("misclassified", [])
-        self.gallery_label.setText(
-            f"misclassified validation images, most confident first ({len(mistakes)})"
-        )
-        items = [
-            (f"{m['true']} -> {m['predicted']} ({m['confidence']:.0%})", m["path"])
-            for m in mistakes[:GALLERY_SIZE]
-        ]
-        run_in_background(
-            lambda: load_thumbnails(items), self._show_gallery, self._gallery_failed, self
-        )
-        rows = section["per_class"]
-        self.class_table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            values = [
-                row["class"],
-                f"{row['precision']:.3f}",
-                f"{row['recall']:.3f}",
-                f"{row['f1']:.3f}",
-                str(row["support"]),
-            ]
-            for c, value in enumerate(values):
-                self.class_table.setItem(r, c, QTableWidgetItem(value))
+    def _evaluate_selected_run(self) -> None:
+        ids = self._selected_run_ids()
+        if len(ids) == 1 and ids[0] != self._evaluation_run_id:
+            self.show_run_evaluation(next(r for r in self.run_records if r.id == ids[0]))
 
-    def _show_gallery(self, images) -> None:
-        fill_thumbnails(self.gallery, images)
+    def _load_gallery(self, items: list) -> None:
+        self._gallery_generation += 1
+        generation = self._gallery_generation
+
+        def show(images) -> None:
+            if generation == self._gallery_generation:  # not an earlier run's thumbnails
+                self.evaluation.show_gallery(images)
+
+        run_in_background(lambda: load_thumbnails(items), show, self._gallery_failed, self)
 
     def _gallery_failed(self, message: str, details: str) -> None:
-        self.gallery_label.setText(f"cannot show the misclassified images: {message}")
+        self.evaluation.gallery_label.setText(f"cannot show the misclassified images: {message}")
 
     def _runs_signature(self) -> tuple:
         """Changes whenever the runs table would: the index was written, or a run shown as
@@ -1428,6 +1399,10 @@ class MainWindow(QMainWindow):
         self.runs_table.blockSignals(False)
         if set(self._selected_run_ids()) != selected:  # a selected run was deleted elsewhere
             self.runs_table.itemSelectionChanged.emit()
+        if self._evaluation_run_id is None:  # a window just opened: the newest finished run
+            finished = next((r for r in self.run_records if r.status == "completed"), None)
+            if finished is not None:
+                self.show_run_evaluation(finished)
         self._update_actions()
 
     def run_selected_baseline(self) -> None:
