@@ -305,13 +305,26 @@ def cmd_gui(args) -> int:
 
 def cmd_init(args) -> int:
     from transferstudio.core import experiment as X
+    from transferstudio.core.bn_check import folded_batchnorm_reason
+    from transferstudio.core.weights import default_weights, read_state_dict, resolve_weights
 
     host = _host()
     spec = host.method(args.method)
-    if args.backbone:
-        host.backbone(args.backbone)
+    backbone = host.backbone(args.backbone or X.ModelSettings().backbone)
     data = str(X.expand_user(args.data, "--data").resolve()) if args.data else ""
-    exp = X.new_experiment(spec.name, spec.params, data, args.backbone, args.name)
+    if args.weights is None:  # the backbone's pretrained weights when they are on this machine
+        weights = default_weights(backbone)
+    elif args.weights in ("none", "cache"):
+        weights = args.weights
+    else:
+        weights = str(X.expand_user(args.weights, "--weights").resolve())
+    path = resolve_weights(backbone, weights, ".")  # refuses a missing or unusable file
+    exp = X.new_experiment(spec.name, spec.params, data, args.backbone, args.name, weights)
+    if path is not None and getattr(exp.method_params, "bn_mode", "") == "train":
+        reason = folded_batchnorm_reason(read_state_dict(path), path.name)
+        if reason:
+            exp.method_params.bn_mode = "frozen-stats"
+            print(f"init: method.params.bn_mode = frozen-stats: {reason}", file=sys.stderr)
     sys.stdout.write(exp.to_toml(comments=True))
     return 0
 
@@ -705,6 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="", help="image folder or CSV file")
     p.add_argument("--backbone", help="backbone id, e.g. resnet18")
     p.add_argument("--name", help="experiment name")
+    p.add_argument(
+        "--weights",
+        help="'none', 'cache' (the backbone's pretrained weights from local files) or a "
+        ".pth/.safetensors/.tsmodel path; by default 'cache' when those weights are on this "
+        "machine, else 'none'. Weights with folded BatchNorm set bn_mode = frozen-stats",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(

@@ -108,9 +108,12 @@ def test_method_params_are_validated_by_the_methods_dataclass(tmp_path, host):
 def test_unknown_method_and_backbone_name_the_plugins_available(tmp_path, host):
     with pytest.raises(
         ExperimentError,
-        match="method.name: no method plugin named 'finetune'; available: .*feature-extract, fine-tune",
+        match="method.name: no method plugin named 'finetune' \\(did you mean 'fine-tune'\\?\\); "
+        "available: .*feature-extract, fine-tune",
     ):
         _load_text(tmp_path, host, BASE.replace('"fine-tune"', '"finetune"'))
+    with pytest.raises(ExperimentError, match="no method plugin named 'xyz'; available"):
+        _load_text(tmp_path, host, BASE.replace('"fine-tune"', '"xyz"'))  # nothing near: no hint
 
 
 def test_invalid_toml_names_the_file(tmp_path, host):

@@ -83,6 +83,50 @@ def test_fifty_classes_stay_readable_and_scroll(qtbot):
     assert len(panel.class_names()) == 50
 
 
+def test_scrolled_labels_stay_pinned_and_long_names_elide_in_the_middle(qtbot):
+    panel = EvaluationPanel()
+    qtbot.addWidget(panel)
+    panel.resize(1366, 212)  # the bottom dock of a 1366x768 window
+    panel.show()
+    names = [f"n0144{i:02d}_a_rather_long_class_name_{i:02d}" for i in range(50)]
+    panel.show_report(_report(names), "run long")
+    view, scroll = panel.matrix, panel.matrix_scroll
+    shown = view.axis_labels()
+    # elided in the middle: the distinguishing ends stay, and they stay distinct
+    assert all("…" in label for label in shown) and len(set(shown)) == 50
+    assert shown[7].endswith("07") and shown[7].startswith("n01")
+    left, top = view._margins()
+    assert left < scroll.viewport().width() // 2  # the names leave room for cells
+    scroll.verticalScrollBar().setValue(10 * view.cell)
+    scroll.horizontalScrollBar().setValue(20 * view.cell)
+    qtbot.wait(20)
+    x0, y0 = scroll.horizontalScrollBar().value(), scroll.verticalScrollBar().value()
+    # the column names sit at the top of what is in view, the row names at its left,
+    # each with its whole name for the tooltip; the cells beneath them are not hit
+    column = view.label_at(QPoint(x0 + left + view.cell // 2, y0 + top // 2))
+    row = view.label_at(QPoint(x0 + left // 2, y0 + top + view.cell // 2))
+    assert column == names[(x0 + view.cell // 2) // view.cell]
+    assert row == names[(y0 + view.cell // 2) // view.cell]
+    assert view.cell_at(QPoint(x0 + left + 2, y0 + top // 2)) is None
+    assert view.cell_at(QPoint(x0 + left + 2, y0 + top + 2)) is not None
+
+
+def test_short_names_are_whole_and_the_header_takes_one_line_when_it_can(qtbot):
+    panel = EvaluationPanel()
+    qtbot.addWidget(panel)
+    panel.resize(1366, 212)
+    panel.show()
+    names = [f"class_{i:02d}" for i in range(3)]
+    panel.show_report(_report(names), "run short")
+    assert panel.matrix.axis_labels() == names  # not "class_..." for want of a pixel
+    line = panel.title.fontMetrics().lineSpacing()
+    assert panel.title.height() < 2 * line  # one line: the rest is the matrix's
+    panel.show_message("report.json cannot be read " + "because of a long reason " * 12)
+    qtbot.wait(20)
+    assert panel.title.height() >= 2 * line
+    assert "report.json cannot be read" in panel.title.toolTip()
+
+
 def test_ctrl_wheel_zooms(qtbot):
     view = ConfusionMatrixView()
     qtbot.addWidget(view)
@@ -130,6 +174,16 @@ def test_the_panel_fills_for_a_finished_run_a_selected_run_and_a_reopened_window
     first = blocker.args[0]
     assert window.evaluation.class_names() == ["blue", "green", "red"]
     assert first.run_id in window.evaluation.title.text()
+    # a run still running says when its evaluation comes; it comes once the run has ended
+    # (in another process: the Runs table's refresh sees the new status)
+    from dataclasses import replace
+
+    record = RunStore(window.workspace).get(first.run_id)
+    window.show_run_evaluation(replace(record, status="running"))
+    assert window.evaluation.class_names() == []
+    assert "appears here when it ends" in window.evaluation.title.text()
+    window.refresh_runs()
+    assert window.evaluation.class_names() == ["blue", "green", "red"]
 
     # a second run from the command line, on another folder with other classes
     other = make_images({"cat": 6, "dog": 6}, name="other")
@@ -167,10 +221,20 @@ def test_the_panel_fills_for_a_finished_run_a_selected_run_and_a_reopened_window
     reopened.resize(1366, 768)
     qtbot.wait(200)
     panel = reopened.evaluation
-    shot = panel.matrix.grab()
-    assert shot.width() >= 120 and shot.height() >= 120
+    shot = panel.grab()  # the panel as the user sees it, at 1366x768
+    assert shot.size() == panel.size() and shot.height() >= 180
+    assert panel.matrix.height() >= 0.75 * panel.height()  # the matrix has the height
     assert panel.matrix.cell >= MIN_CELL_PX
     # three classes fit whole, no scrolling; the table shows every class
     assert panel.matrix_scroll.verticalScrollBar().maximum() == 0
     assert panel.matrix_scroll.horizontalScrollBar().maximum() == 0
     assert panel.class_table.rowCount() == 3
+    # the window's default size (1600x1000 at most, see MainWindow._fit_to_screen)
+    reopened.resize(1600, 1000)
+    reopened._fit_docks_to_window()
+    qtbot.wait(200)
+    shot = panel.matrix.grab()
+    assert shot.width() >= 200 and shot.height() >= 200
+    left, top = panel.matrix._margins()
+    assert panel.matrix.width() - left == panel.matrix.height() - top  # square cells
+    assert panel.matrix.axis_labels() == ["blue", "green", "red"]

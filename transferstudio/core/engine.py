@@ -653,6 +653,29 @@ class _Run:
         for module in self.modules.values():
             module.to(self.device)
         self._check_input_size()
+        self.batchnorm_warning = self._folded_batchnorm_warning()
+
+    def _folded_batchnorm_warning(self) -> str:
+        """A warning when pretrained weights with folded BatchNorm (identity statistics) are
+        about to train with ``bn_mode = "train"``, which wrecks them (core/bn_check.py). Read
+        from the modules the method built, before any checkpoint is restored: no second read
+        of the weights file."""
+        from transferstudio.core.bn_check import folded_batchnorm_reason
+
+        if self.weights_file is None or getattr(self.exp.method_params, "bn_mode", None) != "train":
+            return ""
+        state = {
+            f"{name}.{key}": value
+            for name, module in self.modules.items()
+            for key, value in module.state_dict().items()
+        }
+        reason = folded_batchnorm_reason(state, self.weights_file.name)
+        return (
+            f'WARNING: {reason} Set method.params.bn_mode = "frozen-stats" (the window '
+            "proposes it when you pick such weights; 'transferstudio init --weights' sets it)."
+            if reason
+            else ""
+        )
 
     def _check_input_size(self) -> None:
         """A backbone that cannot take ``data.image_size`` (convnext_tiny under 32 px, a ViT
@@ -761,6 +784,8 @@ class _Run:
             f"{exp.method} on {exp.model.backbone}, {len(self.scan.classes)} classes"
         )
         self.log("data:\n" + self.scan.report())
+        if self.batchnorm_warning and not self.resume_id:
+            self.log(self.batchnorm_warning)
 
         self.optimizer: torch.optim.Optimizer | None = None
         # Layer statistics cost a pass over every weight, so only a state that can show them

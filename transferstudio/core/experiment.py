@@ -455,10 +455,16 @@ def new_experiment(
     data_path: str = "",
     backbone: str | None = None,
     name: str | None = None,
+    weights: str = "none",
 ) -> Experiment:
-    """An experiment with every default, for ``transferstudio init`` and the GUI's File > New."""
+    """An experiment with every default, for ``transferstudio init`` and the GUI's File > New.
+
+    ``weights`` is the model.weights setting; callers pass what
+    :func:`transferstudio.core.weights.default_weights` finds for the backbone (its pretrained
+    weights when they are on this machine) or the user's choice."""
     exp = Experiment(name=name or method, method=method, method_params=params_cls())
     exp.data.path = data_path
     if backbone:
         exp.model.backbone = backbone
+    exp.model.weights = weights
     return exp

@@ -462,9 +462,13 @@ class PluginHost:
             why = self.rejected.get((kind, name))
             if why is not None:
                 raise ExperimentError(why.split("\n")[0], key)
+            import difflib
+
             known = ", ".join(sorted(registry)) or "none loaded"
+            close = difflib.get_close_matches(str(name), list(registry), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ExperimentError(
-                f"no {kind[:-1]} plugin named {name!r}; available: {known}. "
+                f"no {kind[:-1]} plugin named {name!r}{hint}; available: {known}. "
                 "Run 'transferstudio plugins' to see what is installed and why "
                 "a plugin may have failed",
                 key,

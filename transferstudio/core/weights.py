@@ -176,6 +176,17 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def default_weights(spec: BackboneSpec) -> str:
+    """What a new experiment on ``spec`` starts from: ``"cache"`` when its pretrained weights
+    are on this machine (the plugin's own file, or the torch cache), else ``"none"``. A tool for
+    transfer should not start a newcomer from random initialisation when it need not."""
+    try:
+        find_cached(spec)
+    except WeightsError:
+        return "none"
+    return "cache"
+
+
 def resolve_weights(spec: BackboneSpec, weights: str, base_dir: str | Path) -> Path | None:
     """The file a ``model.weights`` setting points to (``None`` for random initialisation)."""
     if weights == "none":

@@ -11,11 +11,12 @@ classes at the default size) the matrix scrolls, and Ctrl+wheel zooms.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QPoint, QRect, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPalette
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QFontMetricsF, QPainter, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -41,6 +42,9 @@ window size before the matrix scrolls)."""
 MAX_CELL_PX = 72
 LABEL_MAX_PX = 140
 """Class names longer than this are elided on the axes (the tooltip shows the whole name)."""
+LABEL_SHARE = 0.3
+"""At most this share of the shorter side of the view goes to the class names: 140 px of long
+names on both axes left no room for cells in the short bottom dock."""
 LOW = QColor(255, 255, 255)
 HIGH = QColor(8, 69, 148)  # a dark blue: the darkest cell of a row is its most common prediction
 EMPTY_TEXT = "No evaluation yet: finish a run, or select a completed run in Runs."
@@ -49,7 +53,10 @@ GALLERY_SIZE = 24
 
 class ConfusionMatrixView(QWidget):
     """Square cells with counts, shaded by the fraction of their row (the true class), the
-    class names on both axes. ``fit(size)`` chooses the cell size for the space available."""
+    class names on both axes. ``fit(size)`` chooses the cell size for the space available.
+
+    Inside a scroll area the class names stay pinned to the visible edges (``set_origin``):
+    a scrolled 50-class matrix without them is a grid of numbers nobody can place."""
 
     zoomed = Signal()
 
@@ -60,6 +67,7 @@ class ConfusionMatrixView(QWidget):
         self.cell = MIN_CELL_PX
         self.zoom = 1.0
         self._available = QSize(400, 400)
+        self._origin = QPoint(0, 0)  # the scrolled-to corner: where the pinned labels go
         self.setMouseTracking(True)
         self.setBackgroundRole(QPalette.ColorRole.Base)
         self.setAutoFillBackground(True)
@@ -81,10 +89,26 @@ class ConfusionMatrixView(QWidget):
         self._available = available
         self._relayout()
 
+    def set_origin(self, origin: QPoint) -> None:
+        """The top-left corner the scroll area shows: the axis labels are drawn there."""
+        self._origin = QPoint(origin)
+        self.update()
+
     def _label_px(self) -> int:
+        # Fractional widths, rounded up: the integer advance is rounded down, and eliding to
+        # it turned "class_00" into "class_..." although the space was there.
+        metrics = QFontMetricsF(self.font())
+        widest = max((math.ceil(metrics.horizontalAdvance(n)) for n in self.names), default=0)
+        side = min(self._available.width(), self._available.height())
+        cap = max(40, min(LABEL_MAX_PX, int(side * LABEL_SHARE)))
+        return min(widest + 2, cap) + 8
+
+    def axis_labels(self) -> list[str]:
+        """The class names as drawn on the axes, elided in the middle when too long: names
+        often share a prefix ("n01440764_tench"), and their ends tell them apart."""
         metrics = QFontMetrics(self.font())
-        widest = max((metrics.horizontalAdvance(n) for n in self.names), default=0)
-        return min(widest, LABEL_MAX_PX) + 8
+        width = self._label_px() - 8
+        return [metrics.elidedText(n, Qt.TextElideMode.ElideMiddle, width) for n in self.names]
 
     def _margins(self) -> tuple[int, int]:
         """(left, top): the axis title plus the class names."""
@@ -101,13 +125,29 @@ class ConfusionMatrixView(QWidget):
         self.update()
 
     def cell_at(self, pos: QPoint) -> tuple[int, int] | None:
-        """(true, predicted) class indices of the cell under ``pos``, or None."""
+        """(true, predicted) class indices of the cell under ``pos``, or None (also under
+        the pinned labels, which cover the cells scrolled beneath them)."""
         left, top = self._margins()
         col, row = (pos.x() - left) // self.cell, (pos.y() - top) // self.cell
         n = len(self.names)
-        if pos.x() < left or pos.y() < top or not (0 <= row < n and 0 <= col < n):
+        if pos.x() < self._origin.x() + left or pos.y() < self._origin.y() + top:
+            return None
+        if not (0 <= row < n and 0 <= col < n):
             return None
         return row, col
+
+    def label_at(self, pos: QPoint) -> str | None:
+        """The whole class name of the axis label under ``pos``, or None."""
+        left, top = self._margins()
+        x, y = pos.x() - self._origin.x(), pos.y() - self._origin.y()
+        n = len(self.names)
+        if 0 <= y < top and x >= left:  # column labels
+            index = (pos.x() - left) // self.cell
+        elif x < left and y >= top:  # row labels
+            index = (pos.y() - top) // self.cell
+        else:
+            return None
+        return self.names[index] if 0 <= index < n else None
 
     def fraction(self, row: int, col: int) -> float:
         total = sum(self.matrix[row])
@@ -125,45 +165,26 @@ class ConfusionMatrixView(QWidget):
         left, top = self._margins()
         n, cell = len(self.names), self.cell
         label_px = self._label_px() - 8
-        text = self.palette().color(QPalette.ColorRole.Text)
-        painter.setPen(text)
-        # axis titles
-        bold = QFont(self.font())
-        bold.setBold(True)
-        painter.setFont(bold)
-        painter.drawText(
-            QRect(left, 0, n * cell, title_h), Qt.AlignmentFlag.AlignCenter, "predicted"
+        shown = self.axis_labels()
+        ox, oy = self._origin.x(), self._origin.y()
+        # The part in view: the scroll area's viewport (our parent) when there is one.
+        seen = self.parentWidget().size() if self.parentWidget() else self.size()
+        seen_w, seen_h = (
+            min(self.width() - ox, seen.width()),
+            min(self.height() - oy, seen.height()),
         )
-        painter.save()
-        painter.translate(0, top + n * cell)
-        painter.rotate(-90)
-        painter.drawText(QRect(0, 0, n * cell, title_h), Qt.AlignmentFlag.AlignCenter, "true")
-        painter.restore()
-        painter.setFont(self.font())
-        # class names: rows on the left, columns rotated on top
-        for i, name in enumerate(self.names):
-            shown = metrics.elidedText(name, Qt.TextElideMode.ElideRight, label_px)
-            painter.drawText(
-                QRect(title_h, top + i * cell, label_px + 4, cell),
-                Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
-                shown,
-            )
-            painter.save()
-            painter.translate(left + i * cell, top - 4)
-            painter.rotate(-90)
-            painter.drawText(
-                QRect(0, 0, label_px + 4, cell),
-                Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
-                shown,
-            )
-            painter.restore()
-        # cells
+        # Only the cells in view: 200 classes are 40,000 cells.
+        area = event.rect()
+        rows = range(max(0, (area.top() - top) // cell), min(n, (area.bottom() - top) // cell + 1))
+        cols = range(
+            max(0, (area.left() - left) // cell), min(n, (area.right() - left) // cell + 1)
+        )
         count_font = QFont(self.font())
         count_font.setPointSizeF(max(6.5, min(self.font().pointSizeF(), cell / 3.2)))
         painter.setFont(count_font)
         grid = QColor(210, 210, 210)
-        for i in range(n):
-            for j in range(n):
+        for i in rows:
+            for j in cols:
                 rect = QRect(left + j * cell, top + i * cell, cell, cell)
                 f = self.fraction(i, j)
                 painter.fillRect(rect, _shade(f))
@@ -173,16 +194,61 @@ class ConfusionMatrixView(QWidget):
                 painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, str(self.matrix[i][j]))
         # the diagonal (correct predictions) framed, so it reads at a glance
         painter.setPen(QColor(30, 30, 30))
-        for i in range(n):
-            painter.drawRect(QRect(left + i * cell, top + i * cell, cell, cell))
+        for i in rows:
+            if i in cols:
+                painter.drawRect(QRect(left + i * cell, top + i * cell, cell, cell))
+        # The labels, pinned to the visible top and left edges over the cells scrolled
+        # beneath them (at the widget's own edges when nothing is scrolled).
+        base = self.palette().color(QPalette.ColorRole.Base)
+        painter.fillRect(QRect(ox, oy, seen_w, top), base)
+        painter.fillRect(QRect(ox, oy, left, seen_h), base)
+        painter.setPen(self.palette().color(QPalette.ColorRole.Text))
+        painter.setFont(self.font())
+        for i, label in enumerate(shown):
+            if i * cell + cell > oy and top + i * cell < oy + seen_h:  # row label
+                painter.drawText(
+                    QRect(ox + title_h, top + i * cell, label_px + 4, cell),
+                    Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                    label,
+                )
+            if i * cell + cell > ox and left + i * cell < ox + seen_w:  # column label
+                painter.save()
+                painter.translate(left + i * cell, oy + top - 4)
+                painter.rotate(-90)
+                painter.drawText(
+                    QRect(0, 0, label_px + 4, cell),
+                    Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                    label,
+                )
+                painter.restore()
+        painter.fillRect(QRect(ox, oy, left, top), base)  # the corner, under both titles
+        # axis titles, centred on the part of the matrix in view
+        bold = QFont(self.font())
+        bold.setBold(True)
+        painter.setFont(bold)
+        cells_w = min(left + n * cell, ox + seen_w) - (ox + left)
+        cells_h = min(top + n * cell, oy + seen_h) - (oy + top)
+        painter.drawText(
+            QRect(ox + left, oy, cells_w, title_h), Qt.AlignmentFlag.AlignCenter, "predicted"
+        )
+        painter.save()
+        painter.translate(ox, oy + top + cells_h)
+        painter.rotate(-90)
+        painter.drawText(QRect(0, 0, cells_h, title_h), Qt.AlignmentFlag.AlignCenter, "true")
+        painter.restore()
         painter.end()
 
     # ------------------------------------------------------------------ interaction
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802 - Qt API
-        hit = self.cell_at(event.position().toPoint())
+        pos = event.position().toPoint()
+        hit = self.cell_at(pos)
         if hit is None:
-            QToolTip.hideText()
+            name = self.label_at(pos)  # an elided label: its whole name
+            if name is None:
+                QToolTip.hideText()
+            else:
+                QToolTip.showText(event.globalPosition().toPoint(), name, self)
             return
         i, j = hit
         QToolTip.showText(
@@ -220,6 +286,14 @@ class _FittingScroll(QScrollArea):
         self.setWidget(view)
         self.setWidgetResizable(False)
         self.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
+        self.setBackgroundRole(QPalette.ColorRole.Base)  # no grey bands beside the matrix
+        for bar in (self.horizontalScrollBar(), self.verticalScrollBar()):
+            bar.valueChanged.connect(self._follow_scroll)
+
+    def _follow_scroll(self) -> None:
+        self.view.set_origin(
+            QPoint(self.horizontalScrollBar().value(), self.verticalScrollBar().value())
+        )
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().resizeEvent(event)
@@ -227,15 +301,16 @@ class _FittingScroll(QScrollArea):
 
 
 class _TwoLineLabel(QLabel):
-    """A wrapping label two lines high that does not ask for height-for-width: a wrapping
-    label makes the dock's scroll area size the whole panel by its preferred heights, taller
-    than the short bottom dock, so the matrix was cut off below the fold."""
+    """A wrapping label one line high, or two when the text needs them, that does not ask
+    for height-for-width: a wrapping label makes the dock's scroll area size the whole panel
+    by its preferred heights, taller than the short bottom dock, so the matrix was cut off
+    below the fold. A second line kept for short texts cost the matrix its height."""
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.setWordWrap(True)
-        self.setFixedHeight(2 * self.fontMetrics().lineSpacing() + 4)
         self.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        self._fit_height()
 
     def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt API
         return False
@@ -243,6 +318,18 @@ class _TwoLineLabel(QLabel):
     def setText(self, text: str) -> None:  # noqa: N802 - Qt API
         super().setText(text)
         self.setToolTip(text)  # the whole message, should two lines not hold it
+        self._fit_height()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        metrics = self.fontMetrics()
+        lines = 1 if metrics.horizontalAdvance(self.text()) < self.width() - 4 else 2
+        height = lines * metrics.lineSpacing() + 4
+        if self.height() != height or self.minimumHeight() != height:
+            self.setFixedHeight(height)
 
 
 def read_report_file(folder: str | Path) -> dict[str, Any]:
@@ -278,13 +365,13 @@ class EvaluationPanel(QWidget):
         self.run_label = ""
         self.report: dict[str, Any] | None = None
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)  # the bottom dock is short: every pixel counts
         top = QHBoxLayout()
         self.title = named(_TwoLineLabel(EMPTY_TEXT), "evaluation.title")
         top.addWidget(self.title, 1)
         self.split_box = named(QComboBox(), "evaluation.split", "split shown")
         self.split_box.currentIndexChanged.connect(self._show_split)
         top.addWidget(self.split_box)
-        layout.addLayout(top)
 
         self.matrix = named(ConfusionMatrixView(), "evaluation.confusion", "confusion matrix")
         self.matrix_scroll = named(_FittingScroll(self.matrix), "evaluation.confusion_scroll")
@@ -295,6 +382,7 @@ class EvaluationPanel(QWidget):
         )
         self.class_table.verticalHeader().setVisible(False)
         self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.class_table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # as on the axes
         header = self.class_table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in range(1, 5):
@@ -319,13 +407,25 @@ class EvaluationPanel(QWidget):
         gallery_layout.addWidget(self.gallery)
 
         # Side by side: the panel shares the short, wide bottom of the window with Runs, so
-        # stacking the three parts left each a strip.
+        # stacking the three parts left each a strip. The matrix gets the whole height (its
+        # cells are square, so height is what limits them); the run's header sits over the
+        # table and the gallery.
+        details = QSplitter(Qt.Orientation.Horizontal)
+        details.addWidget(self.class_table)
+        details.addWidget(gallery_box)
+        details.setStretchFactor(0, 2)
+        details.setStretchFactor(1, 4)
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addLayout(top)
+        right_layout.addWidget(details, 1)
         self.split = named(QSplitter(Qt.Orientation.Horizontal), "evaluation.split_view")
         self.split.addWidget(self.matrix_scroll)
-        self.split.addWidget(self.class_table)
-        self.split.addWidget(gallery_box)
-        for index, stretch in enumerate((4, 2, 4)):
-            self.split.setStretchFactor(index, stretch)
+        self.split.addWidget(right)
+        self.split.setStretchFactor(0, 3)
+        self.split.setStretchFactor(1, 7)
+        self.split.setSizes([300, 700])  # proportions until the panel has its real width
         layout.addWidget(self.split, 1)
         self.clear()
 
@@ -440,6 +540,15 @@ class EvaluationPanel(QWidget):
                     item.setToolTip(value)
                 self.class_table.setItem(r, c, item)
         self.class_table.resizeRowsToContents()
+        # Wide enough for the names and the figures: the splitter otherwise squeezed the
+        # stretching class column down to "..." at 1366 px.
+        table = self.class_table
+        needed = sum(
+            max(table.sizeHintForColumn(c), table.horizontalHeader().sectionSizeHint(c))
+            for c in range(table.columnCount())
+        )
+        needed += 2 * table.frameWidth() + table.verticalScrollBar().sizeHint().width() + 4
+        table.setMinimumWidth(max(240, min(needed, table.maximumWidth())))
         items = self.gallery_items()
         source = "test" if (section.get("misclassified") and split == "test") else "validation"
         self.gallery_label.setText(

@@ -325,6 +325,18 @@ class MainWindow(QMainWindow):
         self.weights_combo.addItem("file...", "file")
         self.weights_combo.activated.connect(self._on_weights_chosen)
         layout.addWidget(self.weights_combo)
+        # Folded BatchNorm in the chosen weights (core/bn_check.py): the reason, in view where
+        # the weights are chosen, and a one-click fix when the method still trains BN stats.
+        self.bn_warning = named(QLabel(""), "model.bn_warning")
+        self.bn_warning.setWordWrap(True)
+        self.bn_warning.setStyleSheet("color: #8a4b00;")
+        self.bn_warning.setVisible(False)
+        layout.addWidget(self.bn_warning)
+        self.bn_fix = named(QPushButton("Use bn mode frozen-stats"), "model.bn_fix")
+        self.bn_fix.clicked.connect(lambda: self._use_frozen_stats(automatically=False))
+        self.bn_fix.setVisible(False)
+        layout.addWidget(self.bn_fix)
+        self._bn_reason = ""
         self.model_form = SettingsForm(X.ModelSettings, "model.")
         for hidden in ("backbone", "weights"):
             self.model_form.widgets[hidden].setVisible(False)
@@ -531,6 +543,7 @@ class MainWindow(QMainWindow):
         self.class_table = self.evaluation.class_table
         self._gallery_generation = 0
         self._evaluation_run_id: str | None = None
+        self._evaluation_run_status = ""  # a change (running -> completed elsewhere) re-reads
         self._dock(
             "evaluation", "Evaluation", self.evaluation, Qt.DockWidgetArea.BottomDockWidgetArea
         )
@@ -567,6 +580,7 @@ class MainWindow(QMainWindow):
         self._saved_text = self._experiment_text()
         self._scan_data()
         self._rebuild_tree()
+        self._check_weights_batchnorm()
         self._update_actions()
 
     def _experiment_text(self) -> str:
@@ -670,17 +684,21 @@ class MainWindow(QMainWindow):
         if self._syncing:
             return
         self._rebuild_method_form()
+        self._show_bn_state()
         self._rebuild_tree()
         self._update_actions()
 
     def _on_method_params_changed(self) -> None:
         if not self._syncing and self.tree_model is not None and self.method_form.validate():
             self._apply_plan_to_tree()
+        if self._bn_reason:
+            self._show_bn_state()
         self._update_actions()
 
     def _on_model_changed(self) -> None:
         if not self._syncing:
             self._rebuild_tree()
+            self._check_weights_batchnorm(adopt=True)  # 'pretrained' is another file now
             self._update_actions()
 
     def _set_weights(self, value: str) -> None:
@@ -704,7 +722,66 @@ class MainWindow(QMainWindow):
                 return
             choice = path
         self._set_weights(choice)
+        self._check_weights_batchnorm(adopt=True)
         self._update_actions()
+
+    def _check_weights_batchnorm(self, adopt: bool = False) -> None:
+        """Read the chosen weights off the GUI thread and look for folded BatchNorm. With
+        ``adopt`` (the user just picked them) a method training BN statistics is switched to
+        ``frozen-stats``; otherwise (an experiment opened) the fix is proposed."""
+        from transferstudio.core.bn_check import folded_batchnorm_reason
+        from transferstudio.core.weights import read_state_dict, resolve_weights
+
+        value = self.weights_value
+        backbone = self.backbone_combo.currentData()
+        self._bn_reason = ""
+        self._show_bn_state()
+        if value == "none" or not backbone:
+            return
+        spec, base_dir = self.host.backbone(backbone), self.base_dir
+
+        def check() -> str:
+            path = resolve_weights(spec, value, base_dir)
+            return folded_batchnorm_reason(read_state_dict(path), path.name) if path else ""
+
+        def done(reason: str) -> None:
+            if value != self.weights_value:
+                return  # other weights were chosen meanwhile
+            self._bn_reason = reason
+            if reason and adopt:
+                self._use_frozen_stats(automatically=True)
+            else:
+                self._show_bn_state()
+
+        # An unreadable file is reported by the run (and the tree): nothing to add here.
+        run_in_background(check, done, lambda *_: None, self)
+
+    def _use_frozen_stats(self, automatically: bool) -> None:
+        if self.method_form is None or "bn_mode" not in self.method_form.widgets:
+            return
+        self.method_form.set_values({"bn_mode": "frozen-stats"})
+        self._show_bn_state(switched=automatically)
+        self._update_actions()
+
+    def _show_bn_state(self, switched: bool = False) -> None:
+        """The folded-BatchNorm line under the weights: what was found and what was done."""
+        values = self.method_form.values() if self.method_form is not None else {}
+        bn_mode = values.get("bn_mode")
+        reason = self._bn_reason
+        if not reason or bn_mode is None:
+            self.bn_warning.setVisible(False)
+            self.bn_fix.setVisible(False)
+            return
+        if bn_mode == "train":
+            text = f"⚠ {reason}"
+        elif switched:
+            text = f"bn mode set to frozen-stats for these weights. {reason}"
+        else:
+            text = f"bn mode {bn_mode} keeps these weights' statistics, as they need. {reason}"
+        self.bn_warning.setText(text)
+        self.bn_warning.setToolTip(reason)
+        self.bn_warning.setVisible(True)
+        self.bn_fix.setVisible(bn_mode == "train")
 
     def _browse_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Image folder", str(self.base_dir))
@@ -1295,7 +1372,7 @@ class MainWindow(QMainWindow):
             + (f", best val {result.best_metric:.4f}" if result.best_metric is not None else "")
         )
         if result.report:
-            self._evaluation_run_id = result.run_id
+            self._evaluation_run_id, self._evaluation_run_status = result.run_id, result.status
             self.show_evaluation(result.report, f"run {result.run_id} (just finished)")
         if result.status == "completed":
             self._load_run_weights(result)
@@ -1310,8 +1387,11 @@ class MainWindow(QMainWindow):
         completed one when the window opens); a missing or damaged report is said there."""
         from transferstudio.gui.evaluation_view import read_report_file
 
-        self._evaluation_run_id = record.id
+        self._evaluation_run_id, self._evaluation_run_status = record.id, record.status
         label = f"run {record.id} ({record.name}, {record.status})"
+        if record.status == "running":
+            self.evaluation.show_message(f"{label}: its evaluation appears here when it ends")
+            return
         try:
             report = read_report_file(record.folder)
         except ValueError as exc:
@@ -1403,6 +1483,10 @@ class MainWindow(QMainWindow):
             finished = next((r for r in self.run_records if r.status == "completed"), None)
             if finished is not None:
                 self.show_run_evaluation(finished)
+        else:  # the run on show ended in another process meanwhile: its report is there now
+            shown = next((r for r in self.run_records if r.id == self._evaluation_run_id), None)
+            if shown is not None and shown.status != self._evaluation_run_status:
+                self.show_run_evaluation(shown)
         self._update_actions()
 
     def run_selected_baseline(self) -> None:
@@ -1502,7 +1586,12 @@ class MainWindow(QMainWindow):
         if not self._confirm_discard("starting a new experiment"):
             return
         spec = self.host.method(self.method_combo.currentData() or "fine-tune")
-        self.load_experiment(X.new_experiment(spec.name, spec.params), None)
+        from transferstudio.core.weights import default_weights
+
+        backbone = self.host.backbone(X.ModelSettings().backbone)
+        exp = X.new_experiment(spec.name, spec.params, weights=default_weights(backbone))
+        self.load_experiment(exp, None)
+        self._check_weights_batchnorm(adopt=True)  # a new experiment: set, not only proposed
 
     def open_dialog(self) -> None:
         if not self._confirm_discard("opening another experiment"):
