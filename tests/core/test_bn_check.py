@@ -150,12 +150,7 @@ def test_init_refuses_missing_weights_and_suggests_names(tmp_path):
     assert missing.returncode != 0 and "gone.pth does not exist" in missing.stderr
     typo = init("--backbone", "resnt18")
     assert typo.returncode != 0 and "did you mean 'resnet18'?" in typo.stderr
-    method = subprocess.run(
-        [sys.executable, "-m", "transferstudio", "init", "--method", "fine-tun"],
-        env=CLI_ENV,
-        capture_output=True,
-        text=True,
-    )
+    method = init("--method", "fine-tun")  # the last --method counts
     assert "did you mean 'fine-tune'?" in method.stderr
 
 
