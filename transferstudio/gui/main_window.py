@@ -745,8 +745,8 @@ class MainWindow(QMainWindow):
             return folded_batchnorm_reason(read_state_dict(path), path.name) if path else ""
 
         def done(reason: str) -> None:
-            if value != self.weights_value:
-                return  # other weights were chosen meanwhile
+            if (value, backbone) != (self.weights_value, self.backbone_combo.currentData()):
+                return  # other weights (or, for 'cache', another backbone) chosen meanwhile
             self._bn_reason = reason
             if reason and adopt:
                 self._use_frozen_stats(automatically=True)
