@@ -772,12 +772,13 @@ class MainWindow(QMainWindow):
             self.bn_warning.setVisible(False)
             self.bn_fix.setVisible(False)
             return
+        summary = reason.split(":")[0]  # "52 of 52 BatchNorm layers in F hold identity ..."
         if bn_mode == "train":
             text = f"⚠ {reason}"
         elif switched:
-            text = f"bn mode set to frozen-stats for these weights. {reason}"
+            text = f"bn mode set to frozen-stats for these weights: {summary} (folded BatchNorm)."
         else:
-            text = f"bn mode {bn_mode} keeps these weights' statistics, as they need. {reason}"
+            text = f"bn mode {bn_mode} suits these weights: {summary} (folded BatchNorm)."
         self.bn_warning.setText(text)
         self.bn_warning.setToolTip(reason)
         self.bn_warning.setVisible(True)
