@@ -29,6 +29,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", action="append", default=[], help="WIDTHxHEIGHT (repeatable)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "images")
     parser.add_argument("--no-run", action="store_true", help="do not train before the shots")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="after the run, measure its transfer gain (Runs > Transfer gain) before the shots",
+    )
     args = parser.parse_args(argv)
 
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
@@ -62,6 +67,15 @@ def main(argv: list[str]) -> int:
                 window.start_run()
                 while window.controller.running:
                     settle(500)
+                run_id = window.run_records[0].id
+                if args.baseline:
+                    window.runs_table.selectRow(0)
+                    window.run_selected_baseline()
+                    while window.controller.running:
+                        settle(500)
+                # the run shown in Runs (its overlay curve) and in Evaluation
+                window.refresh_runs()
+                window.runs_table.selectRow([r.id for r in window.run_records].index(run_id))
             settle()
             docks = {d.objectName()[5:]: d for d in window.findChildren(QDockWidget)}
             window.grab().save(str(args.out / f"gui-window-{size}.png"))

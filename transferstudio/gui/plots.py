@@ -62,7 +62,7 @@ class TrainingCurves(QWidget):
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.plots: dict[str, pg.PlotWidget] = {}
         for title, entries in self.SERIES.items():
-            plot = _plot(title)
+            plot = _plot(title, legend_below=title == "accuracy")
             # No showGrid: it made each repaint about four times dearer (see module doc).
             for label, key, colour in entries:
                 per_batch = key in self.PER_BATCH_KEYS
@@ -171,11 +171,13 @@ class TrainingCurves(QWidget):
         return self.series[key].n
 
 
-def _plot(title: str) -> pg.PlotWidget:
-    """A live plot: white, titled, x axis in epochs, a legend that does not hide the curves."""
+def _plot(title: str, legend_below: bool = False) -> pg.PlotWidget:
+    """A live plot: white, titled, x axis in epochs, a legend that does not hide the curves:
+    top right where curves fall (losses, a decaying learning rate), bottom right where they
+    rise (accuracy ends high on the right, where a top legend sat on its last points)."""
     plot = pg.PlotWidget(title=title)
     plot.setObjectName(f"plot:{title}")
     plot.setBackground("w")
-    plot.addLegend(offset=(-10, 10), brush=(255, 255, 255, 210))
+    plot.addLegend(offset=(-10, -10 if legend_below else 10), brush=(255, 255, 255, 210))
     plot.setLabel("bottom", "epoch")
     return plot
