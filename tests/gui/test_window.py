@@ -514,6 +514,11 @@ def test_transfer_gain_runs_the_baseline_and_shows_the_gain(window, qtbot, monke
         "accuracy over random initialisation"
     )
     assert window.run_gains[transfer.run_id].baseline_id == baseline.run_id
+    # the baseline is a measurement: Predict, Evaluation and the tree keep the transfer run
+    assert window.predict_panel.model_ref == str(transfer.folder)
+    assert transfer.run_id in window.evaluation.title.text()
+    assert transfer.run_id in window.tree_weights_source
+    assert "transfer gain on that run's row" in window.log_view.toPlainText()
 
 
 def test_the_sweeps_dock_searches_the_window_experiment_and_opens_the_best_trial(

@@ -530,8 +530,9 @@ class MainWindow(QMainWindow):
         panel = named(QSplitter(Qt.Orientation.Horizontal), "runs.split")
         panel.addWidget(table_side)
         panel.addWidget(self.overlay_plot)
-        panel.setStretchFactor(0, 3)
-        panel.setStretchFactor(1, 2)
+        # the table gets two thirds: its transfer-gain column is a sentence
+        panel.setStretchFactor(0, 2)
+        panel.setStretchFactor(1, 1)
         panel.setChildrenCollapsible(False)
         self._dock("runs", "Runs", panel, Qt.DockWidgetArea.BottomDockWidgetArea)
 
@@ -1141,6 +1142,7 @@ class MainWindow(QMainWindow):
         self.eta_label.setText("starting ...")
         self._run_started_at = time.monotonic()
         self._run_began = False
+        self._run_tags = dict(tags or {})
         if resume is not None:
             self._show_earlier_epochs(resume)
         one_process = tags or resume is not None
@@ -1364,7 +1366,17 @@ class MainWindow(QMainWindow):
                 "in the window: select it in Runs, then Run > Resume (Ctrl+Shift+R) or "
                 "right-click > Resume"
             )
-        if result.status == "completed" and result.best_epoch is not None:
+        from transferstudio.core.baseline import BASELINE_OF
+
+        baseline_of = getattr(self, "_run_tags", {}).get(BASELINE_OF)
+        if baseline_of is not None:
+            # A baseline is a measurement: Predict, Evaluation and the tree keep the run it
+            # measures (the random-init model would otherwise replace the user's own).
+            self.log_view.appendPlainText(
+                f"baseline of run {baseline_of} finished: Runs shows the transfer gain on that "
+                "run's row; Predict, Evaluation and the layer tree keep that run"
+            )
+        elif result.status == "completed" and result.best_epoch is not None:
             self.predict_panel.set_run(result.folder)
         self._redraw_timer.stop()
         self._redraw_curves()
@@ -1372,10 +1384,10 @@ class MainWindow(QMainWindow):
             f"run {result.run_id}: {result.status}"
             + (f", best val {result.best_metric:.4f}" if result.best_metric is not None else "")
         )
-        if result.report:
+        if result.report and baseline_of is None:
             self._evaluation_run_id, self._evaluation_run_status = result.run_id, result.status
             self.show_evaluation(result.report, f"run {result.run_id} (just finished)")
-        if result.status == "completed":
+        if result.status == "completed" and baseline_of is None:
             self._load_run_weights(result)
         self.refresh_runs()
 
