@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QSize, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QListView,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -22,6 +23,8 @@ from PySide6.QtWidgets import (
 
 from transferstudio.gui.widgets import fill_thumbnails, load_thumbnails, named, thumbnail_list
 from transferstudio.gui.worker import run_in_background
+
+RESULT_ICON_PX = 64
 
 
 class PredictPanel(QWidget):
@@ -81,6 +84,13 @@ class PredictPanel(QWidget):
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
         self.results = thumbnail_list("predict.results", "predictions", max_rows=None)
+        # Thumbnail left, its top-k lines beside it, in columns that fill the height: in the
+        # short bottom dock, top-k captions under the thumbnails were cut off.
+        self.results.setViewMode(QListView.ViewMode.ListMode)
+        self.results.setFlow(QListView.Flow.TopToBottom)
+        self.results.setWrapping(True)
+        self.results.setIconSize(QSize(RESULT_ICON_PX, RESULT_ICON_PX))
+        self.results.setSpacing(4)
         layout.addWidget(self.results, 1)
         self._update_buttons()
 
