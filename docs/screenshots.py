@@ -34,6 +34,9 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="after the run, measure its transfer gain (Runs > Transfer gain) before the shots",
     )
+    parser.add_argument(
+        "--predict", type=Path, help="a folder of new images for the Predict panel to classify"
+    )
     args = parser.parse_args(argv)
 
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
@@ -76,6 +79,9 @@ def main(argv: list[str]) -> int:
                 # the run shown in Runs (its overlay curve) and in Evaluation
                 window.refresh_runs()
                 window.runs_table.selectRow([r.id for r in window.run_records].index(run_id))
+            if args.predict is not None:
+                window.predict_panel.predict_paths([str(args.predict)])
+                settle(4000)
             settle()
             docks = {d.objectName()[5:]: d for d in window.findChildren(QDockWidget)}
             window.grab().save(str(args.out / f"gui-window-{size}.png"))
