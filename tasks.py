@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set up and run TransferStudio with nothing but Python 3.11+.
 
-    python3 tasks.py demo    # create .venv, install, open the window on the built-in demo
+    python3 tasks.py demo    # create .venv, install, open the window and run the built-in demo:
+                             # a pretrained network fine-tuned, then trained from scratch
     python3 tasks.py test    # create .venv, install with the dev tools, lint, run every test
 
 The virtual environment lives in ``.venv`` (``TRANSFERSTUDIO_VENV`` chooses another folder).
@@ -68,6 +69,71 @@ def _has_display() -> bool:
     )
 
 
+WINDOW_PROBE = "from PySide6.QtWidgets import QApplication; QApplication([])"
+WINDOW_PROBE_TIMEOUT_S = 60
+
+
+def probe_window() -> tuple[int | None, str]:
+    """Start Qt as the window would (same environment) in a throw-away process: its exit status
+    (``None`` when it hung) and what it wrote on stderr."""
+    try:
+        done = subprocess.run(
+            [str(PYTHON), "-c", WINDOW_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=WINDOW_PROBE_TIMEOUT_S,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr or b""
+        return None, err.decode(errors="replace") if isinstance(err, bytes) else err
+    return done.returncode, done.stderr
+
+
+def window_problem(returncode: int | None, stderr: str) -> str:
+    """Why the window cannot open, with what to install, from :func:`probe_window`'s result;
+    ``''`` when Qt started. Without ``libxcb-cursor0`` (and a few other X libraries) Qt 6.5+
+    aborts with a message about its "xcb" platform plugin."""
+    if returncode == 0:
+        return ""
+    if returncode is None:
+        return (
+            f"Qt did not start within {WINDOW_PROBE_TIMEOUT_S} s on this display "
+            f"(DISPLAY={os.environ.get('DISPLAY', '')!r})"
+        )
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = next((line for line in lines if "could not" in line.lower()), lines[-1] if lines else "")
+    if "xcb-cursor" in stderr:
+        return (
+            "Qt cannot open a window: its xcb platform plugin needs the system library "
+            "libxcb-cursor0. Install it (Debian/Ubuntu: sudo apt-get install libxcb-cursor0; "
+            "Fedora: sudo dnf install xcb-util-cursor) and run this again"
+        )
+    if 'platform plugin "xcb"' in stderr:
+        return (
+            f"Qt cannot load its xcb platform plugin ({said}). Install the X libraries it "
+            "needs (Debian/Ubuntu: sudo apt-get install libxcb-cursor0 libxkbcommon-x11-0 "
+            "libxcb-icccm4 libxcb-keysyms1 libxcb-shape0) and run this again; "
+            "QT_DEBUG_PLUGINS=1 names the missing one"
+        )
+    return f"Qt cannot open a window (exit status {returncode}: {said or 'no message'})"
+
+
+def demo_command(extra: list[str], probe=probe_window) -> list[str]:
+    """The ``transferstudio`` command of ``tasks.py demo``: the window (which runs the demo and
+    its baseline) when one can open here, else the headless demo, saying why."""
+    program = str(BIN / "transferstudio")
+    if not _has_display():
+        _say("no display found (DISPLAY/WAYLAND_DISPLAY unset): running the demo headless")
+        return [program, "demo", *extra]
+    problem = window_problem(*probe()) if sys.platform not in ("win32", "darwin") else ""
+    if problem:
+        _say(problem)
+        _say("running the demo headless instead")
+        return [program, "demo", *extra]
+    return [program, "gui", "--demo", *extra]
+
+
 def run(args: list[str]) -> int:
     # Not subprocess.run: on Ctrl+C it kills the child (SIGKILL) a quarter second later,
     # mid-epoch or mid-write. The terminal sends Ctrl+C to the child too, and the child stops
@@ -87,10 +153,7 @@ def main(argv: list[str]) -> int:
     task, extra = argv[0], argv[1:]
     ensure_environment()
     if task == "demo":
-        if _has_display():
-            return run([str(BIN / "transferstudio"), "gui", *extra])
-        _say("no display found (DISPLAY/WAYLAND_DISPLAY unset): running the demo headless")
-        return run([str(BIN / "transferstudio"), "demo", *extra])
+        return run(demo_command(extra))
     _say("ruff check")
     if (
         run(

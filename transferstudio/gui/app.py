@@ -22,12 +22,18 @@ SELF_TEST_TIMEOUT_S = 120
 
 
 def run_gui(
-    experiment_path: str | None = None, workspace: Path | None = None, self_test: bool = False
+    experiment_path: str | None = None,
+    workspace: Path | None = None,
+    self_test: bool = False,
+    run_demo: bool = False,
+    demo_overrides: list[str] | None = None,
 ) -> int:
     """Open the main window on an experiment file, or on the demo experiment (generated on
     first use), and run the event loop. ``self_test`` checks an installation instead: the
     window opens, builds its model tree and scans the data, then closes as if the user had
-    closed it; exit status 0 when all of that worked."""
+    closed it; exit status 0 when all of that worked. ``run_demo`` (with no experiment file)
+    runs the demo in the window, then its transfer-gain baseline (``gui/demo_run.py``), with
+    ``demo_overrides`` (``key=value`` settings) applied to the demo."""
     import time
 
     from PySide6.QtWidgets import QApplication
@@ -49,17 +55,34 @@ def run_gui(
     started = time.monotonic()
     workspace = workspace or default_workspace()
     host = load_plugins()
+    why_not = ""
     if experiment_path is None:
-        from transferstudio.core.demo import prepare_demo
+        from transferstudio.core.demo import prepare_demo, transfer_demo_unavailable
 
-        path = prepare_demo(workspace)
+        why_not = transfer_demo_unavailable(host)
+        if why_not and run_demo:
+            print(
+                f"no transfer demo: {why_not}. Running the from-scratch demo instead (ResNet-18 "
+                "from random initialisation: it trains, but shows no transfer)",
+                file=sys.stderr,
+            )
+        path = prepare_demo(workspace, host)
     else:
         path = Path(experiment_path)
-    exp = X.load(path, host.method_params)
+    exp = X.load(path, host.method_params, (demo_overrides or []) if run_demo else [])
     window = MainWindow(host, workspace, exp, path)  # sized to the screen, or as last closed
     window.show()
     if self_test:
         return _self_test(app, window, started)
+    if run_demo:
+        from transferstudio.gui.demo_run import QtDemoSequence
+
+        transfer = not why_not and exp.model.weights != "none"
+        sequence = QtDemoSequence(window, transfer)
+        sequence.ended.connect(lambda message: print(message, flush=True))
+        sequence.start()
+        if why_not:
+            window.statusBar().showMessage(f"no transfer demo: {why_not}")
     return app.exec()
 
 
