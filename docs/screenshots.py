@@ -76,9 +76,22 @@ def main(argv: list[str]) -> int:
                     window.run_selected_baseline()
                     while window.controller.running:
                         settle(500)
-                # the run shown in Runs (its overlay curve) and in Evaluation
+                # the run shown in Runs and in Evaluation; with its baseline also selected, the
+                # overlay compares the two curves
                 window.refresh_runs()
-                window.runs_table.selectRow([r.id for r in window.run_records].index(run_id))
+                ids = [r.id for r in window.run_records]
+                window.runs_table.selectRow(ids.index(run_id))
+                if args.baseline:
+                    from PySide6.QtCore import QItemSelectionModel
+
+                    flags = (
+                        QItemSelectionModel.SelectionFlag.Select
+                        | QItemSelectionModel.SelectionFlag.Rows
+                    )
+                    model = window.runs_table.model()
+                    window.runs_table.selectionModel().select(
+                        model.index(ids.index(run_id) - 1, 0), flags
+                    )
             if args.predict is not None:
                 window.predict_panel.predict_paths([str(args.predict)])
                 settle(4000)
