@@ -54,7 +54,11 @@ from transferstudio.gui.worker import RunController, RunWorker, run_in_backgroun
 
 MAX_RECENT = 8
 THUMBNAILS_PER_CLASS = 4
-CURVE_REFRESH_MS = 500
+CURVE_REFRESH_MS = 1000
+"""Curves repaint at most once a second while a run trains: each repaint of a pyqtgraph plot
+costs the GUI thread about 6 ms of Python (it holds the GIL the training thread needs), and on
+a 2-core machine every wake-up of the GUI thread stalls one of torch's two threads (issue 18's
+measurement, docs/benchmarks.md 3e)."""
 RUNS_POLL_MS = 3000
 LEGEND_BRUSH = (255, 255, 255, 210)  # legends stay readable where they cover a curve
 
@@ -1446,6 +1450,10 @@ class MainWindow(QMainWindow):
         return stamps, running
 
     def _refresh_runs_if_changed(self) -> None:
+        if self.controller.running:
+            # This window's own run rewrites the index every epoch; the table is refreshed
+            # when it ends. Polling meanwhile cost the training thread for nothing it shows.
+            return
         try:
             changed = self._runs_signature() != self._runs_seen
         except OSError:  # the workspace went away (an unplugged drive): keep what is shown
