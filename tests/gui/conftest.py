@@ -26,6 +26,7 @@ def open_window(qtbot, tmp_path, host):
         qtbot.waitUntil(
             lambda: win.tree_model is not None and win.scan_result is not None, timeout=30_000
         )
+        qtbot.waitUntil(win.model_ready, timeout=30_000)  # no model build in flight
         windows.append(win)
         return win
 

@@ -9,6 +9,7 @@ from transferstudio.core.runs import RunStore
 def _pretrained_on_the_task(window, qtbot):
     """Weights of a first lenet run: the window's experiment then starts from them."""
     window.backbone_combo.setCurrentIndex(window.backbone_combo.findData("lenet"))
+    qtbot.waitUntil(window.model_ready, timeout=30_000)  # Start waits for the tree's model
     window.start_run()
     with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000) as blocker:
         pass

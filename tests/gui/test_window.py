@@ -479,6 +479,7 @@ def test_the_learning_rate_finder_applies_its_suggestion_to_the_form(window, qtb
 
 
 def _run_to_end(window, qtbot, start):
+    qtbot.waitUntil(window.model_ready, timeout=30_000)  # Start waits for the tree's model
     start()
     with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000) as blocker:
         pass

@@ -110,3 +110,33 @@ def test_the_whole_model_is_exported_from_a_visible_button(window):
     formats = [a.text() for a in button.menu().actions()]
     assert any(f.startswith("as safetensors") for f in formats)
     assert len(formats) == len(window.host.exporters)
+
+
+def test_start_while_the_model_is_being_built_waits_and_repeats_the_headless_run(
+    window, qtbot, tmp_path
+):
+    """Building the tree's model draws on torch's global generator, which a run seeds and then
+    uses for its head: a run started meanwhile would not repeat its headless twin."""
+    import json
+
+    from tests.helpers import run_cli
+
+    path = tmp_path / "raced.toml"
+    assert window.save_to(path)
+    window.model_form.widgets["head_dropout"].setValue(0.1)  # a new key: the tree is rebuilt
+    window.model_form.widgets["head_dropout"].setValue(0.0)
+    window._tree_model_for = None
+    window._rebuild_tree()
+    assert not window.model_ready()
+    window.start_run()
+    assert not window.controller.running
+    assert window.eta_label.text() == "starting once the model is built ..."
+    qtbot.waitUntil(lambda: window.controller.running, timeout=30_000)
+    with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000) as blocker:
+        pass
+    qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
+    run_cli(tmp_path / "cli", "run", str(path))
+    (report,) = (tmp_path / "cli" / "runs").glob("*/report.json")
+    assert json.loads(report.read_text())["val"] == json.loads(
+        json.dumps(blocker.args[0].report["val"])
+    )

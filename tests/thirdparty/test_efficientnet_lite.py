@@ -60,7 +60,7 @@ def test_it_is_picked_in_the_window_trained_exported_and_predicts(
     window.backbone_combo.setCurrentIndex(index)
     window.weights_combo.setCurrentIndex(window.weights_combo.findData("cache"))
     window.weights_combo.activated.emit(window.weights_combo.currentIndex())
-    qtbot.waitUntil(lambda: window.tree_model is not None, timeout=60_000)
+    qtbot.waitUntil(window.model_ready, timeout=60_000)  # the tree's model of this backbone
     assert window.current_experiment().model.backbone == BACKBONE
 
     window.start_run()

@@ -30,6 +30,14 @@ class QtDemoSequence(QObject):
         self._idle_timer.timeout.connect(self._after_run)
 
     def start(self) -> None:
+        # The window scans the data and builds the layer tree in the background when it
+        # opens; Start waits for both (MainWindow.model_ready), so wait here before watching.
+        if not self.window.model_ready() or self.window.scan_result is None:
+            if self.window.data_error:
+                self._end(f"the demo run could not start: {self.window.data_error}")
+                return
+            QTimer.singleShot(100, self.start)
+            return
         self.window.start_run()
         self._watch("demo", "the demo run could not start (see the window's message)")
 

@@ -94,6 +94,9 @@ class MainWindow(QMainWindow):
         self.last_error: tuple[str, str] | None = None
         self.error_box: QMessageBox | None = None
         self._run_started_at = 0.0
+        self._tree_builds = 0  # layer-tree models being built in the background
+        self._scanning = False
+        self._start_pending = False  # Start pressed while one was (see model_ready)
         self._saved_text = ""
         self._scan_generation = 0
         self.data_error = ""
@@ -824,6 +827,7 @@ class MainWindow(QMainWindow):
         self.data_error = ""
         self._scan_generation += 1
         generation = self._scan_generation
+        self._scanning = bool(self.data_path.text().strip())
         if not text:
             self.scan_label.setText("choose an image folder or CSV file")
             return
@@ -848,6 +852,7 @@ class MainWindow(QMainWindow):
     def _show_scan(self, result, generation: int | None = None) -> None:
         if generation is not None and generation != self._scan_generation:
             return  # an earlier folder's scan, finished after the user chose another
+        self._scanning = False
         self.scan_result = result
         counts = result.counts()
         splits = list(counts)
@@ -870,6 +875,7 @@ class MainWindow(QMainWindow):
             + (f", {len(result.skipped)} skipped" if result.skipped else "")
         )
         self._rebuild_tree()
+        self._start_if_pending()  # when the tree needed no rebuild for these classes
         per_class: dict[str, list[str]] = {}
         for sample in result.splits.get("train", []):
             paths = per_class.setdefault(sample.label, [])
@@ -891,6 +897,7 @@ class MainWindow(QMainWindow):
     def _scan_failed(self, message: str, details: str, generation: int | None = None) -> None:
         if generation is not None and generation != self._scan_generation:
             return
+        self._scanning = self._start_pending = False  # nothing to start on
         self.data_error = message
         self.scan_label.setText(f"cannot use this data: {message}")
         self._update_actions()
@@ -927,9 +934,19 @@ class MainWindow(QMainWindow):
             tree = build_tree(model, torch.zeros(1, 3, crop, crop))
             return key, model, tree
 
+        self._tree_builds += 1
         run_in_background(build, self._show_tree, self._tree_failed, self)
 
+    def model_ready(self) -> bool:
+        """True when no layer-tree model is being built in the background. Building one draws
+        on torch's global random generator, which a run seeds and then uses to initialise its
+        own head: a run started meanwhile would not repeat its headless twin, so Start waits
+        (see :meth:`start_run`). A data scan in progress counts too: its end rebuilds the tree
+        for the number of classes found."""
+        return self._tree_builds == 0 and not self._scanning
+
     def _show_tree(self, value) -> None:
+        self._tree_build_ended()
         key, model, tree = value
         if key != self._tree_key():
             return  # the user picked something else meanwhile
@@ -955,7 +972,17 @@ class MainWindow(QMainWindow):
         self._refresh_stats_if_shown()
 
     def _tree_failed(self, message: str, details: str) -> None:
+        self._tree_build_ended()
         self.tree_summary.setText(f"cannot build the model: {message}")
+
+    def _tree_build_ended(self) -> None:
+        self._tree_builds -= 1
+        self._start_if_pending()
+
+    def _start_if_pending(self) -> None:
+        if self._start_pending and self.model_ready():
+            self._start_pending = False
+            QTimer.singleShot(0, self.start_run)
 
     def _freeze_params(self) -> dict[str, Any] | None:
         """The method's freeze settings, when the method has them (fine-tune does)."""
@@ -1129,6 +1156,10 @@ class MainWindow(QMainWindow):
 
     def start_run(self) -> None:
         if self.controller.running:
+            return
+        if not self.model_ready():
+            self._start_pending = True
+            self.eta_label.setText("starting once the model is built ...")
             return
         try:
             exp = self.current_experiment()
