@@ -74,6 +74,7 @@ def test_twenty_runs_in_one_session_leave_nothing_behind(window, qtbot):
     exp = window.current_experiment()
     exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, num_workers=2))
     window.load_experiment(exp)
+    qtbot.waitUntil(window.model_ready, timeout=30_000)  # Start waits for the rescan and tree
     before = _snapshot()  # the window open, its model tree built, no run yet
     snapshots = []
     for i in range(RUNS):
