@@ -103,32 +103,17 @@ def test_a_run_warns_when_folded_weights_train_their_statistics(make_images, hos
 
 
 def test_init_takes_weights_and_sets_frozen_stats_for_folded_ones(tmp_path, host):
+    def init(weights):
+        args = ("init", "--method", "fine-tune", "--backbone", "conv4", "--weights", str(weights))
+        return run_cli(tmp_path / "ws", *args)
+
     folded = conv4_weights(tmp_path, True, host)
-    out = run_cli(
-        tmp_path / "ws",
-        "init",
-        "--method",
-        "fine-tune",
-        "--backbone",
-        "conv4",
-        "--weights",
-        str(folded),
-    )
+    out = init(folded)
     assert f'weights = "{folded}"' in out.stdout
     assert 'bn_mode = "frozen-stats"' in out.stdout
     assert "4 of 4 BatchNorm layers" in out.stderr
 
-    trained = conv4_weights(tmp_path, False, host)
-    out = run_cli(
-        tmp_path / "ws",
-        "init",
-        "--method",
-        "fine-tune",
-        "--backbone",
-        "conv4",
-        "--weights",
-        str(trained),
-    )
+    out = init(conv4_weights(tmp_path, False, host))
     assert 'bn_mode = "train"' in out.stdout and out.stderr == ""
 
 
