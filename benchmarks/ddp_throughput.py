@@ -30,9 +30,9 @@ EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) \(([\d.]+) s\)")
 
 
 def _experiment(tmp: Path) -> Path:
-    from transferstudio.core.demo import generate_demo_data
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.data.demo import generate_demo_data
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.settings.experiment import from_mapping
 
     data = generate_demo_data(tmp / "data", per_class=150)
     raw = {

@@ -231,10 +231,10 @@ def experiment_raw(args, cache: Path, direction: str, method: str, seed: int) ->
 def run_one(args, cache: Path, direction: str, method: str, seed: int, workspace: Path) -> dict:
     from _common import OtherLoad, fmt_cores, own_cpu_seconds
 
-    from transferstudio.core import events as E
-    from transferstudio.core.engine import PlainState, run_experiment
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.progress import events as E
+    from transferstudio.core.settings.experiment import from_mapping
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     host = load_plugins(autoload=False)
     exp = from_mapping(experiment_raw(args, cache, direction, method, seed), host.method_params)
@@ -320,10 +320,10 @@ def checkpoint_accuracy(run_folder: Path, kind: str, eval_folder: Path, host) ->
     import torch
 
     from transferstudio.api import Sample
-    from transferstudio.core.checkpoint import CheckpointStore
-    from transferstudio.core.data import ImageDataset, build_transform
-    from transferstudio.core.models import ClassifierModel, build_backbone, head_from_recipe
-    from transferstudio.core.roles import list_images
+    from transferstudio.core.data.loaders import ImageDataset, build_transform
+    from transferstudio.core.data.roles import list_images
+    from transferstudio.core.models.build import ClassifierModel, build_backbone, head_from_recipe
+    from transferstudio.core.runs.checkpoint import CheckpointStore
 
     checkpoint = CheckpointStore(run_folder / "checkpoints").load(kind, with_state=False)
     meta, prefix = checkpoint.meta, checkpoint.meta["predictor_module"] + "."

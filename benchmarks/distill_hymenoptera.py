@@ -76,10 +76,10 @@ def experiment_raw(
 
 
 def run(raw: dict, workspace: Path) -> dict:
-    from transferstudio.core import events as E
-    from transferstudio.core.engine import PlainState, run_experiment
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.progress import events as E
+    from transferstudio.core.settings.experiment import from_mapping
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     host = load_plugins(autoload=False)
     exp = from_mapping(raw, host.method_params)

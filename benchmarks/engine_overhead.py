@@ -4,16 +4,16 @@ What it measures
     One epoch of fine-tuning (training split) plus one validation pass (validation split) of a
     ResNet-18 (random init, new 4-class head) at 64x64 px, batch 32, AdamW, no augmentation,
     ``num_workers = 0``, on the CPU, on the procedural demo dataset
-    (``transferstudio.core.demo.generate_demo_data``, 4 classes).
+    (``transferstudio.core.data.demo.generate_demo_data``, 4 classes).
 
-    * engine: ``transferstudio.core.engine.run_experiment`` with method ``fine-tune``
+    * engine: ``transferstudio.core.training.engine.run_experiment`` with method ``fine-tune``
       (``backbone_lr_mult = 1``). Its train+validation time is the ``seconds`` of its
       ``EpochEnded`` event (the engine starts that clock just before the training epoch and stops
       it after validation, before writing checkpoints). The whole ``run_experiment`` call
       (data scan, model build, checkpoint and report writing) is reported too, for information,
       with a breakdown from the arrival times of its events.
     * reference: the same files (the engine's own split), the same decoding (PIL) and transform
-      (``transferstudio.core.data.build_transform(preprocessing, None)``), a plain
+      (``transferstudio.core.data.loaders.build_transform(preprocessing, None)``), a plain
       ``torch.utils.data.DataLoader`` with the same batch size and workers,
       ``torchvision.models.resnet18(num_classes=4)``, ``torch.optim.AdamW`` (same lr and weight
       decay), a training epoch then a validation pass computing loss and accuracy.
@@ -53,12 +53,12 @@ import torch.nn.functional as F
 from _common import OtherLoad, alternate_rounds, describe_machine, machine, wait_quiet
 from _common import fmt_cores as _fmt
 
-from transferstudio.core import data as D
-from transferstudio.core import events as E
-from transferstudio.core.demo import generate_demo_data
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.experiment import from_mapping
-from transferstudio.core.plugins import load_plugins
+from transferstudio.core.data import loaders as D
+from transferstudio.core.data.demo import generate_demo_data
+from transferstudio.core.plugins.host import load_plugins
+from transferstudio.core.progress import events as E
+from transferstudio.core.settings.experiment import from_mapping
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 BATCH = 32
 IMAGE_SIZE = 64

@@ -17,7 +17,7 @@ What it measures
     The runs go auto, off, auto (the cheap cached run brackets the long one, so a change of load
     during the session weighs on both sides); the speed-up uses the mean of the two auto runs.
     Each run gets a fresh workspace folder (so (a)'s disk cache cannot help (b) and vice versa)
-    and ``transferstudio.core.features.clear_memory()`` is called before each. Reported: wall
+    and ``transferstudio.core.models.features.clear_memory()`` is called before each. Reported: wall
     time of each ``run_experiment`` call (data scan, model build, 25 epochs, checkpoints), the
     speed-up off/auto (target >= 5x) and the best validation accuracy of each (target >= 0.93).
     The process's own CPU time (with its DataLoader workers) is reported too, and its ratio
@@ -67,11 +67,11 @@ def experiment_raw(cache: str, epochs: int, lr: float) -> dict:
 def run_one(cache: str, epochs: int, lr: float, workspace: Path) -> dict:
     from _common import OtherLoad, fmt_cores, own_cpu_seconds
 
-    from transferstudio.core import events as E
-    from transferstudio.core.engine import PlainState, run_experiment
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.features import clear_memory
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.models.features import clear_memory
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.progress import events as E
+    from transferstudio.core.settings.experiment import from_mapping
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     clear_memory()
     host = load_plugins(autoload=False)
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
     info = machine()
     print(describe_machine(info))
-    from transferstudio.core.data import default_workers
+    from transferstudio.core.data.loaders import default_workers
 
     workers = default_workers(-1)
     print(
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
             r.update(run=i, waited_s=waited)
             runs.append(r)
 
-    from transferstudio.core.features import clear_memory
+    from transferstudio.core.models.features import clear_memory
 
     clear_memory()
     print()

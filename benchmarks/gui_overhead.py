@@ -4,7 +4,7 @@ the window stays while it trains.
 What it measures
     The experiment: method ``fine-tune`` (``backbone_lr_mult = 1``), ResNet-18 (random init, new
     4-class head), 64x64 px, batch 32, AdamW lr 1e-3, no augmentation, ``num_workers = 0``, CPU,
-    3 epochs, on the procedural demo data (``transferstudio.core.demo.generate_demo_data``,
+    3 epochs, on the procedural demo data (``transferstudio.core.data.demo.generate_demo_data``,
     100 per class: 4 classes, split 80/20 by the engine).
 
     a. Throughput. images/s of training + validation with the window open and its curves live,
@@ -15,7 +15,7 @@ What it measures
          ``RunWorker`` in a ``QThread``, as when the user presses Start) and the event loop runs
          until the worker's ``finished`` signal. Train+val seconds are the ``seconds`` of the
          ``EpochEnded`` events the window receives through ``epoch_ended``.
-       * headless: ``transferstudio.core.engine.run_experiment`` called directly (main thread,
+       * headless: ``transferstudio.core.training.engine.run_experiment`` called directly (main thread,
          no event loop running), train+val seconds from its ``EpochEnded`` events.
 
        images/s = epochs x (train + val images) / sum of the epochs' ``seconds``. One warm-up
@@ -180,8 +180,8 @@ def none_refcount() -> int:
 
 
 def run_headless(exp, host, workspace: Path) -> dict:
-    from transferstudio.core import events as E
-    from transferstudio.core.engine import PlainState, run_experiment
+    from transferstudio.core.progress import events as E
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     epochs: list = []
 
@@ -489,8 +489,8 @@ def main():
     from PySide6.QtCore import QEvent, QObject, QSettings, QThreadPool, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from transferstudio.core import experiment as X
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.settings import experiment as X
+    from transferstudio.core.plugins.host import load_plugins
     from transferstudio.gui.main_window import MainWindow
 
     marks = {}
@@ -500,7 +500,7 @@ def main():
     app.setOrganizationName("TransferStudio")
     marks["app"] = time.perf_counter()
     host = load_plugins()
-    from transferstudio.core.demo import prepare_demo
+    from transferstudio.core.data.demo import prepare_demo
 
     path = prepare_demo(workspace)
     exp = X.load(path, host.method_params)
@@ -612,9 +612,9 @@ def main(argv=None) -> int:
     from PySide6.QtCore import QSettings, QThreadPool
     from PySide6.QtWidgets import QApplication
 
-    from transferstudio.core.demo import generate_demo_data, prepare_demo
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.data.demo import generate_demo_data, prepare_demo
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.settings.experiment import from_mapping
     from transferstudio.gui.main_window import MainWindow
 
     info = machine()

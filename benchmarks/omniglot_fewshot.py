@@ -244,10 +244,10 @@ def experiment_raw(method: str, data: Path, args, seed: int) -> dict:
 def train(method: str, data: Path, args, seed: int, workspace: Path) -> dict:
     from _common import OtherLoad, fmt_cores, own_cpu_seconds
 
-    from transferstudio.core import events as E
-    from transferstudio.core.engine import PlainState, run_experiment
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.progress import events as E
+    from transferstudio.core.settings.experiment import from_mapping
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     host = load_plugins(autoload=False)
     raw = experiment_raw(method, data, args, seed)
@@ -313,8 +313,8 @@ _SCANS: dict = {}
 
 def _scan(exp, host):
     """The engine's class split of the data (``split_classes``: same settings, same split)."""
-    from transferstudio.core import data as D
-    from transferstudio.core.roles import split_classes
+    from transferstudio.core.data import loaders as D
+    from transferstudio.core.data.roles import split_classes
 
     key = (exp.data.path, exp.data.val_split, exp.data.test_split, exp.data.split_seed)
     if key not in _SCANS:
@@ -335,8 +335,8 @@ def load_best(folder: Path, host):
     from torch import nn
     from transferstudio_builtins.maml import use_batch_statistics
 
-    from transferstudio.core.checkpoint import CheckpointStore, load_module_weights
-    from transferstudio.core.models import build_backbone
+    from transferstudio.core.models.build import build_backbone
+    from transferstudio.core.runs.checkpoint import CheckpointStore, load_module_weights
 
     ck = CheckpointStore(folder / "checkpoints").load("best", with_state=False)
     meta = ck.meta
@@ -361,8 +361,8 @@ def load_images(paths, preprocessing):
     evaluation transform of ``preprocessing``."""
     import torch
 
-    from transferstudio.core.data import build_transform
-    from transferstudio.core.images import load_rgb
+    from transferstudio.core.data.images import load_rgb
+    from transferstudio.core.data.loaders import build_transform
 
     transform = build_transform(preprocessing, None)
     return torch.stack([transform(load_rgb(str(p))) for p in paths])
@@ -479,7 +479,7 @@ def protonet_cross_check(encoder, runs: list[dict], preprocessing, tensors, scra
     import torch
     from transferstudio_builtins.protonet import predict_with_support, prototype_classifier
 
-    from transferstudio.core.support import read_support_folder
+    from transferstudio.core.models.support_set import read_support_folder
 
     agree = total = 0
     for r, t in zip(runs, tensors, strict=True):
@@ -509,7 +509,7 @@ def in_run_test(exp_raw: dict, host, preprocessing, encode) -> dict:
     from transferstudio_builtins.fewshot import evaluate_episodes
     from transferstudio_builtins.protonet import class_prototypes, prototype_logits
 
-    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.settings.experiment import from_mapping
 
     exp = from_mapping(exp_raw, host.method_params)
     params = exp_raw["method"]["params"]
@@ -584,7 +584,7 @@ def main(argv=None) -> int:
     from transferstudio_builtins.protonet import predict_with_support
 
     from transferstudio.api import Preprocessing
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     t_start = time.perf_counter()
     info = machine()
@@ -691,7 +691,7 @@ def main(argv=None) -> int:
             workspace_ctx.cleanup()
 
     # Baselines on the same 400 queries (and the pixel one on the in-run test episodes).
-    from transferstudio.core.models import build_backbone
+    from transferstudio.core.models.build import build_backbone
 
     pre = preprocessing or Preprocessing(resize=28, crop=28, mean=(0.5,) * 3, std=(0.5,) * 3)
     tensors = runs_tensors(runs, pre)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from transferstudio.core.experiment import new_experiment
-from transferstudio.core.params import toml_table
-from transferstudio.core.plugins import load_plugins
+from transferstudio.core.plugins.host import load_plugins
+from transferstudio.core.settings.experiment import new_experiment
+from transferstudio.core.settings.params import toml_table
 
 DOCS = Path(__file__).resolve().parent
 

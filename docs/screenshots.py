@@ -42,8 +42,8 @@ def main(argv: list[str]) -> int:
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication, QDockWidget
 
-    from transferstudio.core import experiment as X
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.settings import experiment as X
     from transferstudio.gui.main_window import MainWindow
 
     # Keep a reference: the application must outlive every window made below.

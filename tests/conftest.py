@@ -41,7 +41,7 @@ def _gui_thread_gc(request):
 @pytest.fixture
 def host():
     """A plugin host with the built-ins only (installed third-party plugins are not loaded)."""
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     return load_plugins(autoload=False)
 

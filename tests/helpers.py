@@ -65,8 +65,8 @@ def write_class_images(
 
 def tiny_experiment(data: Path, **overrides):
     """A fast fine-tune experiment (resnet18 at 32 px, CPU, no workers) on ``data``."""
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.settings.experiment import from_mapping
 
     raw = {
         "schema_version": 1,
@@ -138,7 +138,7 @@ def fewshot_experiment(tmp_path, host, method, data=None, epochs=1, test_split=0
     raw["model"] = {"backbone": "conv4", "weights": "none"}
     raw["train"].update(epochs=epochs, lr=0.003, schedule="constant", weight_decay=0.0, seed=0)
     raw["method"] = {"name": method, "params": params}
-    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.settings.experiment import from_mapping
 
     return from_mapping(raw, host.method_params)
 
@@ -148,7 +148,7 @@ def exploding_loss_plugin(explode_at_step: int):
     from dataclasses import dataclass
 
     from transferstudio.api import MethodSpec, StepOutput, TransferMethod, param
-    from transferstudio.core.plugins import plugin_from_namespace
+    from transferstudio.core.plugins.host import plugin_from_namespace
 
     @dataclass
     class Params:

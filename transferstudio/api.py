@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
-from transferstudio.core.freeze import BN_MODES, FreezePlan, parse_unfreeze_schedule
+from transferstudio.core.settings.freeze import BN_MODES, FreezePlan, parse_unfreeze_schedule
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch

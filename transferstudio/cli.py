@@ -17,7 +17,7 @@ from transferstudio import __version__
 
 
 def _host():
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     return load_plugins()
 
@@ -25,8 +25,8 @@ def _host():
 def _workspace(args) -> Path:
     """The workspace folder, absolute: the run index stores run folders under it, and a
     relative one ("../ws") would point elsewhere from another working folder."""
-    from transferstudio.core.experiment import expand_user
-    from transferstudio.core.runs import default_workspace
+    from transferstudio.core.runs.workspace import default_workspace
+    from transferstudio.core.settings.experiment import expand_user
 
     if args.workspace:
         return expand_user(args.workspace, "--workspace").resolve()
@@ -35,7 +35,7 @@ def _workspace(args) -> Path:
 
 def _silent_state():  # the engine (and torch) is imported only when a run starts
     """The run state of torchrun's other ranks: Ctrl+C still stops them; nothing is shown."""
-    from transferstudio.core.engine import PlainState
+    from transferstudio.core.training.engine import PlainState
 
     class Silent(PlainState):
         def emit(self, event) -> None:
@@ -74,7 +74,7 @@ def _run_with_console(
     exp, host, workspace: Path, resume: str | None = None, event_stream: str | None = None
 ) -> int:
     from transferstudio.console import ConsoleProgress
-    from transferstudio.core.engine import run_experiment
+    from transferstudio.core.training.engine import run_experiment
 
     rank0 = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 alone reports
     if event_stream is not None:
@@ -97,13 +97,13 @@ def _run_with_console(
 
 
 def _run_streaming(exp, host, workspace: Path, resume, control_dir: Path, rank0: bool) -> int:
-    """``run --event-stream``: events as lines for the window (core/event_stream.py), the
+    """``run --event-stream``: events as lines for the window (core/progress/event_stream.py), the
     outcome as a last line, and every error as that line too, so the window can show it."""
     import dataclasses
 
     from transferstudio.api import TransferStudioError
-    from transferstudio.core.engine import run_experiment
-    from transferstudio.core.event_stream import StreamResult, StreamState
+    from transferstudio.core.progress.event_stream import StreamResult, StreamState
+    from transferstudio.core.training.engine import run_experiment
 
     state = StreamState(control_dir, writes=rank0)
     try:
@@ -120,13 +120,13 @@ def _run_streaming(exp, host, workspace: Path, resume, control_dir: Path, rank0:
 
 
 def cmd_run(args) -> int:
-    from transferstudio.core import experiment as X
+    from transferstudio.core.settings import experiment as X
 
     host = _host()
     workspace = _workspace(args)
     if args.resume:
-        from transferstudio.core.resume import experiment_to_resume
-        from transferstudio.core.runs import RunStore
+        from transferstudio.core.runs.resume import experiment_to_resume
+        from transferstudio.core.runs.workspace import RunStore
 
         record, exp = experiment_to_resume(
             RunStore(workspace), args.resume, host.method_params, args.set
@@ -147,10 +147,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from transferstudio.core import experiment as X
-    from transferstudio.core import params as P
-    from transferstudio.core.atomic import write_text_atomic
-    from transferstudio.core.lr_finder import find_lr
+    from transferstudio.core.files.atomic import write_text_atomic
+    from transferstudio.core.settings import experiment as X
+    from transferstudio.core.settings import params as P
+    from transferstudio.core.training.lr_finder import find_lr
 
     host = _host()
     exp = X.load(args.experiment, host.method_params, args.set)
@@ -229,8 +229,8 @@ def _print_sweep(summary) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from transferstudio.core import experiment as X
-    from transferstudio.core.sweep import load_sweep, parse_space, run_sweep, summarize
+    from transferstudio.core.settings import experiment as X
+    from transferstudio.core.studies.sweep import load_sweep, parse_space, run_sweep, summarize
 
     host = _host()
     workspace = _workspace(args)
@@ -275,7 +275,7 @@ def cmd_sweep(args) -> int:
     _print_sweep(summary)
     print(f"sweep ended: {summary.stopped_because}")
     if summary.best is not None and summary.best.run_id:
-        from transferstudio.core.runs import RunStore
+        from transferstudio.core.runs.workspace import RunStore
 
         folder = Path(RunStore(workspace).get(summary.best.run_id).folder)
         print(f"open the best trial: transferstudio gui {folder / 'experiment.toml'}")
@@ -283,8 +283,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from transferstudio.core import experiment as X
-    from transferstudio.core.demo import prepare_demo, transfer_demo_unavailable
+    from transferstudio.core.data.demo import prepare_demo, transfer_demo_unavailable
+    from transferstudio.core.settings import experiment as X
 
     host = _host()
     workspace = _workspace(args)
@@ -314,8 +314,8 @@ def _demo_with_baseline(exp, host, workspace: Path) -> int:
     """The transfer demo: the pretrained run, then its baseline from random initialisation
     (the ``baseline`` command's machinery), then both figures and the gain."""
     from transferstudio.console import ConsoleProgress
-    from transferstudio.core.baseline import run_baseline
-    from transferstudio.core.engine import run_experiment
+    from transferstudio.core.studies.baseline import run_baseline
+    from transferstudio.core.training.engine import run_experiment
 
     print(f"1/2 {exp.model.backbone} from its pretrained weights ({exp.model.weights})")
     progress = ConsoleProgress()
@@ -370,9 +370,9 @@ def cmd_gui(args) -> int:
 
 
 def cmd_init(args) -> int:
-    from transferstudio.core import experiment as X
-    from transferstudio.core.bn_check import folded_batchnorm_reason
-    from transferstudio.core.weights import default_weights, read_state_dict, resolve_weights
+    from transferstudio.core.models.bn_check import folded_batchnorm_reason
+    from transferstudio.core.models.weights import default_weights, read_state_dict, resolve_weights
+    from transferstudio.core.settings import experiment as X
 
     host = _host()
     spec = host.method(args.method)
@@ -420,7 +420,7 @@ def cmd_plugins(args) -> int:
 
 
 def _plugin_path() -> int:
-    from transferstudio.core.plugins import PLUGIN_PATH_ENV, plugin_folders
+    from transferstudio.core.plugins.host import PLUGIN_PATH_ENV, plugin_folders
 
     folders = plugin_folders()
     for folder in folders:
@@ -496,7 +496,7 @@ def cmd_new_plugin(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from transferstudio.core.runs import RunStore, read_report
+    from transferstudio.core.runs.workspace import RunStore, read_report
 
     store = RunStore(_workspace(args))
     if args.action == "delete":
@@ -517,7 +517,7 @@ def cmd_runs(args) -> int:
             from transferstudio.console import final_table
 
             print(final_table(report))
-        from transferstudio.core.baseline import gains
+        from transferstudio.core.studies.baseline import gains
 
         gain = gains(store).get(record.id)
         if gain is not None:
@@ -542,7 +542,7 @@ def cmd_runs(args) -> int:
     if not runs:
         print(f"no runs in {store.workspace} yet; try 'transferstudio demo'")
         return 0
-    from transferstudio.core.baseline import gains
+    from transferstudio.core.studies.baseline import gains
 
     found = gains(store)
     print(
@@ -561,9 +561,9 @@ def cmd_runs(args) -> int:
 
 def cmd_baseline(args) -> int:
     from transferstudio.console import ConsoleProgress
-    from transferstudio.core import experiment as X
-    from transferstudio.core.baseline import baseline_experiment, differences, run_baseline
-    from transferstudio.core.runs import RunStore
+    from transferstudio.core.runs.workspace import RunStore
+    from transferstudio.core.settings import experiment as X
+    from transferstudio.core.studies.baseline import baseline_experiment, differences, run_baseline
 
     host = _host()
     workspace = _workspace(args)
@@ -591,7 +591,7 @@ def cmd_baseline(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from transferstudio.core.export import export_run
+    from transferstudio.core.inference.export import export_run
 
     host = _host()
     fmt = args.format
@@ -616,8 +616,8 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     import csv
 
-    from transferstudio.core.predict import gather_images, open_predictor, predict
-    from transferstudio.core.safe_text import csv_row, display_path, printable
+    from transferstudio.core.files.safe_text import csv_row, display_path, printable
+    from transferstudio.core.inference.predict import gather_images, open_predictor, predict
 
     predictor = open_predictor(args.model, _host(), _workspace(args), support=args.support)
     for path, reason in predictor.support_skipped:
@@ -874,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         parser.error(str(exc))
     except TransferStudioError as exc:
-        from transferstudio.core.safe_text import printable
+        from transferstudio.core.files.safe_text import printable
 
         print(f"error: {printable(exc)}", file=sys.stderr)
         return 2

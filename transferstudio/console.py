@@ -6,8 +6,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from transferstudio.core import events as E
-from transferstudio.core.safe_text import printable
+from transferstudio.core.files.safe_text import printable
+from transferstudio.core.progress import events as E
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -18,7 +18,7 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 class ConsoleProgress:
-    """A :class:`~transferstudio.core.engine.RunState` that draws to a terminal.
+    """A :class:`~transferstudio.core.training.engine.RunState` that draws to a terminal.
 
     On a terminal the batch line is redrawn at most 10 times a second; elsewhere (CI logs) only
     epoch lines are printed. Ctrl+C asks the engine to stop after the current batch.
@@ -96,7 +96,7 @@ class ConsoleProgress:
 
 def final_table(report: dict[str, Any]) -> str:
     """The final metrics of a run report as text (best validation epoch, then test)."""
-    from transferstudio.core.metrics import ClassificationReport, format_report
+    from transferstudio.core.training.metrics import ClassificationReport, format_report
 
     lines = []
     if report.get("best_epoch") is not None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from transferstudio.core.atomic import remove_leftovers, write_text_atomic
+from transferstudio.core.files.atomic import remove_leftovers, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_new_file_gets_the_umask_mode_not_0600(tmp_path):
     code = (
         "import os, sys; os.umask(0o022); "
-        "from transferstudio.core.atomic import write_text_atomic; "
+        "from transferstudio.core.files.atomic import write_text_atomic; "
         "write_text_atomic(sys.argv[1], 'x')"
     )
     target = tmp_path / "report.json"

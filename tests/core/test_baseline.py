@@ -12,7 +12,8 @@ import pytest
 
 from tests.helpers import tiny_experiment, write_class_images
 from transferstudio.api import TransferStudioError
-from transferstudio.core.baseline import (
+from transferstudio.core.runs.workspace import RunStore
+from transferstudio.core.studies.baseline import (
     BASELINE_OF,
     baseline_experiment,
     differences,
@@ -20,14 +21,13 @@ from transferstudio.core.baseline import (
     headline,
     run_baseline,
 )
-from transferstudio.core.engine import run_experiment
-from transferstudio.core.runs import RunStore
+from transferstudio.core.training.engine import run_experiment
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A LeNet trained on the task (run A) and a short fine-tune that starts from it (run B)."""
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     host = load_plugins(autoload=False)
     tmp = tmp_path_factory.mktemp("gain")

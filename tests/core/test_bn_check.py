@@ -1,5 +1,5 @@
 """Folded BatchNorm in pretrained weights: found, explained, and answered with frozen-stats
-(core/bn_check.py, the engine's warning, ``init --weights``)."""
+(core/models/bn_check.py, the engine's warning, ``init --weights``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.helpers import run_cli, tiny_experiment
-from transferstudio.core.bn_check import batchnorm_stats, folded_batchnorm_reason
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.weights import read_state_dict
+from transferstudio.core.models.bn_check import batchnorm_stats, folded_batchnorm_reason
+from transferstudio.core.models.weights import read_state_dict
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 SHARED_MOBILENET = (
     Path(__file__).resolve().parents[3]
@@ -140,7 +140,7 @@ def test_init_refuses_missing_weights_and_suggests_names(tmp_path):
 
 
 def test_a_new_experiment_starts_from_pretrained_weights_when_they_are_here(host):
-    from transferstudio.core.weights import default_weights
+    from transferstudio.core.models.weights import default_weights
 
     assert default_weights(host.backbone("lenet")) == "none"  # no pretrained file exists
     if "efficientnet_lite0" in host.backbones:  # its plugin ships its ImageNet weights

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferstudio.core import atomic
-from transferstudio.core.checkpoint import CheckpointStore
+from transferstudio.core.files import atomic
+from transferstudio.core.runs.checkpoint import CheckpointStore
 
 
 def _save(store, value, epoch):

@@ -39,7 +39,7 @@ def test_the_transfer_demo_runs_its_baseline_and_prints_the_gain(tmp_path):
 
     import pytest
 
-    from transferstudio.core.demo import TRANSFER_PLUGIN
+    from transferstudio.core.data.demo import TRANSFER_PLUGIN
 
     if not any(d.metadata["Name"] == TRANSFER_PLUGIN for d in md.distributions()):
         pytest.skip(f"{TRANSFER_PLUGIN} is not installed (python3 tasks.py test installs it)")

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from transferstudio.api import DataError, ExperimentError
-from transferstudio.core import data as D
-from transferstudio.core.experiment import DataSettings
-from transferstudio.core.images import check_image, load_rgb
+from transferstudio.core.data import loaders as D
+from transferstudio.core.data.images import check_image, load_rgb
+from transferstudio.core.settings.experiment import DataSettings
 
 
 def _jpeg_bytes(size=(40, 40), mode="RGB") -> bytes:
@@ -111,7 +111,7 @@ def test_transparent_pixels_become_white(tmp_path):
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
-    from transferstudio.core import images
+    from transferstudio.core.data import images
 
     monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
     path = tmp_path / "big.png"
@@ -203,7 +203,7 @@ def test_fingerprint_changes_when_a_file_changes(make_images):
 
 def test_augmented_transform_yields_normalised_tensors_of_the_crop_size():
     from transferstudio.api import Preprocessing
-    from transferstudio.core.experiment import AugmentSettings
+    from transferstudio.core.settings.experiment import AugmentSettings
 
     tf = D.build_transform(
         Preprocessing(resize=40, crop=32), AugmentSettings(rotation=10, color_jitter=0.2)

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from transferstudio.core import demo
-from transferstudio.core import experiment as X
+from transferstudio.core.data import demo
+from transferstudio.core.settings import experiment as X
 
 LITE_INSTALLED = any(d.metadata["Name"] == demo.TRANSFER_PLUGIN for d in md.distributions())
 
@@ -47,8 +47,8 @@ def test_a_broken_weights_wheel_is_named_not_raised():
 
 @pytest.mark.skipif(not LITE_INSTALLED, reason=f"{demo.TRANSFER_PLUGIN} is not installed")
 def test_with_the_plugin_the_demo_fine_tunes_imagenet_weights_on_few_images(tmp_path):
-    from transferstudio.core.baseline import baseline_experiment
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.studies.baseline import baseline_experiment
 
     host = load_plugins(autoload=True)
     assert demo.transfer_demo_unavailable(host) == ""

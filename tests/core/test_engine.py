@@ -10,11 +10,11 @@ import torch
 
 from tests.helpers import exploding_loss_plugin, tiny_experiment
 from transferstudio.api import MethodSpec, TransferMethod
-from transferstudio.core import events as E
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.plugins import load_plugins, plugin_from_namespace
-from transferstudio.core.runs import RunStore
+from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.runs.workspace import RunStore
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_nan_loss_stops_the_run_naming_epoch_and_batch_and_keeps_last_checkpoint
     host = load_plugins(autoload=False, extra=[exploding_loss_plugin(explode_at_step=7)])
     raw = tiny_experiment(data).to_dict()
     raw["method"] = {"name": "exploding", "params": {}}
-    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.settings.experiment import from_mapping
 
     exp = from_mapping(raw, host.method_params)
     state = PlainState()
@@ -208,7 +208,7 @@ def _broken_host(fail_in: str):
 
 
 def _broken_experiment(data, host):
-    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.settings.experiment import from_mapping
 
     raw = tiny_experiment(data).to_dict()
     raw["method"] = {"name": "broken", "params": {}}
@@ -282,7 +282,7 @@ def test_layer_stats_measure_drift_and_gradients_only_when_wanted(data, host, tm
 
 
 def test_stats_reference_equals_the_plain_sums_of_squares():
-    from transferstudio.core.engine import _StatsReference
+    from transferstudio.core.training.engine import _StatsReference
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 2))
@@ -309,7 +309,7 @@ def test_a_method_reads_the_train_settings_and_logs_from_setup_into_log_txt(data
     ``setup()``, before the run folder exists, reaches ``log.txt`` (it went to stdout only)."""
     import dataclasses
 
-    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.settings.experiment import from_mapping
 
     seen = {}
 
@@ -364,7 +364,7 @@ def test_a_method_missing_a_required_function_is_named_not_blamed_on_transferstu
     import dataclasses
 
     from transferstudio.api import StepOutput
-    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.settings.experiment import from_mapping
 
     @dataclasses.dataclass
     class P:
@@ -400,7 +400,7 @@ def test_an_image_size_the_backbone_cannot_take_is_refused_naming_the_key(data, 
     """convnext_tiny at 20 px failed in its first batch with torch's "Kernel size can't be
     greater than actual input size", as a failed run in the history."""
     from transferstudio.api import ExperimentError
-    from transferstudio.core.runs import RunStore
+    from transferstudio.core.runs.workspace import RunStore
 
     exp = tiny_experiment(data, model__backbone="convnext_tiny", data__image_size=20)
     with pytest.raises(ExperimentError, match="cannot take 20 px images.*224 px") as caught:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from transferstudio.core.eta import VALIDATION_COST_PER_IMAGE, EtaEstimator, format_duration
+from transferstudio.core.progress.eta import (
+    VALIDATION_COST_PER_IMAGE,
+    EtaEstimator,
+    format_duration,
+)
 
 
 def _eta(epochs=3, start_epoch=0, train=300, val=150) -> EtaEstimator:

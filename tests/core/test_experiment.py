@@ -9,7 +9,7 @@ import tomllib
 import pytest
 
 from transferstudio.api import ExperimentError
-from transferstudio.core import experiment as X
+from transferstudio.core.settings import experiment as X
 
 
 def _load_text(tmp_path, host, text, overrides=()):
@@ -51,7 +51,7 @@ def test_init_writes_a_complete_commented_file_that_loads_back(tmp_path, make_im
     assert "[method.params]" in out and "backbone_lr_mult = 0.1" in out
     raw = tomllib.loads(out)
     assert set(raw) == {"schema_version", "name", "data", "augment", "model", "train", "method"}
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     path = tmp_path / "exp.toml"
     path.write_text(out)
@@ -176,7 +176,7 @@ def test_every_setting_is_documented(host):
 
     docs = Path(__file__).resolve().parents[2] / "docs"
     doc = (docs / "experiments.md").read_text() + (docs / "methods.md").read_text()
-    from transferstudio.core.params import fields_of
+    from transferstudio.core.settings.params import fields_of
 
     classes = [*X.SECTIONS.values(), *(spec.params for spec in host.methods.values())]
     missing = [
@@ -193,7 +193,7 @@ def test_each_methods_parameter_table_is_in_the_methods_doc(host):
     ranges, help) in docs/methods.md."""
     from pathlib import Path
 
-    from transferstudio.core.params import toml_table
+    from transferstudio.core.settings.params import toml_table
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "methods.md").read_text()
     stale = [

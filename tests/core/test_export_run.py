@@ -12,10 +12,10 @@ import torch
 
 from tests.helpers import tiny_experiment
 from transferstudio.api import TransferStudioError, WeightsError
-from transferstudio.core.bundle import load_bundle
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.export import export_run
-from transferstudio.core.run_models import load_run_predictor
+from transferstudio.core.inference.export import export_run
+from transferstudio.core.models.bundle import load_bundle
+from transferstudio.core.runs.finished import load_run_predictor
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_export_command_writes_a_verified_file(finished_run, tmp_path, capsys):
 def test_predict_on_a_folder_skips_a_corrupt_image_and_matches_the_model(
     finished_run, host, tmp_path, make_images
 ):
-    from transferstudio.core.predict import gather_images, open_predictor, predict
+    from transferstudio.core.inference.predict import gather_images, open_predictor, predict
 
     folder = make_images({"red": 3, "blue": 2}, name="new")
     (folder / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -168,7 +168,7 @@ def test_an_export_interrupted_mid_write_leaves_no_file_and_keeps_the_old_one(
 ):
     import dataclasses
 
-    from transferstudio.core import export as X
+    from transferstudio.core.inference import export as X
 
     def half_then_fail(module, example, path, metadata):
         path.write_bytes(b"half a model")
@@ -212,7 +212,7 @@ def test_the_validation_check_uses_the_runs_own_split_after_the_data_changed(
 ):
     import json
 
-    from transferstudio.core.data import SPLITS_FILE
+    from transferstudio.core.data.loaders import SPLITS_FILE
 
     kept = json.loads((Path(finished_run.folder) / SPLITS_FILE).read_text())
     assert kept["classes"] == ["blue", "green", "red"]

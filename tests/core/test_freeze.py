@@ -8,8 +8,8 @@ from torch import nn
 
 from tests.helpers import tiny_experiment
 from transferstudio.api import ExperimentError, FreezePlan, parse_unfreeze_schedule
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.engine import PlainState, run_experiment
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 
 def _model() -> nn.Module:
@@ -158,7 +158,7 @@ def test_resume_mid_schedule_restores_the_same_freeze_state(make_images, host, t
     full_state = CheckpointStore(full.folder / "checkpoints").meta("last")["method_state"]
 
     def stop_in_epoch_two(event):
-        from transferstudio.core import events as E
+        from transferstudio.core.progress import events as E
 
         if isinstance(event, E.BatchEnded) and event.epoch == 1:
             state.stop = True

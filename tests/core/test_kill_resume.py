@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from tests.helpers import tiny_experiment
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.runs.workspace import RunStore
 
 
 def _cli(workspace, *args, **kwargs):

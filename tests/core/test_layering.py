@@ -49,7 +49,7 @@ def test_help_does_not_import_torch():
 
 def test_listing_plugins_does_not_import_torch():
     loaded = _modules_loaded_by(
-        "from transferstudio.core.plugins import load_plugins\n"
+        "from transferstudio.core.plugins.host import load_plugins\n"
         "h = load_plugins(autoload=False)\nassert h.backbones"
     )
     assert "torch" not in loaded

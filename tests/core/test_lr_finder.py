@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from tests.helpers import tiny_experiment, write_class_images
-from transferstudio.core.engine import run_experiment
-from transferstudio.core.lr_finder import find_lr, suggest
+from transferstudio.core.training.engine import run_experiment
+from transferstudio.core.training.lr_finder import find_lr, suggest
 
 
 def test_the_suggestion_lies_on_the_longest_fall_of_the_loss():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferstudio.core.metrics import MetricAccumulator
+from transferstudio.core.training.metrics import MetricAccumulator
 
 
 def _logits_for(preds, n):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.helpers import install_like_pip_target
-from transferstudio.core.plugins import PLUGIN_PATH_ENV, load_plugins, plugin_folders
+from transferstudio.core.plugins.host import PLUGIN_PATH_ENV, load_plugins, plugin_folders
 
 
 def test_a_plugin_in_a_plugin_folder_is_found(tmp_path, monkeypatch):

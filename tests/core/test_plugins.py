@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import ISSUE_BACKBONES
 from transferstudio.api import API_VERSION, BackboneSpec, hookimpl
-from transferstudio.core.plugins import PluginHost, load_plugins, plugin_from_namespace
+from transferstudio.core.plugins.host import PluginHost, load_plugins, plugin_from_namespace
 
 
 def _install_fake_distribution(

@@ -22,10 +22,10 @@ from transferstudio.api import (
     StepOutput,
     TransferMethod,
 )
-from transferstudio.core import events as E
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.experiment import from_mapping
-from transferstudio.core.plugins import load_plugins, plugin_from_namespace
+from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
+from transferstudio.core.progress import events as E
+from transferstudio.core.settings.experiment import from_mapping
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 
 @dataclass
@@ -148,7 +148,7 @@ def test_unlabeled_role_reads_every_image_and_yields_two_views(tmp_path):
 
 
 def test_episodes_split_classes_and_repeat_for_the_same_seed(tmp_path):
-    from transferstudio.core.engine import EngineContext, _Run
+    from transferstudio.core.training.engine import EngineContext, _Run
 
     data = write_class_images(tmp_path / "omni", {f"c{i:02d}": 6 for i in range(10)})
     host = _host("fs", (ROLE_EPISODES,))
@@ -201,7 +201,7 @@ def test_multilabel_missing_column_names_the_column_and_the_file(tmp_path):
 
 
 def test_a_finished_run_reloads_as_predictor_and_as_backbone_weights(make_images, tmp_path):
-    from transferstudio.core.engine import EngineContext, _Run
+    from transferstudio.core.training.engine import EngineContext, _Run
 
     data = make_images({"red": 8, "green": 8, "blue": 8})
     host = load_plugins(autoload=False)
@@ -212,7 +212,7 @@ def test_a_finished_run_reloads_as_predictor_and_as_backbone_weights(make_images
     ctx = EngineContext(run)
     teacher = ctx.load_run_model(first.run_id)
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
-    from transferstudio.core.checkpoint import CheckpointStore, load_module_weights
+    from transferstudio.core.runs.checkpoint import CheckpointStore, load_module_weights
 
     trained = run.modules["model"]
     load_module_weights(
@@ -230,7 +230,7 @@ def test_a_finished_run_reloads_as_predictor_and_as_backbone_weights(make_images
 def test_each_role_shuffles_in_its_own_order(tmp_path):
     """Source and target folders of equal size must not be shuffled identically: with one
     shared seed, image i of the source always met image i of the target in a batch."""
-    from transferstudio.core.engine import _Run
+    from transferstudio.core.training.engine import _Run
 
     source = tmp_path / "source"
     write_class_images(source / "train", {"a": 10, "b": 10})
@@ -283,7 +283,7 @@ class DomainHead(Probe):
     """A predictor with a bottleneck head and a second module, as domain adaptation has."""
 
     def setup(self, ctx) -> None:
-        from transferstudio.core.models import ClassifierModel
+        from transferstudio.core.models.build import ClassifierModel
 
         backbone, width = ctx.build_backbone()
         head = torch.nn.Sequential(
@@ -321,8 +321,8 @@ def test_a_run_with_any_head_and_extra_modules_reloads_from_its_recipe(make_imag
     exp = _experiment(host, "bottleneck", make_images({"a": 6, "b": 6, "c": 6}))
     first = run_experiment(exp, host, PlainState(), tmp_path / "ws")
     assert first.status == "completed", first.message
-    from transferstudio.core.checkpoint import CheckpointStore
-    from transferstudio.core.engine import EngineContext, _Run
+    from transferstudio.core.runs.checkpoint import CheckpointStore
+    from transferstudio.core.training.engine import EngineContext, _Run
 
     meta = CheckpointStore(first.folder / "checkpoints").meta("best")
     assert meta["predictor_module"] == "model"
@@ -355,7 +355,7 @@ def test_a_run_whose_predictor_is_not_a_classifier_is_refused_as_teacher(make_im
     exp = _experiment(host, "probe", make_images({"a": 6, "b": 6}))
     first = run_experiment(exp, host, PlainState(), tmp_path / "ws")
     from transferstudio.api import WeightsError
-    from transferstudio.core.run_models import load_run_predictor
+    from transferstudio.core.runs.finished import load_run_predictor
 
     with pytest.raises(WeightsError, match="backbone \\+ head classifier"):
         load_run_predictor(str(first.folder), host, tmp_path / "ws")

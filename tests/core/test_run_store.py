@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.workspace import RunStore
 
 
 def test_a_new_run_carries_its_tags(tmp_path):

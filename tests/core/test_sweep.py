@@ -15,8 +15,8 @@ import pytest
 
 from tests.helpers import tiny_experiment, write_class_images
 from transferstudio.api import ExperimentError, TransferStudioError
-from transferstudio.core.runs import RunStore
-from transferstudio.core.sweep import (
+from transferstudio.core.runs.workspace import RunStore
+from transferstudio.core.studies.sweep import (
     Dimension,
     default_space,
     dimension,
@@ -157,8 +157,8 @@ def test_a_killed_sweep_resumes_from_the_command_line(data, host, tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "best: trial #" in done.stdout
-    from transferstudio.core.plugins import load_plugins
-    from transferstudio.core.sweep import summarize
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.studies.sweep import summarize
 
     study, _ = load_sweep(workspace, "k", load_plugins(autoload=False))
     summary = summarize(study)
@@ -201,7 +201,7 @@ def test_continuing_a_sweep_with_another_experiment_or_sampler_is_refused(data, 
 
 
 def test_a_metric_the_method_does_not_measure_stops_the_sweep_with_the_key(data, host, tmp_path):
-    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.settings.experiment import from_mapping
 
     exp = _experiment(data, train__early_stopping_metric="f1_macro", train__epochs=1)
 

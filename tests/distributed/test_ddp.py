@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import child_pids, tiny_experiment, torchrun_rank, write_class_images
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.workspace import RunStore
 
 ENV = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _experiment(tmp: Path, method: str | None = None, params=None, **overrides) -> Path:
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.settings.experiment import from_mapping
 
     data = write_class_images(tmp / "data", {"a": 10, "b": 10, "c": 10}, 32, 0)  # 24 train
     overrides = {"data__batch_size": 8, "train__lr": 0.001, **overrides}
@@ -299,7 +299,7 @@ def test_a_rank_that_fails_alone_ends_the_job_instead_of_waiting_for_the_others(
 def test_evaluation_shares_cover_every_item_and_go_back_in_order(n, world):
     import torch
 
-    from transferstudio.core.distributed import Distributed, interleave_shards
+    from transferstudio.core.training.distributed import Distributed, interleave_shards
 
     shares = [Distributed(rank=r, world=world).shard(n) for r in range(world)]
     assert len({len(s) for s in shares}) == 1  # as many batches in every process

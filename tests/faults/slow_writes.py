@@ -12,7 +12,8 @@ import os
 import time
 from pathlib import Path
 
-from transferstudio.core import atomic, checkpoint
+from transferstudio.core.files import atomic
+from transferstudio.core.runs import checkpoint
 
 MARKER = os.environ["TS_FAULT_MARKER"]
 PAUSE_S = float(os.environ.get("TS_FAULT_PAUSE", "0.5"))

@@ -24,9 +24,9 @@ from PIL import Image
 from tests.core.test_data import _jpeg_bytes, _png_bytes, _scan
 from tests.helpers import tiny_experiment
 from transferstudio.api import DataError, Preprocessing
-from transferstudio.core.data import build_transform
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.images import load_rgb
+from transferstudio.core.data.images import load_rgb
+from transferstudio.core.data.loaders import build_transform
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 ANT_RED = (220, 40, 40)  # the colour tests.helpers gives the first class, so odd files fit in
 
@@ -202,8 +202,8 @@ def test_class_names_that_collide_stop_the_run_before_training(tmp_path, host, f
 def test_colliding_class_names_are_refused_for_few_shot_episodes_too(tmp_path):
     from transferstudio_builtins.datasets import image_folder_source
 
-    from transferstudio.core.experiment import DataSettings
-    from transferstudio.core.roles import split_classes
+    from transferstudio.core.data.roles import split_classes
+    from transferstudio.core.settings.experiment import DataSettings
 
     root = tmp_path / "glyphs"
     _same_name_folders(root, "Alpha", "alpha")

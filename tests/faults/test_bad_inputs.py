@@ -25,10 +25,10 @@ import pytest
 
 from tests.helpers import tiny_experiment, write_class_images
 from transferstudio.api import DataError, ExperimentError
-from transferstudio.core import data as D
-from transferstudio.core import experiment as X
-from transferstudio.core.roles import scan_multilabel
-from transferstudio.core.safe_text import csv_cell, printable
+from transferstudio.core.data import loaders as D
+from transferstudio.core.data.roles import scan_multilabel
+from transferstudio.core.files.safe_text import csv_cell, printable
+from transferstudio.core.settings import experiment as X
 
 # --------------------------------------------------------------------------- data corpus
 
@@ -166,7 +166,7 @@ def test_odd_entries_are_skipped_with_a_reason_and_the_rest_is_usable(case, tmp_
 
 def test_non_utf8_file_name_does_not_fail_a_run(tmp_path, host):
     """The issue's crash came after the run was registered: the run now completes."""
-    from transferstudio.core.engine import run_experiment
+    from transferstudio.core.training.engine import run_experiment
 
     data = _non_utf8_file(tmp_path)
     result = run_experiment(tiny_experiment(data, train__epochs=1), host, workspace=tmp_path / "ws")
@@ -458,9 +458,9 @@ def test_a_failure_is_printed_once(tmp_path, make_images):
     the console printed the RunFailed event); the window's log showed it twice too."""
     from transferstudio.api import MethodSpec, TransferMethod
     from transferstudio.console import ConsoleProgress
-    from transferstudio.core.engine import run_experiment
-    from transferstudio.core.experiment import from_mapping
-    from transferstudio.core.plugins import load_plugins, plugin_from_namespace
+    from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
+    from transferstudio.core.settings.experiment import from_mapping
+    from transferstudio.core.training.engine import run_experiment
 
     @dataclasses.dataclass
     class P:

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core import data as D
-from transferstudio.core.experiment import DataSettings
-from transferstudio.core.images import check_image, load_rgb
-from transferstudio.core.limits import MAX_IMAGE_ASPECT
+from transferstudio.core.data import loaders as D
+from transferstudio.core.data.images import check_image, load_rgb
+from transferstudio.core.files.limits import MAX_IMAGE_ASPECT
+from transferstudio.core.settings.experiment import DataSettings
 
 CORPUS: dict[str, str] = {}
 """Kind of crafted file -> what TransferStudio must answer (filled in by :func:`crafted`)."""
@@ -92,7 +92,7 @@ def _split_folders(root: Path) -> Path:
 
 
 def _scan(root: Path) -> D.ScanResult:
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     settings = DataSettings(path=str(root))
     source = D.choose_source(load_plugins(autoload=False).datasets, settings, root)
@@ -121,7 +121,7 @@ def test_an_elongated_image_in_a_validation_split_is_skipped_with_the_limit(tmp_
 
 @crafted("PNG of 1,000,000x1 pixels", "refused: aspect limit")
 def test_a_wide_image_is_refused_when_loaded(tmp_path):
-    from transferstudio.core.images import ImageProblem
+    from transferstudio.core.data.images import ImageProblem
 
     wide = tmp_path / "wide.png"
     wide.write_bytes(gray_png(1_000_000, 1))
@@ -162,7 +162,7 @@ def _tiny_predictor():
     from torch import nn
 
     from transferstudio.api import Preprocessing
-    from transferstudio.core.predict import Predictor
+    from transferstudio.core.inference.predict import Predictor
 
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
     return Predictor(model, ["ants", "bees"], Preprocessing(resize=36, crop=32), "test model")
@@ -170,7 +170,7 @@ def _tiny_predictor():
 
 @crafted("PNG of 1x20,000 pixels among good images to predict", "skipped, others predicted")
 def test_predict_reports_an_elongated_image_and_predicts_the_others(tmp_path):
-    from transferstudio.core.predict import predict
+    from transferstudio.core.inference.predict import predict
 
     good = [tmp_path / f"good{i}.png" for i in range(3)]
     for path in good:
@@ -187,7 +187,7 @@ def test_predict_reports_an_elongated_image_and_predicts_the_others(tmp_path):
 def test_predict_goes_on_when_one_image_cannot_be_prepared(tmp_path, monkeypatch):
     # Running out of memory on one image cannot be caused safely in a test, so the transform
     # raises it for the one image whose width is odd.
-    from transferstudio.core import predict as P
+    from transferstudio.core.inference import predict as P
 
     real = P.build_transform
 
@@ -238,7 +238,7 @@ def malicious_pt(path: Path) -> None:
 def _checkpoint(folder: Path):
     import torch
 
-    from transferstudio.core.checkpoint import CheckpointStore
+    from transferstudio.core.runs.checkpoint import CheckpointStore
 
     store = CheckpointStore(folder)
     meta = {"epoch": 1, "class_names": ["a", "b"], "preprocessing": _preprocessing()}
@@ -254,7 +254,7 @@ def _preprocessing(**changes) -> dict:
 @crafted("12-byte .pth given as model.weights", "WeightsError: damaged, no unsafe advice")
 def test_a_corrupt_pth_is_called_damaged_without_torchs_advice(tmp_path):
     from transferstudio.api import WeightsError
-    from transferstudio.core.weights import read_state_dict
+    from transferstudio.core.models.weights import read_state_dict
 
     path = tmp_path / "cut.pth"
     path.write_bytes(b"\x80\x02garbage!!!")
@@ -267,7 +267,7 @@ def test_a_corrupt_pth_is_called_damaged_without_torchs_advice(tmp_path):
 @crafted(".pt whose pickle would call a function", "WeightsError: would need to run code")
 def test_a_pickle_that_runs_code_is_refused_without_torchs_advice(tmp_path, capsys):
     from transferstudio.api import WeightsError
-    from transferstudio.core.weights import read_state_dict
+    from transferstudio.core.models.weights import read_state_dict
 
     path = tmp_path / "evil.pt"
     malicious_pt(path)
@@ -316,7 +316,7 @@ def test_checkpoint_preprocessing_is_bounded_before_use(tmp_path, key, value, ex
     import json
 
     from transferstudio.api import TransferStudioError
-    from transferstudio.core.run_models import load_best_checkpoint
+    from transferstudio.core.runs.finished import load_best_checkpoint
 
     store = _checkpoint(tmp_path / "run" / "checkpoints")
     meta_path = store.paths("best")[0]
@@ -430,7 +430,7 @@ def patch_entry(path: Path, name: str, **fields: int) -> None:
 def _refusal(path: Path) -> str:
     """The WeightsError message of reading bundle ``path`` (which must be refused)."""
     from transferstudio.api import WeightsError
-    from transferstudio.core.bundle import read_bundle
+    from transferstudio.core.models.bundle import read_bundle
 
     with pytest.raises(WeightsError) as caught:
         read_bundle(path)
@@ -523,7 +523,7 @@ def test_bundle_manifests_are_checked_before_use(tmp_path, kind):
 
 def _load_refusal(path: Path, host) -> str:
     from transferstudio.api import WeightsError
-    from transferstudio.core.bundle import load_bundle
+    from transferstudio.core.models.bundle import load_bundle
 
     with pytest.raises(WeightsError) as caught:
         load_bundle(path, host)
@@ -550,7 +550,7 @@ def test_a_head_of_absurd_parameter_count_is_refused(tmp_path, host):
 def test_too_few_class_names_are_refused_when_loading(tmp_path, host):
     from safetensors.torch import save
 
-    from transferstudio.core.models import ClassifierModel, head_from_recipe
+    from transferstudio.core.models.build import ClassifierModel, head_from_recipe
 
     recipe = _manifest()["head_recipe"]
     spec = host.backbone("resnet18")
@@ -563,7 +563,7 @@ def test_too_few_class_names_are_refused_when_loading(tmp_path, host):
 
 @crafted("bundle whose backbone plugin is not installed", "names the recorded plugin")
 def test_a_missing_backbone_plugin_is_named_from_the_provenance(tmp_path, host):
-    from transferstudio.core.predict import open_predictor
+    from transferstudio.core.inference.predict import open_predictor
 
     recorded = {"name": "transferstudio-efficientnet-lite", "version": "0.3"}
     manifest = _manifest(backbone="lite9", provenance={"backbone_plugin": recorded})
@@ -583,7 +583,7 @@ def test_a_missing_backbone_plugin_is_named_from_the_provenance(tmp_path, host):
 @crafted("crafted bundle given as model.weights", "WeightsError, not 'method failed'")
 def test_a_crafted_bundle_as_model_weights_is_blamed_on_the_file(tmp_path, make_images, host):
     from tests.helpers import tiny_experiment
-    from transferstudio.core.engine import PlainState, run_experiment
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     path = bundle_file(tmp_path / "list.tsmodel", raw_manifest=b"[]")
     exp = tiny_experiment(make_images({"a": 4, "b": 4}), train__epochs=1)
@@ -596,14 +596,14 @@ def test_a_crafted_bundle_as_model_weights_is_blamed_on_the_file(tmp_path, make_
 
 @crafted("bundle renamed to .pth given as model.weights", "read as the bundle it is")
 def test_a_bundle_under_another_suffix_is_read_as_a_bundle(tmp_path):
-    from transferstudio.core.weights import read_state_dict
+    from transferstudio.core.models.weights import read_state_dict
 
     path = bundle_file(tmp_path / "renamed.pth")
     assert list(read_state_dict(path)) == ["head.0.weight"]
 
 
 def test_an_export_records_the_plugin_that_provides_the_backbone(host):
-    from transferstudio.core.bundle import backbone_plugin, bundle_manifest
+    from transferstudio.core.models.bundle import backbone_plugin, bundle_manifest
 
     plugin = backbone_plugin(host, "resnet18")
     assert plugin is not None and plugin["name"] == "transferstudio"
@@ -617,9 +617,9 @@ def test_resuming_a_run_whose_state_file_was_replaced_by_a_malicious_pickle(tmp_
     weights_only set to False will likely succeed"."""
     from tests.helpers import tiny_experiment, write_class_images
     from transferstudio.cli import main
-    from transferstudio.core.engine import PlainState, run_experiment
-    from transferstudio.core.plugins import load_plugins
-    from transferstudio.core.runs import RunStore
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.runs.workspace import RunStore
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     data = write_class_images(tmp_path / "data", {"a": 4, "b": 4}, 32, 0)
     workspace = tmp_path / "ws"

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from tests.helpers import tiny_experiment
 from transferstudio.api import ExperimentError
-from transferstudio.core import experiment as X
-from transferstudio.core.params import fields_of
-from transferstudio.core.plugins import PluginHost, load_plugins
+from transferstudio.core.plugins.host import PluginHost, load_plugins
+from transferstudio.core.settings import experiment as X
+from transferstudio.core.settings.params import fields_of
 
 FUZZ = settings(
     max_examples=300,

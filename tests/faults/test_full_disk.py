@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import tiny_experiment, write_class_images
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.runs.workspace import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1"}

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import tiny_experiment
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.runs.workspace import RunStore
 
 TRIALS = int(os.environ.get("TS_KILL_TRIALS", "4"))
 EPOCHS = 4

@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import tiny_experiment, write_class_images
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.runs.workspace import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOT = (

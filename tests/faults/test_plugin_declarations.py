@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from transferstudio.cli import main
-from transferstudio.core.plugins import load_plugins
+from transferstudio.core.plugins.host import load_plugins
 from transferstudio.testing import check_plugin
 
 DIST = "ts-decl"

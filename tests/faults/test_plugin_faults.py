@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from tests.helpers import install_like_pip_target, tiny_experiment
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.experiment import from_mapping
-from transferstudio.core.plugins import PluginHost, load_plugins, plugin_from_namespace
-from transferstudio.core.runs import RunStore
+from transferstudio.core.plugins.host import PluginHost, load_plugins, plugin_from_namespace
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.runs.workspace import RunStore
+from transferstudio.core.settings.experiment import from_mapping
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 RELEASE = threading.Event()
 """Set at the end of each test so the deliberately hung plugin threads finish."""

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import tiny_experiment
 from transferstudio.cli import main
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.workspace import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TRANSFERSTUDIO_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -158,9 +158,9 @@ def test_a_relative_run_folder_from_an_older_index_is_read_against_the_workspace
 def test_the_workspace_deleted_during_a_run_fails_it_with_a_message(tmp_path, make_images):
     import shutil
 
-    from transferstudio.core import events as E
-    from transferstudio.core.engine import PlainState, run_experiment
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.progress import events as E
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     workspace = tmp_path / "ws"
 

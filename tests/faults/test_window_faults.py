@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from transferstudio.core import events as E  # noqa: E402
-from transferstudio.core.checkpoint import CheckpointStore  # noqa: E402
-from transferstudio.core.runs import RunStore  # noqa: E402
+from transferstudio.core.progress import events as E  # noqa: E402
+from transferstudio.core.runs.checkpoint import CheckpointStore  # noqa: E402
+from transferstudio.core.runs.workspace import RunStore  # noqa: E402
 
 
 def _wait_until_idle(window, qtbot) -> None:
@@ -102,7 +102,7 @@ def test_the_worker_raising_at_an_event_is_reported_and_the_app_stays_usable(
 def test_a_failing_disk_write_stops_the_run_with_the_file_named_and_keeps_epoch_one(
     window, qtbot, monkeypatch
 ):
-    from transferstudio.core import checkpoint
+    from transferstudio.core.runs import checkpoint
 
     real_save = checkpoint.save_file
     calls = {"n": 0}
@@ -152,7 +152,8 @@ def test_closing_during_a_checkpoint_write_waits_for_it_and_keeps_it_whole(
 ):
     from PySide6.QtWidgets import QMessageBox
 
-    from transferstudio.core import atomic, checkpoint
+    from transferstudio.core.files import atomic
+    from transferstudio.core.runs import checkpoint
 
     in_write = threading.Event()
     real_write = atomic.write_atomic
@@ -183,7 +184,7 @@ def test_closing_during_a_checkpoint_write_waits_for_it_and_keeps_it_whole(
 def test_running_out_of_gpu_memory_in_the_window_shows_the_advice(window, qtbot, monkeypatch):
     import torch
 
-    from transferstudio.core import engine
+    from transferstudio.core.training import engine
 
     real_epoch = engine._Run._train_epoch
 

@@ -16,7 +16,8 @@ import os
 import signal
 from pathlib import Path
 
-from transferstudio.core import atomic, runs
+from transferstudio.core.files import atomic
+from transferstudio.core.runs import workspace as runs
 
 LOG = os.environ.get("TS_WRITE_LOG")
 KILL_AT = int(os.environ.get("TS_KILL_AT", "0"))

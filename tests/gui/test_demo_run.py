@@ -3,7 +3,7 @@ baseline through the window's own action, ending with the gain on the demo run's
 
 from __future__ import annotations
 
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.workspace import RunStore
 
 
 def _pretrained_on_the_task(window, qtbot):

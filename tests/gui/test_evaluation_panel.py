@@ -11,7 +11,7 @@ from PySide6.QtCore import QPoint, QSize
 from PySide6.QtWidgets import QDockWidget
 
 from tests.helpers import run_cli, tiny_experiment
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.workspace import RunStore
 from transferstudio.gui.evaluation_view import MIN_CELL_PX, ConfusionMatrixView, EvaluationPanel
 
 

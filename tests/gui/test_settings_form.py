@@ -7,7 +7,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QValidator
 
-from transferstudio.core import experiment as X
+from transferstudio.core.settings import experiment as X
 from transferstudio.gui.float_box import FloatSpinBox, float_text
 from transferstudio.gui.settings_form import SettingsForm
 

@@ -11,8 +11,8 @@ import pytest
 import shiboken6
 
 from tests.helpers import tiny_experiment
-from transferstudio.core.runs import RunStore
-from transferstudio.core.sweep import load_sweep, run_sweep, sweep_names
+from transferstudio.core.runs.workspace import RunStore
+from transferstudio.core.studies.sweep import load_sweep, run_sweep, sweep_names
 
 TIMEOUT_MS = 120_000
 
@@ -210,7 +210,7 @@ def test_a_sweep_another_process_runs_is_refused_and_the_panel_stays_usable(
 ):
     from filelock import FileLock
 
-    from transferstudio.core.sweep import sweep_lock_path
+    from transferstudio.core.studies.sweep import sweep_lock_path
 
     panel = open_panel(fast())
     panel.name.setText("shared")

@@ -11,15 +11,15 @@ import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
-from transferstudio.core import events as E
+from transferstudio.core.progress import events as E
 from transferstudio.gui.layer_tree_model import TRAIN_COLUMN, QtLayerTreeModel
 
 
 def test_layer_tree_model_passes_qtmodeltester(qtmodeltester):
     import torch
 
-    from transferstudio.core.layer_tree import build_tree
-    from transferstudio.core.models import ClassifierModel, make_head
+    from transferstudio.core.models.build import ClassifierModel, make_head
+    from transferstudio.core.models.layer_tree import build_tree
 
     backbone = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3),
@@ -133,7 +133,7 @@ def test_a_run_trains_draws_curves_and_lands_in_the_runs_table(window, qtbot):
 
 
 def test_closing_during_a_run_stops_it_and_waits(window, qtbot, monkeypatch):
-    from transferstudio.core.runs import RunStore
+    from transferstudio.core.runs.workspace import RunStore
 
     window.train_form.widgets["epochs"].setValue(50)
     window.start_run()
@@ -149,7 +149,7 @@ def test_closing_during_a_run_stops_it_and_waits(window, qtbot, monkeypatch):
 
 
 def test_a_raising_method_shows_an_error_and_the_app_stays_usable(window, qtbot, monkeypatch):
-    from transferstudio.core import engine
+    from transferstudio.core.training import engine
 
     def broken_step(self, epoch):
         raise RuntimeError("step exploded")
@@ -194,7 +194,7 @@ def test_export_from_the_tree_writes_a_verified_file_that_reloads(window, qtbot,
         loaded = torch.jit.load(str(target))
     assert loaded(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
     # the whole model as a bundle: it reopens with the run's classes and provenance
-    from transferstudio.core.bundle import load_bundle
+    from transferstudio.core.models.bundle import load_bundle
 
     window.last_export = None
     bundle = tmp_path / "model.tsmodel"
@@ -323,7 +323,7 @@ def test_the_data_panel_shows_the_fields_of_the_methods_roles(window):
 
 
 def test_method_diagnostics_get_their_own_plot_reset_per_run(window, qtbot):
-    from transferstudio.core import events as E
+    from transferstudio.core.progress import events as E
 
     curves = window.curves
     assert "diagnostics" not in curves.plots
@@ -345,7 +345,7 @@ def test_method_diagnostics_get_their_own_plot_reset_per_run(window, qtbot):
 
 def test_every_builtin_method_can_be_chosen_with_its_form_and_data_fields(window, host):
     from transferstudio.api import ROLE_KEYS
-    from transferstudio.core.params import fields_of
+    from transferstudio.core.settings.params import fields_of
 
     combo = window.method_combo
     assert {combo.itemData(i) for i in range(combo.count())} == set(host.methods)
@@ -383,7 +383,7 @@ def test_the_predict_panel_classifies_dropped_images_with_the_run_and_a_bundle(
     from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
     from PySide6.QtGui import QDropEvent
 
-    from transferstudio.core.export import export_run
+    from transferstudio.core.inference.export import export_run
 
     panel = window.predict_panel
     assert not panel.images_button.isEnabled()  # no model before a run finishes
@@ -421,7 +421,7 @@ def test_the_predict_panel_takes_a_support_folder_for_a_few_shot_run(window, qtb
     import shutil
 
     from tests.helpers import fewshot_experiment, write_glyphs
-    from transferstudio.core.engine import PlainState, run_experiment
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     glyphs = write_glyphs(tmp_path / "glyphs", classes=16, per_class=6)
     exp = fewshot_experiment(
@@ -504,7 +504,7 @@ def test_transfer_gain_runs_the_baseline_and_shows_the_gain(window, qtbot, monke
     transfer = _run_to_end(window, qtbot, window.start_run)
     _select_run(window, transfer.run_id)
     baseline = _run_to_end(window, qtbot, window.run_selected_baseline)
-    from transferstudio.core.runs import RunStore
+    from transferstudio.core.runs.workspace import RunStore
 
     assert RunStore(window.workspace).tags(baseline.run_id)["baseline_of"] == transfer.run_id
     row = [r.id for r in window.run_records].index(transfer.run_id)

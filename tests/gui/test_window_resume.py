@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.helpers import run_cli
-from transferstudio.core.runs import RunStore
+from transferstudio.core.runs.workspace import RunStore
 
 
 def _select(window, run_id: str) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import child_pids, tiny_experiment, torchrun_rank
-from transferstudio.core import event_stream as S
-from transferstudio.core import events as E
-from transferstudio.core.runs import RunStore
+from transferstudio.core.progress import event_stream as S
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.workspace import RunStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds workers in /proc")
 

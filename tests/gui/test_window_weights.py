@@ -60,8 +60,8 @@ def test_file_new_starts_from_pretrained_weights_that_are_on_the_machine(
 
     import torch
 
-    from transferstudio.core import experiment as X
-    from transferstudio.core.weights import torch_cache_dir
+    from transferstudio.core.models.weights import torch_cache_dir
+    from transferstudio.core.settings import experiment as X
 
     window = open_window(tiny_experiment(make_images({"a": 6, "b": 6}), model__backbone="conv4"))
     assert Path(os.environ["TORCH_HOME"]).is_relative_to(tmp_path)  # conftest's own cache

@@ -44,7 +44,7 @@ def small_cnn_host():
     """Built-ins plus a test-only backbone ``small-cnn`` (64-d features, 24 px input) that
     trains in seconds on two CPU cores, where a resnet18 would take minutes."""
     from transferstudio.api import BackboneSpec, Preprocessing
-    from transferstudio.core.plugins import load_plugins, plugin_from_namespace
+    from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
 
     spec = BackboneSpec(
         name="small-cnn",

@@ -26,9 +26,9 @@ from transferstudio_builtins.distill import (
 
 from tests.helpers import tiny_experiment
 from transferstudio.api import ExperimentError, MethodSpec
-from transferstudio.core import events as E
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.plugins import load_plugins, plugin_from_namespace
+from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
+from transferstudio.core.progress import events as E
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 PATTERNS = ("checker", "horizontal", "vertical")
 
@@ -249,8 +249,8 @@ def test_a_teacher_trained_elsewhere_is_a_backbone_plus_its_weights_file(stripes
     classifier), as a network trained outside TransferStudio would be: it teaches exactly as
     the run does, and a file for another number of classes is refused naming both counts."""
     from transferstudio.api import WeightsError
-    from transferstudio.core.checkpoint import CheckpointStore
-    from transferstudio.core.run_models import load_run_predictor
+    from transferstudio.core.runs.checkpoint import CheckpointStore
+    from transferstudio.core.runs.finished import load_run_predictor
 
     weights = CheckpointStore(Path(stripes["teacher"]) / "checkpoints").load("best").weights
     own_layout = {

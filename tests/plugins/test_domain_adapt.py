@@ -18,14 +18,14 @@ from transferstudio_builtins.domain_adapt import (
 
 from tests.helpers import tiny_experiment
 from transferstudio.api import ExperimentError, Preprocessing, Sample
-from transferstudio.core import events as E
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.data import ImageDataset, build_transform
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.export import export_module
-from transferstudio.core.models import build_classifier
-from transferstudio.core.roles import list_images
-from transferstudio.core.runs import RunStore
+from transferstudio.core.data.loaders import ImageDataset, build_transform
+from transferstudio.core.data.roles import list_images
+from transferstudio.core.inference.export import export_module
+from transferstudio.core.models.build import build_classifier
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.runs.workspace import RunStore
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 # --------------------------------------------------------------------------- MK-MMD
 
@@ -205,7 +205,7 @@ def _last_model(folder: Path, host, bottleneck: int = 0):
 @pytest.fixture(scope="module")
 def source_only(shift, tmp_path_factory):
     """Plain fine-tuning on the source: (source val accuracy, target accuracy)."""
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     host = load_plugins(autoload=False)
     state = PlainState()

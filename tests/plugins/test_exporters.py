@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core.export import export_module, sample_input
-from transferstudio.core.models import build_classifier
+from transferstudio.core.inference.export import export_module, sample_input
+from transferstudio.core.models.build import build_classifier
 
 
 @pytest.fixture(scope="module")
 def model():
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     torch.manual_seed(0)
     return build_classifier(load_plugins(autoload=False).backbone("resnet18"), None, 3).eval()

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.helpers import tiny_experiment
-from transferstudio.core import events as E
-from transferstudio.core import features
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.engine import PlainState, run_experiment
+from transferstudio.core.models import features
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 
 @pytest.fixture(autouse=True)
@@ -41,9 +41,9 @@ def _weights_file(tmp_path):
 
 
 def test_cached_features_equal_freshly_computed_ones(make_images, host, tmp_path):
-    from transferstudio.core.data import build_transform
-    from transferstudio.core.images import load_rgb
-    from transferstudio.core.models import build_backbone
+    from transferstudio.core.data.images import load_rgb
+    from transferstudio.core.data.loaders import build_transform
+    from transferstudio.core.models.build import build_backbone
 
     data = make_images({"a": 6, "b": 6})
     weights = _weights_file(tmp_path)
@@ -63,8 +63,8 @@ def test_cached_features_equal_freshly_computed_ones(make_images, host, tmp_path
     transform = build_transform(pre, None)
     from transferstudio_builtins.datasets import image_folder_source
 
-    from transferstudio.core.data import scan
-    from transferstudio.core.experiment import DataSettings
+    from transferstudio.core.data.loaders import scan
+    from transferstudio.core.settings.experiment import DataSettings
 
     split = scan(image_folder_source(), DataSettings(path=str(data), val_split=0.25), data)
     val_paths = [s.path for s in split.splits["val"]]

@@ -45,10 +45,10 @@ from transferstudio.api import (
     TransferMethod,
     param,
 )
-from transferstudio.core import events as E
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.plugins import load_plugins, plugin_from_namespace
-from transferstudio.core.support import read_support_folder
+from transferstudio.core.models.support_set import read_support_folder
+from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
+from transferstudio.core.progress import events as E
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 # --------------------------------------------------------------------------- shared pieces
 

@@ -21,14 +21,14 @@ from transferstudio_builtins.protonet import predict_with_support
 from tests.helpers import fewshot_experiment, write_glyphs
 from transferstudio.api import DataError, TransferStudioError, WeightsError
 from transferstudio.cli import main
-from transferstudio.core.data import build_transform
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.export import export_run
-from transferstudio.core.images import load_rgb
-from transferstudio.core.plugins import load_plugins
-from transferstudio.core.predict import gather_images, open_predictor, predict
-from transferstudio.core.run_models import load_run_predictor
-from transferstudio.core.support import read_support_folder
+from transferstudio.core.data.images import load_rgb
+from transferstudio.core.data.loaders import build_transform
+from transferstudio.core.inference.export import export_run
+from transferstudio.core.inference.predict import gather_images, open_predictor, predict
+from transferstudio.core.models.support_set import read_support_folder
+from transferstudio.core.plugins.host import load_plugins
+from transferstudio.core.runs.finished import load_run_predictor
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 WAY = 5
 
@@ -118,8 +118,8 @@ def test_protonet_run_predicts_new_classes_from_a_support_folder(runs, host, new
 
 def load_encoder(folder):
     """The protonet run's encoder, read independently of ``core.support``."""
-    from transferstudio.core.checkpoint import CheckpointStore
-    from transferstudio.core.models import build_backbone
+    from transferstudio.core.models.build import build_backbone
+    from transferstudio.core.runs.checkpoint import CheckpointStore
 
     store = CheckpointStore(Path(folder) / "checkpoints")
     ck = store.load("best" if store.exists("best") else "last", with_state=False)
@@ -146,8 +146,8 @@ def test_maml_run_adapts_to_the_support_folder_then_predicts(runs, host, new_cla
     # a copy: the meta-learned initialisation is untouched.
     from transferstudio_builtins.maml import adapt, meta_parameters
 
-    from transferstudio.core.run_models import load_best_checkpoint
-    from transferstudio.core.support import rebuild_method
+    from transferstudio.core.models.support_set import rebuild_method
+    from transferstudio.core.runs.finished import load_best_checkpoint
 
     ck = load_best_checkpoint(Path(runs["maml"].folder))
     meta_model = rebuild_method(ck.meta, host, ck.weights, "test").predictor()

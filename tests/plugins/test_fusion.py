@@ -17,10 +17,10 @@ from transferstudio_builtins.fusion import FusionParams
 
 from tests.helpers import tiny_experiment
 from transferstudio.api import ExperimentError
-from transferstudio.core import events as E
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.plugins import load_plugins, plugin_from_namespace
+from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 LEFT = {"red": (210, 50, 50), "green": (50, 190, 70)}
 RIGHT = {"blue": (60, 80, 220), "yellow": (220, 200, 50)}
@@ -142,7 +142,7 @@ def test_the_trained_fused_predictor_exports_to_torchscript(halves, tmp_path):
     from transferstudio_builtins.exporters import builtin_exporters
     from transferstudio_builtins.fusion import FUSION, Fusion
 
-    from transferstudio.core.export import export_module
+    from transferstudio.core.inference.export import export_module
 
     instances = []
 

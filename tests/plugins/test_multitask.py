@@ -13,12 +13,12 @@ from transferstudio_builtins.multitask import macro_f1
 
 from tests.helpers import tiny_experiment
 from transferstudio.api import ExperimentError
-from transferstudio.core import events as E
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.export import export_module
-from transferstudio.core.models import build_backbone
-from transferstudio.core.weights import resolve_weights
+from transferstudio.core.inference.export import export_module
+from transferstudio.core.models.build import build_backbone
+from transferstudio.core.models.weights import resolve_weights
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}
 SHAPES = ("circle", "cross")
@@ -172,7 +172,7 @@ def test_task_weights_must_match_the_tasks(small_cnn_host, labels_csv, tmp_path)
 def test_predictor_exports_concatenated_logits_with_task_slices(
     small_cnn_host, labels_csv, tmp_path
 ):
-    from transferstudio.core.engine import _Run
+    from transferstudio.core.training.engine import _Run
 
     exp = multitask_experiment(labels_csv, ["colour", "shape", "coin"], head="mlp", hidden=8)
     run = _Run(exp, small_cnn_host, PlainState(), tmp_path / "ws", None, writer=False)

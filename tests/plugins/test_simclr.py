@@ -15,8 +15,8 @@ from transferstudio_builtins.simclr import (
 )
 
 from tests.helpers import tiny_experiment
-from transferstudio.core.checkpoint import CheckpointStore
-from transferstudio.core.engine import PlainState, run_experiment
+from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 SHAPES = ("circle", "square", "triangle")
 IMAGE_SIZE = 24

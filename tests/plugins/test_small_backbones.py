@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.helpers import tiny_experiment
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.models import build_backbone, build_classifier
+from transferstudio.core.models.build import build_backbone, build_classifier
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 SMALL = {"lenet": 100, "conv4": 64}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import SHARED_DATA
-from transferstudio.core import features
-from transferstudio.core.engine import PlainState, run_experiment
-from transferstudio.core.experiment import from_mapping
+from transferstudio.core.models import features
+from transferstudio.core.settings.experiment import from_mapping
+from transferstudio.core.training.engine import PlainState, run_experiment
 
 HYMENOPTERA = SHARED_DATA / "hymenoptera_data"
 MOBILENET = SHARED_DATA / "weights" / "mobilenet_v2_imagenet.pth"
@@ -37,8 +37,8 @@ def _probe(host):
 def test_scan_handles_the_gif_placeholder():
     from transferstudio_builtins.datasets import image_folder_source
 
-    from transferstudio.core.data import scan
-    from transferstudio.core.experiment import DataSettings
+    from transferstudio.core.data.loaders import scan
+    from transferstudio.core.settings.experiment import DataSettings
 
     result = scan(image_folder_source(), DataSettings(path=str(HYMENOPTERA)), HYMENOPTERA)
     assert result.counts()["train"] == {"ants": 124, "bees": 121}
@@ -57,7 +57,7 @@ def test_linear_probe_on_pretrained_mobilenet_reaches_published_accuracy(host, t
 def test_transfer_gain_of_imagenet_weights_on_hymenoptera(host, tmp_path):
     """The transfer gain a user would cite: the linear probe on ImageNet MobileNetV2 features
     against the same probe on a randomly initialised MobileNetV2, same budget."""
-    from transferstudio.core.baseline import run_baseline
+    from transferstudio.core.studies.baseline import run_baseline
 
     features.clear_memory()
     transfer = run_experiment(_probe(host), host, PlainState(), tmp_path)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def installed_host():
     """Every installed plugin, discovered through entry points as the app does."""
-    from transferstudio.core.plugins import load_plugins
+    from transferstudio.core.plugins.host import load_plugins
 
     return load_plugins(autoload=True)
 
@@ -44,7 +44,7 @@ def test_it_is_picked_in_the_window_trained_exported_and_predicts(
     from PySide6.QtCore import QSettings, QThreadPool
 
     from tests.helpers import tiny_experiment
-    from transferstudio.core.predict import gather_images, open_predictor, predict
+    from transferstudio.core.inference.predict import gather_images, open_predictor, predict
     from transferstudio.gui.main_window import MainWindow
 
     data = make_images({"red": 6, "green": 6, "blue": 6})
@@ -87,8 +87,8 @@ def test_it_is_picked_in_the_window_trained_exported_and_predicts(
 def test_the_trained_run_exports_to_onnx_and_torchscript(installed_host, tmp_path, make_images):
     pytest.importorskip("onnxruntime")
     from tests.helpers import tiny_experiment
-    from transferstudio.core.engine import PlainState, run_experiment
-    from transferstudio.core.export import export_run
+    from transferstudio.core.inference.export import export_run
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     exp = tiny_experiment(
         make_images({"red": 4, "blue": 4}), train__epochs=1, model__backbone=BACKBONE
@@ -113,9 +113,9 @@ def test_its_imagenet_weights_recognise_ants_and_bees_with_its_own_normalisation
     root = SHARED_DATA / "hymenoptera_data" / "val"
     if not root.is_dir():
         pytest.skip(f"{root} is absent (reference data in ../shared/data)")
-    from transferstudio.core.data import build_transform
-    from transferstudio.core.images import load_rgb
-    from transferstudio.core.weights import find_cached, read_state_dict
+    from transferstudio.core.data.images import load_rgb
+    from transferstudio.core.data.loaders import build_transform
+    from transferstudio.core.models.weights import find_cached, read_state_dict
 
     spec = installed_host.backbone(BACKBONE)
     net = spec.build().eval()

@@ -38,9 +38,9 @@ def run_gui(
 
     from PySide6.QtWidgets import QApplication
 
-    from transferstudio.core import experiment as X
-    from transferstudio.core.plugins import load_plugins
-    from transferstudio.core.runs import default_workspace
+    from transferstudio.core.plugins.host import load_plugins
+    from transferstudio.core.runs.workspace import default_workspace
+    from transferstudio.core.settings import experiment as X
     from transferstudio.gui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
@@ -57,7 +57,7 @@ def run_gui(
     host = load_plugins()
     why_not = ""
     if experiment_path is None:
-        from transferstudio.core.demo import prepare_demo, transfer_demo_unavailable
+        from transferstudio.core.data.demo import prepare_demo, transfer_demo_unavailable
 
         why_not = transfer_demo_unavailable(host)
         if why_not and run_demo:

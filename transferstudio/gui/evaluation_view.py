@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from transferstudio.core.safe_text import printable
+from transferstudio.core.files.safe_text import printable
 from transferstudio.gui.widgets import THUMBNAIL_PX, named, thumbnail_list
 
 MIN_CELL_PX = 24

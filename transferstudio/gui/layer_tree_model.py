@@ -6,7 +6,7 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 
-from transferstudio.core.layer_tree import LayerNode
+from transferstudio.core.models.layer_tree import LayerNode
 
 COLUMNS = ("Module", "Trainable", "Type", "Output", "Parameters", "Drift", "Grad norm")
 TRAIN_COLUMN = 1

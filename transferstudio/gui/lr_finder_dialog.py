@@ -1,4 +1,4 @@
-"""The learning-rate range test as a dialog: the sweep of :func:`~transferstudio.core.lr_finder.
+"""The learning-rate range test as a dialog: the sweep of :func:`~transferstudio.core.training.lr_finder.
 find_lr` runs in a QThread and its loss curve is drawn live over a log learning-rate axis.
 
 The constructor builds the dialog but does not start the sweep; the caller calls :meth:`start`
@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core.lr_finder import STOPPED_BY_USER, LrFinderResult, find_lr
+from transferstudio.core.training.lr_finder import STOPPED_BY_USER, LrFinderResult, find_lr
 from transferstudio.gui.widgets import named
 from transferstudio.gui.worker import (
     EMIT_INTERVAL_S,

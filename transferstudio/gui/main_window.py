@@ -40,11 +40,11 @@ from PySide6.QtWidgets import (
 
 from transferstudio import __version__
 from transferstudio.api import API_VERSION, ExperimentError, TransferStudioError
-from transferstudio.core import events as E
-from transferstudio.core import experiment as X
-from transferstudio.core.atomic import write_text_atomic
-from transferstudio.core.eta import EtaEstimator, format_duration
-from transferstudio.core.plugins import PluginHost
+from transferstudio.core.files.atomic import write_text_atomic
+from transferstudio.core.plugins.host import PluginHost
+from transferstudio.core.progress import events as E
+from transferstudio.core.progress.eta import EtaEstimator, format_duration
+from transferstudio.core.settings import experiment as X
 from transferstudio.gui.gui_thread_gc import collect_garbage_on_gui_thread
 from transferstudio.gui.layer_tree_model import QtLayerTreeModel
 from transferstudio.gui.plots import TrainingCurves
@@ -332,7 +332,7 @@ class MainWindow(QMainWindow):
         self.weights_combo.addItem("file...", "file")
         self.weights_combo.activated.connect(self._on_weights_chosen)
         layout.addWidget(self.weights_combo)
-        # Folded BatchNorm in the chosen weights (core/bn_check.py): the reason, in view where
+        # Folded BatchNorm in the chosen weights (core/models/bn_check.py): the reason, in view where
         # the weights are chosen, and a one-click fix when the method still trains BN stats.
         self.bn_warning = named(QLabel(""), "model.bn_warning")
         self.bn_warning.setWordWrap(True)
@@ -737,8 +737,8 @@ class MainWindow(QMainWindow):
         """Read the chosen weights off the GUI thread and look for folded BatchNorm. With
         ``adopt`` (the user just picked them) a method training BN statistics is switched to
         ``frozen-stats``; otherwise (an experiment opened) the fix is proposed."""
-        from transferstudio.core.bn_check import folded_batchnorm_reason
-        from transferstudio.core.weights import read_state_dict, resolve_weights
+        from transferstudio.core.models.bn_check import folded_batchnorm_reason
+        from transferstudio.core.models.weights import read_state_dict, resolve_weights
 
         value = self.weights_value
         backbone = self.backbone_combo.currentData()
@@ -831,7 +831,7 @@ class MainWindow(QMainWindow):
         if not text:
             self.scan_label.setText("choose an image folder or CSV file")
             return
-        from transferstudio.core import data as D
+        from transferstudio.core.data import loaders as D
 
         path = Path(text) if Path(text).is_absolute() else self.base_dir / text
         settings = self.data_form.build() if self.data_form.validate() else X.DataSettings()
@@ -927,8 +927,8 @@ class MainWindow(QMainWindow):
         def build():
             import torch
 
-            from transferstudio.core.layer_tree import build_tree
-            from transferstudio.core.models import build_classifier
+            from transferstudio.core.models.build import build_classifier
+            from transferstudio.core.models.layer_tree import build_tree
 
             model = build_classifier(spec, None, key[1], dropout=key[2])
             tree = build_tree(model, torch.zeros(1, 3, crop, crop))
@@ -1026,7 +1026,7 @@ class MainWindow(QMainWindow):
         self.tree_summary.setText(self.tree_model.summary_text())
         if self._syncing or self._freeze_params() is None:
             return
-        from transferstudio.core.freeze import patterns_for
+        from transferstudio.core.settings.freeze import patterns_for
 
         patterns = patterns_for(self.tree_torch_model, self.tree_model.frozen)
         self._syncing = True
@@ -1070,7 +1070,7 @@ class MainWindow(QMainWindow):
         (QFileDialog already asked before overwriting an existing file.)"""
         import torch
 
-        from transferstudio.core.export import export_module, sample_input
+        from transferstudio.core.inference.export import export_module, sample_input
 
         spec = self.host.exporters[fmt]
         model = self.tree_torch_model
@@ -1089,7 +1089,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"exporting {module_path or 'model'} as {fmt} ...")
 
         def work():
-            from transferstudio.core.bundle import bundle_manifest
+            from transferstudio.core.models.bundle import bundle_manifest
 
             example = sample_input(model, module_path, batch)
             info = dict(metadata)
@@ -1120,7 +1120,7 @@ class MainWindow(QMainWindow):
 
     def _load_run_weights(self, result) -> None:
         """Show the finished run's best weights in the tree (what the tree exports)."""
-        from transferstudio.core.checkpoint import CheckpointStore
+        from transferstudio.core.runs.checkpoint import CheckpointStore
 
         store = CheckpointStore(Path(result.folder) / "checkpoints")
         if self.tree_model is None or not store.exists("best"):
@@ -1219,8 +1219,8 @@ class MainWindow(QMainWindow):
 
     def resume_selected_run(self) -> None:
         """Continue the run selected in Runs in its own folder, as ``run --resume`` does."""
-        from transferstudio.core.resume import experiment_to_resume
-        from transferstudio.core.runs import RunStore
+        from transferstudio.core.runs.resume import experiment_to_resume
+        from transferstudio.core.runs.workspace import RunStore
 
         ids = self._selected_run_ids()
         if len(ids) != 1 or self.controller.running:
@@ -1237,7 +1237,7 @@ class MainWindow(QMainWindow):
 
     def _show_earlier_epochs(self, run_id: str) -> None:
         """A resumed run's curves start with the epochs it had already done."""
-        from transferstudio.core.runs import RunStore
+        from transferstudio.core.runs.workspace import RunStore
 
         metrics = RunStore(self.workspace).epoch_metrics(run_id)
         for split, prefix in (("train", "train"), ("val", "val")):
@@ -1401,7 +1401,7 @@ class MainWindow(QMainWindow):
                 "in the window: select it in Runs, then Run > Resume (Ctrl+Shift+R) or "
                 "right-click > Resume"
             )
-        from transferstudio.core.baseline import BASELINE_OF
+        from transferstudio.core.studies.baseline import BASELINE_OF
 
         baseline_of = getattr(self, "_run_tags", {}).get(BASELINE_OF)
         if baseline_of is not None:
@@ -1468,7 +1468,7 @@ class MainWindow(QMainWindow):
     def _runs_signature(self) -> tuple:
         """Changes whenever the runs table would: the index was written, or a run shown as
         running lost its process (it then reads "interrupted")."""
-        from transferstudio.core.runs import RunStore
+        from transferstudio.core.runs.workspace import RunStore
 
         files = [self.workspace / f"runs.sqlite{suffix}" for suffix in ("", "-wal")]
         stamps = tuple(
@@ -1493,8 +1493,8 @@ class MainWindow(QMainWindow):
             self.refresh_runs()
 
     def refresh_runs(self) -> None:
-        from transferstudio.core.baseline import gains
-        from transferstudio.core.runs import RunStore
+        from transferstudio.core.runs.workspace import RunStore
+        from transferstudio.core.studies.baseline import gains
 
         store = RunStore(self.workspace)
         selected = set(self._selected_run_ids()) if hasattr(self, "run_records") else set()
@@ -1544,7 +1544,11 @@ class MainWindow(QMainWindow):
     def run_selected_baseline(self) -> None:
         """Run the transfer-gain baseline of the selected run in the window; when it completes,
         the runs table shows the gain on the original run's row."""
-        from transferstudio.core.baseline import BASELINE_KIND, BASELINE_OF, baseline_experiment
+        from transferstudio.core.studies.baseline import (
+            BASELINE_KIND,
+            BASELINE_OF,
+            baseline_experiment,
+        )
 
         ids = self._selected_run_ids()
         if len(ids) != 1 or self.controller.running:
@@ -1583,7 +1587,7 @@ class MainWindow(QMainWindow):
     def _overlay_selected_runs(self) -> None:
         import pyqtgraph as pg
 
-        from transferstudio.core.runs import RunStore
+        from transferstudio.core.runs.workspace import RunStore
 
         self.overlay_plot.clear()
         store = RunStore(self.workspace)
@@ -1609,7 +1613,7 @@ class MainWindow(QMainWindow):
             self.open_file(Path(record.folder) / "experiment.toml")
 
     def delete_selected_runs(self) -> None:
-        from transferstudio.core.runs import RunStore
+        from transferstudio.core.runs.workspace import RunStore
 
         ids = self._selected_run_ids()
         if not ids:
@@ -1638,7 +1642,7 @@ class MainWindow(QMainWindow):
         if not self._confirm_discard("starting a new experiment"):
             return
         spec = self.host.method(self.method_combo.currentData() or "fine-tune")
-        from transferstudio.core.weights import default_weights
+        from transferstudio.core.models.weights import default_weights
 
         backbone = self.host.backbone(X.ModelSettings().backbone)
         exp = X.new_experiment(spec.name, spec.params, weights=default_weights(backbone))
@@ -1744,7 +1748,7 @@ class MainWindow(QMainWindow):
 
         import torch
 
-        from transferstudio.core.device import choose_device, describe
+        from transferstudio.core.training.device import choose_device, describe
 
         text = (
             f"TransferStudio {__version__} (plugin API {API_VERSION})\n"
@@ -1799,7 +1803,7 @@ class MainWindow(QMainWindow):
         )
 
     def _selected_run_resumable(self) -> bool:
-        from transferstudio.core.resume import is_resumable
+        from transferstudio.core.runs.resume import is_resumable
 
         ids = self._selected_run_ids() if hasattr(self, "run_records") else []
         records = {r.id: r for r in self.run_records} if ids else {}
@@ -1875,6 +1879,6 @@ def _blocks(backbone_node) -> list:
 
 def _check_device(train: X.TrainSettings) -> None:
     """The device field as the run checks it: a name torch knows and a device this machine has."""
-    from transferstudio.core.device import choose_device
+    from transferstudio.core.training.device import choose_device
 
     choose_device(train.device)

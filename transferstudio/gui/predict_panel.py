@@ -31,7 +31,7 @@ class PredictPanel(QWidget):
     """Top-k predictions with thumbnails. ``set_run`` / ``set_bundle`` choose the model,
     ``set_support`` the support folder of a few-shot model; ``predict_paths`` (also reached by
     dropping files or folders) classifies images.
-    ``finished`` carries the :class:`~transferstudio.core.predict.PredictionReport`."""
+    ``finished`` carries the :class:`~transferstudio.core.inference.predict.PredictionReport`."""
 
     finished = Signal(object)
     failed = Signal(str)
@@ -160,7 +160,7 @@ class PredictPanel(QWidget):
         self.status.setText(f"predicting {len(inputs)} item(s) ...")
 
         def work():
-            from transferstudio.core.predict import gather_images, open_predictor, predict
+            from transferstudio.core.inference.predict import gather_images, open_predictor, predict
 
             predictor = open_predictor(ref, host, workspace, support=support)
             paths, skipped = gather_images(inputs)

@@ -3,7 +3,7 @@
 :class:`ProcessRun` has the signals of :class:`~transferstudio.gui.worker.RunWorker`, so the
 window draws a torchrun run exactly like a run in its own thread. The experiment the window
 shows is written to a temporary file; ``transferstudio run --event-stream`` turns rank 0's
-events into lines (core/event_stream.py), read here as they arrive. Stop and pause are files in
+events into lines (core/progress/event_stream.py), read here as they arrive. Stop and pause are files in
 a control folder every rank watches; a rank that dies ends the run (torchrun stops the others)
 and the last lines the processes wrote to stderr are shown with the error.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QProcess, QProcessEnvironment, Signal
 
-from transferstudio.core import event_stream as S
-from transferstudio.core import events as E
+from transferstudio.core.progress import event_stream as S
+from transferstudio.core.progress import events as E
 from transferstudio.gui.worker import RunSignals
 
 STDERR_TAIL_LINES = 60
@@ -179,7 +179,7 @@ class ProcessRun(RunSignals):
         if result is not None and result.status == "error":
             self.errored.emit(result.message, details)
         elif result is not None:
-            from transferstudio.core.engine import RunResult
+            from transferstudio.core.training.engine import RunResult
 
             if result.status == "failed":
                 self.errored.emit(result.message, details)

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from transferstudio.api import ExperimentError
-from transferstudio.core import params as P
+from transferstudio.core.settings import params as P
 from transferstudio.gui.float_box import FloatSpinBox
 
 INVALID_STYLE = "background-color: #ffd7d7;"

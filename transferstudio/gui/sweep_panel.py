@@ -1,4 +1,4 @@
-"""The hyperparameter sweep as a panel: :func:`~transferstudio.core.sweep.run_sweep` runs in a
+"""The hyperparameter sweep as a panel: :func:`~transferstudio.core.studies.sweep.run_sweep` runs in a
 QThread, and after every trial the table, the best-so-far curve and the parameter importances
 are redrawn from the sweep's summary.
 
@@ -32,9 +32,9 @@ from PySide6.QtWidgets import (
 )
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core import events as E
-from transferstudio.core.runs import RunStore
-from transferstudio.core.sweep import (
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.workspace import RunStore
+from transferstudio.core.studies.sweep import (
     SweepSummary,
     load_sweep,
     parse_space,

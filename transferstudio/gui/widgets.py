@@ -7,7 +7,7 @@ from PySide6.QtCore import QSize
 from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import QListView, QListWidget, QListWidgetItem
 
-from transferstudio.core.images import ImageProblem, load_rgb
+from transferstudio.core.data.images import ImageProblem, load_rgb
 
 THUMBNAIL_PX = 96
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThread, QThreadPool, Signal, Slot
 
-from transferstudio.core import events as E
+from transferstudio.core.progress import events as E
 
 EMIT_INTERVAL_S = 0.05
 
@@ -114,7 +114,7 @@ class RunWorker(RunSignals):
     @Slot()
     def run(self) -> None:
         from transferstudio.api import TransferStudioError
-        from transferstudio.core.engine import run_experiment
+        from transferstudio.core.training.engine import run_experiment
 
         try:
             result = run_experiment(

@@ -23,7 +23,7 @@ from transferstudio.api import (
     Preprocessing,
     SourceListing,
 )
-from transferstudio.core.plugins import BUILTIN_MODULE, PluginHost, PluginRecord, check_spec
+from transferstudio.core.plugins.host import BUILTIN_MODULE, PluginHost, PluginRecord, check_spec
 from transferstudio.testing.synthetic import write_class_folders, write_multilabel_csv
 
 KIT_BACKBONE = "testkit-cnn"
@@ -102,7 +102,7 @@ def kit_plugin(taken: PluginHost | None = None):
     """The kit's own plugin: the backbone :data:`KIT_BACKBONE` methods are checked with, and
     the standard data sources (image folder, CSV) they read their generated data with; specs
     whose names ``taken`` already holds are left out."""
-    from transferstudio.core.plugins import plugin_from_namespace
+    from transferstudio.core.plugins.host import plugin_from_namespace
 
     backbone = BackboneSpec(
         name=KIT_BACKBONE,
@@ -170,10 +170,10 @@ def check_plugin(
     teacher run, say). ``workdir`` keeps the generated data and files (default: a temporary
     folder, removed afterwards). ``conflicts`` are problems the plugin had when loaded with the
     other installed plugins (a name another plugin provides first,
-    :attr:`~transferstudio.core.plugins.PluginRecord.conflicts`): the plugin is checked on its
+    :attr:`~transferstudio.core.plugins.host.PluginRecord.conflicts`): the plugin is checked on its
     own here, so they are passed in and fail the report.
 
-    A spec whose declaration is unsound (:func:`transferstudio.core.plugins.check_spec`: a
+    A spec whose declaration is unsound (:func:`transferstudio.core.plugins.host.check_spec`: a
     setting's default outside its own range, preprocessing the pipeline cannot apply, ...) is
     not registered by the host, exactly as at a normal start, and fails the report by name."""
     if workdir is None:
@@ -225,7 +225,7 @@ def param_problems(
     plugin does not provide, a key its settings lack, a value outside the setting's type, range
     or choices. Given values are the caller's, so a bad one is an error, never a skipped
     check (``transferstudio plugins check --param`` exits non-zero on it)."""
-    from transferstudio.core import params as P
+    from transferstudio.core.settings import params as P
 
     problems = []
     for method, values in params.items():
@@ -265,8 +265,8 @@ def check_backbone(spec: BackboneSpec) -> tuple[str, str]:
     columns at its crop size, and weights it ships (``packaged_weights``) load."""
     import torch
 
-    from transferstudio.core.models import build_backbone
-    from transferstudio.core.weights import find_cached
+    from transferstudio.core.models.build import build_backbone
+    from transferstudio.core.models.weights import find_cached
 
     if problems := check_spec(spec):  # the loader's checks, for callers passing any spec
         return FAILED, "; ".join(problems)
@@ -294,9 +294,9 @@ def check_method(
     kit's backbone on CPU; every loss finite."""
     if problems := check_spec(spec):  # the loader's checks, for callers passing any spec
         return FAILED, "; ".join(problems)
-    from transferstudio.core import events as E
-    from transferstudio.core.engine import PlainState, run_experiment
-    from transferstudio.core.experiment import from_mapping
+    from transferstudio.core.progress import events as E
+    from transferstudio.core.settings.experiment import from_mapping
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     data: dict[str, Any] = {
         "val_split": 0.25,
@@ -365,7 +365,7 @@ def _check_support_classifier(host, spec: MethodSpec, folder: Path, params: dict
     classes (images -> finite logits, one column per class), as ``predict --support`` does."""
     import torch
 
-    from transferstudio.core.support import (
+    from transferstudio.core.models.support_set import (
         read_support_folder,
         setup_without_data,
         support_classifier,
@@ -404,8 +404,8 @@ def check_exporter(spec: ExporterSpec, folder: Path) -> tuple[str, str]:
     import torch
     from torch import nn
 
-    from transferstudio.core.export import export_module
-    from transferstudio.core.models import ClassifierModel
+    from transferstudio.core.inference.export import export_module
+    from transferstudio.core.models.build import ClassifierModel
 
     if spec.load is None and spec.verify is None:
         return FAILED, "the file is never read back: give ExporterSpec.load (API 1.1)"
@@ -438,8 +438,8 @@ def check_dataset(spec: DatasetSpec, folder: Path) -> tuple[str, str]:
     can split and train on it."""
     if problems := check_spec(spec):  # the loader's checks, for callers passing any spec
         return FAILED, "; ".join(problems)
-    from transferstudio.core.data import scan
-    from transferstudio.core.experiment import DataSettings
+    from transferstudio.core.data.loaders import scan
+    from transferstudio.core.settings.experiment import DataSettings
 
     if spec.write_example is None:
         return SKIPPED, "no write_example (API 1.2), so there is no example to list"

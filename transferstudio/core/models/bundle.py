@@ -25,8 +25,8 @@ from transferstudio.api import (
     Preprocessing,
     WeightsError,
 )
-from transferstudio.core import limits
-from transferstudio.core.models import build_backbone, classifier_from_recipe
+from transferstudio.core.files import limits
+from transferstudio.core.models.build import build_backbone, classifier_from_recipe
 
 BUNDLE_SUFFIX = ".tsmodel"
 FORMAT = "transferstudio-bundle"

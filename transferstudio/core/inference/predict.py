@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from transferstudio.api import Preprocessing, TransferStudioError
-from transferstudio.core.data import build_transform
-from transferstudio.core.images import ImageProblem, image_files, load_rgb
+from transferstudio.core.data.images import ImageProblem, image_files, load_rgb
+from transferstudio.core.data.loaders import build_transform
 
 
 @dataclass
@@ -47,19 +47,19 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
     """A bundle file (``.tsmodel``), or a finished run (id, unique prefix or folder). Models of
     methods that learn no fixed classes (few-shot) need ``support``: a folder with one subfolder
     of example images per class, whose classes they then predict."""
-    from transferstudio.core.bundle import (
+    from transferstudio.core.models.bundle import (
         BUNDLE_SUFFIX,
         bundle_backbone,
         bundle_from,
         bundle_meta,
         read_bundle,
     )
-    from transferstudio.core.run_models import (
+    from transferstudio.core.models.support_set import predicts_from_support
+    from transferstudio.core.runs.finished import (
         classifier_from_checkpoint,
         load_best_checkpoint,
         run_folder,
     )
-    from transferstudio.core.support import predicts_from_support
 
     if Path(ref).suffix == BUNDLE_SUFFIX:
         manifest, weights = read_bundle(ref)
@@ -96,7 +96,11 @@ def _refuse_support(support, source: str) -> None:
 
 
 def _support_predictor(meta, host, weights, source: str, support) -> Predictor:
-    from transferstudio.core.support import read_support_folder, rebuild_method, support_classifier
+    from transferstudio.core.models.support_set import (
+        read_support_folder,
+        rebuild_method,
+        support_classifier,
+    )
 
     if support is None:
         raise TransferStudioError(

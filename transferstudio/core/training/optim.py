@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from transferstudio.core.experiment import TrainSettings
+from transferstudio.core.settings.experiment import TrainSettings
 
 
 def build_optimizer(

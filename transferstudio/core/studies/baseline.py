@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core import params as P
-from transferstudio.core.experiment import Experiment, from_mapping, load
-from transferstudio.core.plugins import PluginHost
-from transferstudio.core.runs import RunStore, read_report
+from transferstudio.core.plugins.host import PluginHost
+from transferstudio.core.runs.workspace import RunStore, read_report
+from transferstudio.core.settings import params as P
+from transferstudio.core.settings.experiment import Experiment, from_mapping, load
 
 BASELINE_OF = "baseline_of"
 BASELINE_KIND = "baseline"
@@ -137,9 +137,9 @@ def gains(store: RunStore) -> dict[str, Gain]:
 
 def run_baseline(run_id: str, host: PluginHost, workspace: str | Path, state=None):
     """Run the baseline of run ``run_id`` (its own ``experiment.toml``); returns the baseline's
-    :class:`~transferstudio.core.engine.RunResult` and the :class:`Gain` (``None`` when the
+    :class:`~transferstudio.core.training.engine.RunResult` and the :class:`Gain` (``None`` when the
     baseline did not complete)."""
-    from transferstudio.core.engine import PlainState, run_experiment
+    from transferstudio.core.training.engine import PlainState, run_experiment
 
     store = RunStore(workspace)
     record = store.get(run_id)

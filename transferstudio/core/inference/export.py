@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from transferstudio.api import ExporterSpec, TransferStudioError
-from transferstudio.core.atomic import atomic_path
+from transferstudio.core.files.atomic import atomic_path
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -133,9 +133,9 @@ def validation_images(folder: Path, host, preprocessing: dict, limit: int = 256)
     import json
 
     from transferstudio.api import Preprocessing
-    from transferstudio.core import data as D
-    from transferstudio.core.experiment import load
-    from transferstudio.core.images import ImageProblem, load_rgb
+    from transferstudio.core.data import loaders as D
+    from transferstudio.core.data.images import ImageProblem, load_rgb
+    from transferstudio.core.settings.experiment import load
 
     try:
         if (folder / D.SPLITS_FILE).is_file():
@@ -171,15 +171,15 @@ def export_run(
 ) -> ExportResult:
     """Export a finished run's classifier (its best checkpoint; a few-shot run's encoder or
     meta-initialisation), or one of its sub-modules, with exporter ``fmt``; provenance (see
-    :func:`transferstudio.core.bundle.provenance`) goes into the file's metadata. An existing
+    :func:`transferstudio.core.models.bundle.provenance`) goes into the file's metadata. An existing
     ``target`` is only replaced with ``force``."""
-    from transferstudio.core.bundle import backbone_plugin, bundle_manifest
-    from transferstudio.core.run_models import (
+    from transferstudio.core.models.bundle import backbone_plugin, bundle_manifest
+    from transferstudio.core.models.support_set import predicts_from_support, rebuild_method
+    from transferstudio.core.runs.finished import (
         classifier_from_checkpoint,
         load_best_checkpoint,
         run_folder,
     )
-    from transferstudio.core.support import predicts_from_support, rebuild_method
 
     target = Path(target)
     if target.exists() and not force:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core.experiment import Experiment
-from transferstudio.core.plugins import PluginHost
+from transferstudio.core.plugins.host import PluginHost
+from transferstudio.core.settings.experiment import Experiment
 
 SMOOTHING = 0.98  # exponential moving average of the loss, debiased (as fastai)
 STOPPED_BY_USER = "stopped by the user"
@@ -86,7 +86,7 @@ def find_lr(
     """Run the range test: ``steps`` steps from ``start_lr`` to ``end_lr`` (geometric), stopping
     early when the loss diverges. ``on_point(step, lr, loss, smoothed)`` follows progress;
     ``should_stop()`` ends the sweep early (the points so far are kept)."""
-    from transferstudio.core.engine import PlainState, RunCancelled, _Run
+    from transferstudio.core.training.engine import PlainState, RunCancelled, _Run
 
     if not 0 < start_lr < end_lr:
         raise TransferStudioError(

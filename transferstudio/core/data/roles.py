@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transferstudio.api import DataError, ExperimentError, Sample, draw_episodes
-from transferstudio.core import data as D
-from transferstudio.core.images import ImageProblem, image_files, load_rgb
+from transferstudio.core.data import loaders as D
+from transferstudio.core.data.images import ImageProblem, image_files, load_rgb
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from transferstudio.core.experiment import DataSettings
+    from transferstudio.core.settings.experiment import DataSettings
 
 UNLABELED = ""
 """The label of samples whose class is unknown or ignored."""

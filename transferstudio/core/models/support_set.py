@@ -25,10 +25,10 @@ from transferstudio.api import (
     TransferStudioError,
     WeightsError,
 )
-from transferstudio.core import params as P
-from transferstudio.core.data import build_transform
-from transferstudio.core.images import ImageProblem, image_files, load_rgb
-from transferstudio.core.models import build_backbone, build_classifier, make_head
+from transferstudio.core.data.images import ImageProblem, image_files, load_rgb
+from transferstudio.core.data.loaders import build_transform
+from transferstudio.core.models.build import build_backbone, build_classifier, make_head
+from transferstudio.core.settings import params as P
 
 
 @dataclass

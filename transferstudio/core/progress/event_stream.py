@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from transferstudio.core import events as E
+from transferstudio.core.progress import events as E
 
 PREFIX = "@transferstudio-event "
 STOP_FILE = "stop"
@@ -40,7 +40,7 @@ _EVENT_TYPES = {
 
 @dataclasses.dataclass(frozen=True)
 class StreamResult:
-    """The end of a streamed run: what :class:`~transferstudio.core.engine.RunResult` holds,
+    """The end of a streamed run: what :class:`~transferstudio.core.training.engine.RunResult` holds,
     or ``status == "error"`` with the message of an error that prevented the run."""
 
     run_id: str
@@ -79,7 +79,7 @@ def decode(line: str) -> Any | None:
 
 
 class StreamState:
-    """The engine's :class:`~transferstudio.core.engine.RunState` for a streamed run: events
+    """The engine's :class:`~transferstudio.core.training.engine.RunState` for a streamed run: events
     go to ``stream`` as lines (rank 0 only, when ``writes`` is true); stop, pause and layer
     statistics are read from the control folder."""
 

@@ -23,12 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from transferstudio.api import ExperimentError, TransferStudioError
-from transferstudio.core import events as E
-from transferstudio.core import locks
-from transferstudio.core import params as P
-from transferstudio.core.experiment import SECTIONS, Experiment, from_mapping, load_toml_text
-from transferstudio.core.plugins import PluginHost
-from transferstudio.core.runs import INTERRUPTED, RunStore, safe_name
+from transferstudio.core.files import locks
+from transferstudio.core.plugins.host import PluginHost
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.workspace import INTERRUPTED, RunStore, safe_name
+from transferstudio.core.settings import params as P
+from transferstudio.core.settings.experiment import (
+    SECTIONS,
+    Experiment,
+    from_mapping,
+    load_toml_text,
+)
 
 STORAGE_FILE = "sweeps.sqlite"
 MAX_FAILURES_IN_A_ROW = 3  # then the sweep stops: a broken setting would fail every trial
@@ -393,7 +398,7 @@ def run_sweep(
     import optuna
     from optuna.trial import TrialState
 
-    from transferstudio.core.engine import run_experiment
+    from transferstudio.core.training.engine import run_experiment
 
     if trials is None and timeout_s is None:
         raise ExperimentError("give a budget: a number of trials, a time, or both", "trials")
@@ -524,7 +529,7 @@ def run_sweep(
 def _refuse_changes(name: str, exp: Experiment, stored: Experiment) -> None:
     """A sweep continues with the experiment it started with; a changed file would mix two
     searches in one study."""
-    from transferstudio.core.baseline import differences
+    from transferstudio.core.studies.baseline import differences
 
     changed = list(differences(stored.with_absolute_paths(), exp.with_absolute_paths()))
     if changed:

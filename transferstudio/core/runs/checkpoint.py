@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core.atomic import write_atomic, write_text_atomic
+from transferstudio.core.files.atomic import write_atomic, write_text_atomic
 
 
 @dataclass
@@ -126,7 +126,7 @@ class CheckpointStore:
         safetensors' traceback (nor torch's advice to load with ``weights_only=False``)."""
         from safetensors import SafetensorError
 
-        from transferstudio.core.weights import load_tensors_only
+        from transferstudio.core.models.weights import load_tensors_only
 
         meta = self.meta(kind)
         weights_path = self.folder / meta["weights_file"]
@@ -158,7 +158,7 @@ def checked_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     """``meta`` read from checkpoint metadata file ``path``, refused with a message naming the
     file and key when a field would make TransferStudio allocate without bound (``crop =
     60000`` asks 86 GB) or read outside the checkpoint folder."""
-    from transferstudio.core.limits import MAX_CLASSES, check_limit, checked_preprocessing
+    from transferstudio.core.files.limits import MAX_CLASSES, check_limit, checked_preprocessing
 
     for key in ("weights_file", "state_file"):
         name = meta.get(key)

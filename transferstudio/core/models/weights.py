@@ -68,7 +68,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".tsmodel" or is_bundle(path):
         # A bundle under another suffix (renamed to .pth, say) is read as the bundle it is,
         # not handed to torch.load, which would call it a damaged pickle.
-        from transferstudio.core.bundle import read_bundle_weights
+        from transferstudio.core.models.bundle import read_bundle_weights
 
         return read_bundle_weights(path)
     if path.suffix == ".safetensors":
@@ -198,7 +198,7 @@ def resolve_weights(spec: BackboneSpec, weights: str, base_dir: str | Path) -> P
         path = Path(base_dir) / path
     if (path / "checkpoints").is_dir():
         # A run folder: its best checkpoint's backbone (e.g. after self-supervised pretraining).
-        from transferstudio.core.run_models import best_weights_file
+        from transferstudio.core.runs.finished import best_weights_file
 
         return best_weights_file(path)
     if path.suffix not in (".pt", ".pth", ".safetensors", ".tsmodel"):

@@ -45,32 +45,8 @@ from transferstudio.api import (
     TransferStudioError,
     WeightsError,
 )
-from transferstudio.core import data as D
-from transferstudio.core import events as E
-from transferstudio.core.atomic import remove_leftovers, write_text_atomic
-from transferstudio.core.bundle import backbone_plugin
-from transferstudio.core.checkpoint import (
-    CheckpointStore,
-    load_module_weights,
-    module_weights,
-    restore_rng,
-    rng_state,
-)
-from transferstudio.core.device import choose_device, choose_precision, describe
-from transferstudio.core.distributed import Distributed, EpochShardSampler, replicate_trainable
-from transferstudio.core.experiment import Experiment
-from transferstudio.core.features import FeatureCache, cache_key
-from transferstudio.core.metrics import ClassificationReport, MetricAccumulator, format_report
-from transferstudio.core.models import (
-    build_backbone,
-    build_classifier,
-    build_trained_classifier,
-    describe_head,
-    make_head,
-)
-from transferstudio.core.optim import build_optimizer, lr_factor, set_lr
-from transferstudio.core.plugins import PluginHost
-from transferstudio.core.roles import (
+from transferstudio.core.data import loaders as D
+from transferstudio.core.data.roles import (
     EpisodeLoader,
     MultiLabelDataset,
     UnlabeledDataset,
@@ -81,10 +57,42 @@ from transferstudio.core.roles import (
     scan_unlabeled,
     split_classes,
 )
-from transferstudio.core.run_models import load_run_predictor
-from transferstudio.core.runs import RunStore, is_disk_full
-from transferstudio.core.safe_text import csv_row
-from transferstudio.core.weights import file_digest, resolve_weights
+from transferstudio.core.files.atomic import remove_leftovers, write_text_atomic
+from transferstudio.core.files.safe_text import csv_row
+from transferstudio.core.models.build import (
+    build_backbone,
+    build_classifier,
+    build_trained_classifier,
+    describe_head,
+    make_head,
+)
+from transferstudio.core.models.bundle import backbone_plugin
+from transferstudio.core.models.features import FeatureCache, cache_key
+from transferstudio.core.models.weights import file_digest, resolve_weights
+from transferstudio.core.plugins.host import PluginHost
+from transferstudio.core.progress import events as E
+from transferstudio.core.runs.checkpoint import (
+    CheckpointStore,
+    load_module_weights,
+    module_weights,
+    restore_rng,
+    rng_state,
+)
+from transferstudio.core.runs.finished import load_run_predictor
+from transferstudio.core.runs.workspace import RunStore, is_disk_full
+from transferstudio.core.settings.experiment import Experiment
+from transferstudio.core.training.device import choose_device, choose_precision, describe
+from transferstudio.core.training.distributed import (
+    Distributed,
+    EpochShardSampler,
+    replicate_trainable,
+)
+from transferstudio.core.training.metrics import (
+    ClassificationReport,
+    MetricAccumulator,
+    format_report,
+)
+from transferstudio.core.training.optim import build_optimizer, lr_factor, set_lr
 
 LOWER_IS_BETTER = {"loss"}
 STATS_PER_EPOCH = 4
@@ -319,7 +327,7 @@ class _StopChecked:
 
 
 class _StatsReference:
-    """The weights a run started from, for :class:`~transferstudio.core.events.LayerStats`.
+    """The weights a run started from, for :class:`~transferstudio.core.progress.events.LayerStats`.
 
     ``measure()`` uses torch's multi-tensor ``_foreach`` kernels and one device-to-host copy per
     quantity: per-tensor Python loops with a ``float()`` each took ~105 ms per call on
@@ -657,10 +665,10 @@ class _Run:
 
     def _folded_batchnorm_warning(self) -> str:
         """A warning when pretrained weights with folded BatchNorm (identity statistics) are
-        about to train with ``bn_mode = "train"``, which wrecks them (core/bn_check.py). Read
+        about to train with ``bn_mode = "train"``, which wrecks them (core/models/bn_check.py). Read
         from the modules the method built, before any checkpoint is restored: no second read
         of the weights file."""
-        from transferstudio.core.bn_check import folded_batchnorm_reason
+        from transferstudio.core.models.bn_check import folded_batchnorm_reason
 
         if self.weights_file is None or getattr(self.exp.method_params, "bn_mode", None) != "train":
             return ""
@@ -1435,11 +1443,11 @@ def run_experiment(
     Problems found before training starts (bad settings, unusable data, missing weights) raise
     :class:`TransferStudioError`. Once the run exists, a cancel returns status ``cancelled``
     (checkpoints kept, resumable) and an error returns status ``failed`` after a
-    :class:`~transferstudio.core.events.RunFailed` event; the last good checkpoint stays.
+    :class:`~transferstudio.core.progress.events.RunFailed` event; the last good checkpoint stays.
     ``tags`` label a new run in the run store (its sweep and trial, the run a baseline is for)
     as it is created.
     """
-    from transferstudio.core.runs import default_workspace
+    from transferstudio.core.runs.workspace import default_workspace
 
     state = state or PlainState()
     workspace = Path(workspace) if workspace else default_workspace()

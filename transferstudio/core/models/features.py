@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from transferstudio.core.atomic import write_atomic
+from transferstudio.core.files.atomic import write_atomic
 
 MEMORY_LIMIT_BYTES = 2 * 2**30
 """Features larger than this are not kept in memory (they are still cached on disk)."""

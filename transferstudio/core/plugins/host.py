@@ -141,7 +141,7 @@ def check_preprocessing(pre: Any) -> list[str]:
     """Problems of a backbone's :class:`~transferstudio.api.Preprocessing`: ``resize`` and
     ``crop`` whole numbers within the read limits with ``crop <= resize``, ``mean`` and ``std``
     three finite numbers each with every ``std`` above 0, ``interpolation`` a known name."""
-    from transferstudio.core.limits import INTERPOLATIONS, MAX_CROP, MAX_RESIZE
+    from transferstudio.core.files.limits import INTERPOLATIONS, MAX_CROP, MAX_RESIZE
 
     if not isinstance(pre, Preprocessing):
         return [f"preprocessing must be an api.Preprocessing, not {type(pre).__name__}"]
@@ -200,9 +200,9 @@ def check_backbone_spec(spec: BackboneSpec) -> list[str]:
 
 def check_method_spec(spec: MethodSpec) -> list[str]:
     """Problems of a :class:`~transferstudio.api.MethodSpec`'s declaration: its fields' types,
-    its data roles, and its parameter dataclass (:func:`transferstudio.core.params.check_settings_class`:
+    its data roles, and its parameter dataclass (:func:`transferstudio.core.settings.params.check_settings_class`:
     every setting has a default that fits its own type, range and choices)."""
-    from transferstudio.core.params import check_settings_class
+    from transferstudio.core.settings.params import check_settings_class
 
     problems = _text_field(spec, "name") + _text_field(spec, "description", empty_ok=True)
     problems += _callable_field(spec, "factory")

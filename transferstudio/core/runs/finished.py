@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from transferstudio.api import TransferStudioError, WeightsError
-from transferstudio.core.checkpoint import Checkpoint, CheckpointStore
-from transferstudio.core.models import classifier_from_recipe
+from transferstudio.core.models.build import classifier_from_recipe
+from transferstudio.core.runs.checkpoint import Checkpoint, CheckpointStore
 
 
 def run_folder(ref: str | Path, workspace: str | Path) -> Path:
@@ -23,7 +23,7 @@ def run_folder(ref: str | Path, workspace: str | Path) -> Path:
     path = Path(ref).expanduser()
     if (path / "checkpoints").is_dir():
         return path
-    from transferstudio.core.runs import RunStore
+    from transferstudio.core.runs.workspace import RunStore
 
     try:
         return Path(RunStore(workspace).get(str(ref)).folder)
@@ -69,7 +69,7 @@ def classifier_from_checkpoint(ck: Checkpoint, host, source: str) -> torch.nn.Mo
     engine stores in every checkpoint whose method predicts with such a classifier
     (``head_recipe``, see ``core.models.describe_head``); a run of a method that learns no
     fixed classes (few-shot) is refused."""
-    from transferstudio.core.support import predicts_from_support
+    from transferstudio.core.models.support_set import predicts_from_support
 
     meta = ck.meta
     if predicts_from_support(meta, host):

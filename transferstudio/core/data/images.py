@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from transferstudio.api import IMAGE_SUFFIXES
-from transferstudio.core.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS
+from transferstudio.core.files.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS
 
 MAX_PIXELS = MAX_IMAGE_PIXELS
 """Images above this many pixels are refused (decompression-bomb guard; see ``core.limits``)."""

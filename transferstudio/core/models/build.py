@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from transferstudio.api import BackboneSpec, WeightsError
-from transferstudio.core.weights import read_state_dict
+from transferstudio.core.models.weights import read_state_dict
 
 
 class ClassifierModel(nn.Module):
@@ -94,7 +94,7 @@ def head_from_recipe(recipe: dict, source: str = "head recipe") -> nn.Module:
 def _check_layer(layer, key: str, source: str, known) -> None:
     """Refuse a head layer description of an unknown type, a missing or non-integer size, or
     sizes above ``core.limits`` (before it is built)."""
-    from transferstudio.core.limits import (
+    from transferstudio.core.files.limits import (
         MAX_LAYER_FEATURES,
         MAX_LAYER_PARAMS,
         LimitError,

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core import experiment as X
-from transferstudio.core.runs import INTERRUPTED, RunRecord, RunStore
+from transferstudio.core.runs.workspace import INTERRUPTED, RunRecord, RunStore
+from transferstudio.core.settings import experiment as X
 
 # A completed run has nothing left to train; a running one belongs to its process.
 RESUMABLE_STATUSES = frozenset({"cancelled", "failed", INTERRUPTED})

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from transferstudio.api import ExperimentError, param
-from transferstudio.core import params as P
-from transferstudio.core.safe_text import is_utf8_text, printable
+from transferstudio.core.files.safe_text import is_utf8_text, printable
+from transferstudio.core.settings import params as P
 
 SCHEMA_VERSION = 1
 
@@ -460,7 +460,7 @@ def new_experiment(
     """An experiment with every default, for ``transferstudio init`` and the GUI's File > New.
 
     ``weights`` is the model.weights setting; callers pass what
-    :func:`transferstudio.core.weights.default_weights` finds for the backbone (its pretrained
+    :func:`transferstudio.core.models.weights.default_weights` finds for the backbone (its pretrained
     weights when they are on this machine) or the user's choice."""
     exp = Experiment(name=name or method, method=method, method_params=params_cls())
     exp.data.path = data_path

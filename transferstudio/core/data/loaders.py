@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transferstudio.api import DataError, DatasetSpec, ExperimentError, Preprocessing, Sample
-from transferstudio.core.images import ImageProblem, check_image, load_rgb
-from transferstudio.core.safe_text import display_path, is_utf8_text
+from transferstudio.core.data.images import ImageProblem, check_image, load_rgb
+from transferstudio.core.files.safe_text import display_path, is_utf8_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from transferstudio.core.experiment import AugmentSettings, DataSettings
+    from transferstudio.core.settings.experiment import AugmentSettings, DataSettings
 
 SPLITS = ("train", "val", "test")
 

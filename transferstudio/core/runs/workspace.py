@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from transferstudio.api import TransferStudioError
-from transferstudio.core import locks
+from transferstudio.core.files import locks
 
 WORKSPACE_ENV = "TRANSFERSTUDIO_WORKSPACE"
 

@@ -1,0 +1,1 @@
+"""Experiments over experiments: hyperparameter sweeps and transfer-gain baselines."""
