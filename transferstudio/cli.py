@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -74,9 +73,10 @@ def _run_with_console(
     exp, host, workspace: Path, resume: str | None = None, event_stream: str | None = None
 ) -> int:
     from transferstudio.console import ConsoleProgress
+    from transferstudio.core.training.distributed import process_rank
     from transferstudio.core.training.engine import run_experiment
 
-    rank0 = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 alone reports
+    rank0 = process_rank() == 0  # torchrun: rank 0 alone reports
     if event_stream is not None:
         return _run_streaming(exp, host, workspace, resume, Path(event_stream), rank0)
     progress = ConsoleProgress() if rank0 else _silent_state()

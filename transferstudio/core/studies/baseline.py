@@ -24,10 +24,10 @@ from transferstudio.core.plugins.host import PluginHost
 from transferstudio.core.runs.workspace import RunStore, read_report
 from transferstudio.core.settings import params as P
 from transferstudio.core.settings.experiment import Experiment, from_mapping, load
+from transferstudio.core.training.metrics import lower_is_better
 
 BASELINE_OF = "baseline_of"
 BASELINE_KIND = "baseline"
-LOWER_IS_BETTER = {"loss"}
 
 
 def baseline_experiment(exp: Experiment, host: PluginHost) -> tuple[Experiment, str]:
@@ -83,7 +83,7 @@ class Gain:
     @property
     def gain(self) -> float:
         difference = self.transfer_value - self.baseline_value
-        return -difference if self.metric in LOWER_IS_BETTER else difference
+        return -difference if lower_is_better(self.metric) else difference
 
     def describe(self) -> str:
         """E.g. ``0.9125 vs 0.5500: +0.3625 test accuracy over random initialisation``."""

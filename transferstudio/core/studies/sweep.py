@@ -34,10 +34,10 @@ from transferstudio.core.settings.experiment import (
     from_mapping,
     load_toml_text,
 )
+from transferstudio.core.training.metrics import lower_is_better
 
 STORAGE_FILE = "sweeps.sqlite"
 MAX_FAILURES_IN_A_ROW = 3  # then the sweep stops: a broken setting would fail every trial
-LOWER_IS_BETTER = {"loss"}
 DEFAULT_KEYS = ("train.lr", "train.weight_decay")
 # Sensible ranges where the field's own bounds are too wide to search (lr may be 0..10).
 DEFAULT_RANGES = {"train.lr": (1e-5, 1e-1), "train.weight_decay": (1e-6, 1e-1)}
@@ -446,7 +446,7 @@ def run_sweep(
             study = optuna.create_study(
                 study_name=name,
                 storage=_storage(workspace),
-                direction="minimize" if metric in LOWER_IS_BETTER else "maximize",
+                direction="minimize" if lower_is_better(metric) else "maximize",
                 sampler=_sampler(sampler, seed),
                 pruner=_pruner(pruner),
             )

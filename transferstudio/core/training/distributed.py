@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def process_rank() -> int:
+    """This process's rank in a ``torchrun`` launch (0 when not launched by torchrun): the one
+    place that reads ``RANK``."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @dataclass
 class Distributed:
     """This process's place in a launch (one process: rank 0 of 1, every call a no-op)."""
@@ -30,7 +36,7 @@ class Distributed:
     def from_env(cls) -> Distributed:
         """From torchrun's ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``."""
         return cls(
-            rank=int(os.environ.get("RANK", "0")),
+            rank=process_rank(),
             world=int(os.environ.get("WORLD_SIZE", "1")),
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         )

@@ -85,16 +85,17 @@ from transferstudio.core.training.device import choose_device, choose_precision,
 from transferstudio.core.training.distributed import (
     Distributed,
     EpochShardSampler,
+    process_rank,
     replicate_trainable,
 )
 from transferstudio.core.training.metrics import (
     ClassificationReport,
     MetricAccumulator,
     format_report,
+    lower_is_better,
 )
 from transferstudio.core.training.optim import build_optimizer, lr_factor, set_lr
 
-LOWER_IS_BETTER = {"loss"}
 STATS_PER_EPOCH = 4
 EPISODE_STREAMS = {"train": 1, "val": 2, "test": 3}
 """Distinct random streams per split, so val and test episodes never repeat train's draws."""
@@ -167,7 +168,7 @@ def read_only(settings: Any) -> Any:
 
 def is_writer_process() -> bool:
     """True unless this is a non-zero rank of a distributed launch (``RANK`` set by torchrun)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return process_rank() == 0
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -739,11 +740,7 @@ class _Run:
                 self._hold_run_lock()
                 self.store.set_status(self.run_id, "running")
         else:
-            self.run_id = (
-                self.store.new_run_id(exp.name)
-                if self.store
-                else f"rank{os.environ.get('RANK', '?')}"
-            )
+            self.run_id = self.store.new_run_id(exp.name) if self.store else f"rank{process_rank()}"
             self.folder = self.workspace / "runs" / self.run_id
             if self.store:
                 self._hold_run_lock()
@@ -882,7 +879,7 @@ class _Run:
             value = val_metrics.get(metric)
             improved = value is not None and (
                 self.best is None
-                or (value < self.best if metric in LOWER_IS_BETTER else value > self.best)
+                or (value < self.best if lower_is_better(metric) else value > self.best)
             )
             if improved:
                 self.best, self.best_epoch, self.bad_epochs = value, epoch, 0

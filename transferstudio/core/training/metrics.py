@@ -28,6 +28,16 @@ class ClassificationReport:
         }
 
 
+# Direction of every metric a run reports: lower is better for these, higher for the rest
+# (accuracy, F1, ...). Model selection, sweeps and baselines all read it from here.
+LOWER_IS_BETTER = frozenset({"loss"})
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is the better one."""
+    return metric in LOWER_IS_BETTER
+
+
 class MetricAccumulator:
     """Adds up logits/targets of batches (on any device) and reports metrics at the end."""
 
