@@ -7,7 +7,7 @@ error types whose messages are shown to users.
 
 A plugin module declares the API version it was written for::
 
-    TRANSFERSTUDIO_API_VERSION = "1.4"
+    TRANSFERSTUDIO_API_VERSION = "1.5"
 
 The host accepts a plugin when the major versions match and the plugin's minor version is not
 newer than the host's (:func:`is_compatible`). This module does not import torch, so listing
@@ -43,6 +43,7 @@ __all__ = [
     "ExperimentError",
     "ExporterSpec",
     "FreezePlan",
+    "LayerTreeSpec",
     "MethodContext",
     "MethodSpec",
     "PluginError",
@@ -66,7 +67,7 @@ __all__ = [
     "parse_unfreeze_schedule",
 ]
 
-API_VERSION = "1.4"
+API_VERSION = "1.5"
 """Version of this API. Minor bumps only add; a major bump may remove or change.
 
 1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
@@ -85,7 +86,11 @@ time; the bundle entry names ``BUNDLE_WEIGHTS_ENTRY``, ``BUNDLE_MANIFEST_ENTRY``
 transfer, for the transfer-gain baseline (``transferstudio baseline``).
 
 1.4 added ``MethodContext.train``: the experiment's ``train`` settings (read-only), so a
-method can read ``lr``, ``weight_decay``, ``epochs`` or ``seed``."""
+method can read ``lr``, ``weight_decay``, ``epochs`` or ``seed``.
+
+1.5 added ``MethodSpec.layer_tree`` (:class:`LayerTreeSpec`): a method declares that it honours
+the window's layer tree, which module the tree shows and which settings carry the freeze plan
+and the BN mode."""
 
 ROLE_LABELED = "labeled"
 """Labeled images from ``data.path`` (class folders or CSV), split train/val/test."""
@@ -547,6 +552,27 @@ class TransferMethod:
 
 
 @dataclass(frozen=True)
+class LayerTreeSpec:
+    """(API 1.5) A method's promise that it honours the window's layer tree.
+
+    ``module``: the method module the tree shows (a key of what ``setup`` returns; its weight
+    drift and gradient norms are drawn in the tree, and its parameters are what the tree's
+    checks freeze). ``freeze``: the setting (a ``list[str]`` of module patterns) the tree's
+    checks and presets write the freeze plan into; ``None``: the tree is read-only and shows
+    the modules in ``frozen`` (paths such as ``"backbone"``) frozen. ``freeze_up_to``: the
+    setting holding ``FreezePlan.up_to`` (cleared when the tree is edited); ``bn_mode``: the
+    setting holding ``FreezePlan.bn_mode`` (one of ``BN_MODES``; the window proposes
+    ``frozen-stats`` for weights with folded BatchNorm); ``None`` where the method has no such
+    setting."""
+
+    module: str = "model"
+    freeze: str | None = "freeze"
+    freeze_up_to: str | None = "freeze_up_to"
+    bn_mode: str | None = "bn_mode"
+    frozen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A transfer method: its id, its parameter dataclass (every field made with :func:`param`),
     the data roles it requires and those it uses when given (``ROLE_*``), and
@@ -576,3 +602,7 @@ class MethodSpec:
     that method instead (its parameters at their defaults, except those both methods share),
     which measures what this method brings over it: domain adaptation against source-only
     fine-tuning, distillation against the student trained alone."""
+    layer_tree: LayerTreeSpec | None = None
+    """(API 1.5) How the method honours the window's layer tree (:class:`LayerTreeSpec`).
+    ``None`` (not declared): the tree shows the model's modules for export only, without the
+    trainable checks, the freeze presets or the live drift columns."""

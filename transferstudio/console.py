@@ -1,4 +1,5 @@
-"""Console presentation of a run: a progress line with ETA, epoch lines and the final table."""
+"""Console presentation: the one progress line every command draws through, and a run's
+progress (batch line with ETA, epoch lines, the final table)."""
 
 from __future__ import annotations
 
@@ -17,21 +18,73 @@ def _fmt_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def bar(done: int, total: int, width: int, empty: str = "-") -> str:
+    """A text progress bar: ``done`` of ``total`` as ``width`` characters of ``#`` and ``empty``."""
+    filled = int(width * done / max(total, 1))
+    return "#" * filled + empty * (width - filled)
+
+
+class ProgressLine:
+    """One status line redrawn in place on a terminal, and the lines printed around it.
+
+    The one progress renderer of the command line: a run's batch line, the learning-rate range
+    test's steps and prediction's images all draw through it. On a terminal the line is redrawn
+    at most 10 times a second (the last step always); elsewhere (CI logs, pipes) it draws
+    nothing and only the printed lines appear.
+    """
+
+    def __init__(self, stream: TextIO | None = None, interval_s: float = 0.1) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.interval_s = interval_s
+        self.last_draw = 0.0
+        self.drawn = False
+
+    def due(self, last: bool = False) -> bool:
+        """Whether :meth:`draw` would draw now (so a caller can skip formatting the line)."""
+        return self.tty and (last or time.monotonic() - self.last_draw >= self.interval_s)
+
+    def draw(self, text: str, last: bool = False) -> None:
+        """Redraw the line as ``text`` (our own numbers: not escaped), if :meth:`due`."""
+        if not self.due(last):
+            return
+        self.last_draw = time.monotonic()
+        self.stream.write(f"\r\033[K{text}")
+        self.stream.flush()
+        self.drawn = True
+
+    def end(self) -> None:
+        """Leave the drawn line on screen and move below it."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+    def print(self, text: str) -> None:
+        """Print ``text`` as a line of its own, in place of the status line."""
+        # Class names, file names and messages quoting them come from the user's data: their
+        # control characters are shown, never obeyed (only our own redraw codes reach the tty).
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(printable(text) + "\n")
+        self.stream.flush()
+        self.drawn = False
+
+
 class ConsoleProgress:
     """A :class:`~transferstudio.core.training.engine.RunState` that draws to a terminal.
 
     On a terminal the batch line is redrawn at most 10 times a second; elsewhere (CI logs) only
-    epoch lines are printed. Ctrl+C asks the engine to stop after the current batch.
+    epoch lines are printed. ``stop`` (set by the command line's Ctrl+C handler) asks the engine
+    to stop after the current batch.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
+        self.line = ProgressLine(stream)
         self.stop = False
         self.epochs = 1
         self.start_epoch = 0
         self.started = time.monotonic()
-        self.last_draw = 0.0
         self.run_id: str | None = None
 
     def stop_requested(self) -> bool:
@@ -41,12 +94,7 @@ class ConsoleProgress:
         return False
 
     def _print(self, text: str) -> None:
-        # Class names, file names and messages quoting them come from the user's data: their
-        # control characters are shown, never obeyed (only our own redraw codes reach the tty).
-        if self.tty:
-            self.stream.write("\r\033[K")
-        self.stream.write(printable(text) + "\n")
-        self.stream.flush()
+        self.line.print(text)
 
     def emit(self, event: Any) -> None:
         if isinstance(event, E.RunStarted):
@@ -59,24 +107,20 @@ class ConsoleProgress:
                 + ", ".join(f"{s} {sum(c.values())}" for s, c in event.counts.items())
                 + (f", {event.skipped} file(s) skipped" if event.skipped else "")
             )
-        elif isinstance(event, E.BatchEnded) and self.tty:
-            now = time.monotonic()
-            if now - self.last_draw < 0.1 and event.batch + 1 < event.batches:
+        elif isinstance(event, E.BatchEnded):
+            last = event.batch + 1 >= event.batches
+            if not self.line.due(last):
                 return
-            self.last_draw = now
             done = (event.epoch - self.start_epoch) + (event.batch + 1) / max(event.batches, 1)
             total = max(self.epochs - self.start_epoch, 1)
-            elapsed = now - self.started
+            elapsed = time.monotonic() - self.started
             eta = elapsed * (total - done) / done if done > 0 else 0
-            width = 24
-            filled = int(width * (event.batch + 1) / max(event.batches, 1))
-            bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(
-                f"\r\033[Kepoch {event.epoch + 1}/{self.epochs} [{bar}] "
+            self.line.draw(
+                f"epoch {event.epoch + 1}/{self.epochs} [{bar(event.batch + 1, event.batches, 24)}] "
                 f"{event.batch + 1}/{event.batches} loss {event.loss:.4f} "
-                f"lr {event.lr:.2e} ETA {_fmt_seconds(eta)}"
+                f"lr {event.lr:.2e} ETA {_fmt_seconds(eta)}",
+                last,
             )
-            self.stream.flush()
         elif isinstance(event, E.EpochEnded):
             val = event.val
             self._print(

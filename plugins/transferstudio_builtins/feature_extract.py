@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from transferstudio.api import (
     ROLE_LABELED_TARGET,
+    LayerTreeSpec,
     MethodSpec,
     StepOutput,
     TransferMethod,
@@ -119,4 +120,6 @@ FEATURE_EXTRACT = MethodSpec(
     params=FeatureExtractParams,
     factory=FeatureExtract,
     optional_roles=(ROLE_LABELED_TARGET,),
+    # The tree shows the frozen backbone, read-only: there is no freeze plan to edit.
+    layer_tree=LayerTreeSpec(freeze=None, freeze_up_to=None, bn_mode=None, frozen=("backbone",)),
 )

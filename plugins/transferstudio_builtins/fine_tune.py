@@ -10,6 +10,7 @@ from transferstudio.api import (
     ROLE_LABELED_TARGET,
     ExperimentError,
     FreezePlan,
+    LayerTreeSpec,
     MethodSpec,
     StepOutput,
     TransferMethod,
@@ -144,4 +145,5 @@ FINE_TUNE = MethodSpec(
     factory=FineTune,
     distributed=True,
     optional_roles=(ROLE_LABELED_TARGET,),
+    layer_tree=LayerTreeSpec(),  # freeze, freeze_up_to, bn_mode; the module "model"
 )

@@ -112,3 +112,62 @@ def test_version_and_help(tmp_path):
     help_text = _run("--help", workspace=tmp_path).stdout
     for command in ("demo", "run", "init", "plugins", "runs"):
         assert command in help_text
+
+
+def _two_runs(tmp_path):
+    from transferstudio.core.runs.workspace import RunStore
+
+    workspace = tmp_path / "ws"
+    store = RunStore(workspace)
+    ids = ["20260101-000000-first-aaaa", "20260101-000001-second-bbbb"]
+    folders = [store.create(run_id, "x", "resnet18", "fine-tune", "loss") for run_id in ids]
+    return workspace, store, ids, folders
+
+
+def test_runs_delete_without_a_terminal_needs_yes(tmp_path):
+    workspace, store, ids, folders = _two_runs(tmp_path)
+    out = _run("runs", "delete", ids[0], workspace=workspace, check=False)  # stdin: not a tty
+    assert out.returncode == 2
+    assert f"asks before deleting ({ids[0]})" in out.stderr and "add --yes" in out.stderr
+    assert len(store.list()) == 2 and folders[0].is_dir()
+
+
+def test_runs_delete_yes_deletes_several_and_names_each(tmp_path):
+    workspace, store, ids, folders = _two_runs(tmp_path)
+    out = _run("runs", "delete", ids[0][:20], ids[1], ids[1], "--yes", workspace=workspace)
+    assert out.stdout.count("deleted run ") == 2
+    assert f"deleted run {ids[0]} and its folder {folders[0]}" in out.stdout
+    assert store.list() == [] and not any(f.exists() for f in folders)
+
+
+def test_runs_delete_an_unknown_id_deletes_nothing(tmp_path):
+    workspace, store, ids, folders = _two_runs(tmp_path)
+    out = _run("runs", "delete", ids[0], "nope", "--yes", workspace=workspace, check=False)
+    assert out.returncode == 2 and "no run 'nope'" in out.stderr
+    assert len(store.list()) == 2
+
+
+def test_runs_delete_refuses_a_run_in_training_and_deletes_the_others(tmp_path, capsys):
+    from transferstudio.cli import main
+
+    workspace, store, ids, folders = _two_runs(tmp_path)
+    with store.working_on(ids[0]):  # as a training process holds it
+        code = main(["--workspace", str(workspace), "runs", "delete", *ids, "-y"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert f"run {ids[0]} not deleted: run {ids[0]} is being trained" in err
+    assert f"deleted run {ids[1]}" in out
+    assert [r.id for r in store.list()] == [ids[0]] and folders[0].is_dir()
+
+
+def test_runs_delete_asks_at_a_terminal(tmp_path, monkeypatch, capsys):
+    from transferstudio.cli import main
+
+    workspace, store, ids, folders = _two_runs(tmp_path)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    answers = iter(["n", "y"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    assert main(["--workspace", str(workspace), "runs", "delete", ids[1]]) == 1
+    assert "nothing deleted" in capsys.readouterr().out and len(store.list()) == 2
+    assert main(["--workspace", str(workspace), "runs", "delete", ids[1]]) == 0
+    assert [r.id for r in store.list()] == [ids[0]]

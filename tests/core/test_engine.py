@@ -282,12 +282,12 @@ def test_layer_stats_measure_drift_and_gradients_only_when_wanted(data, host, tm
 
 
 def test_stats_reference_equals_the_plain_sums_of_squares():
-    from transferstudio.core.training.engine import _StatsReference
+    from transferstudio.core.training.layer_stats import StatsReference
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 2))
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    reference = _StatsReference({"model": model})
+    reference = StatsReference({"model": model})
     model(torch.randn(3, 5)).sum().backward()
     model[1].bias.grad = None  # a parameter without a gradient counts as 0
     with torch.no_grad():

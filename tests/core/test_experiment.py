@@ -202,3 +202,97 @@ def test_each_methods_parameter_table_is_in_the_methods_doc(host):
         if toml_table("method.params", spec.params, {}, comments=True) not in doc
     ]
     assert stale == [], "regenerate the settings blocks: python docs/generate.py"
+
+
+HAND_WRITTEN = """\
+# Birds, tuned by hand. Keep these notes!
+schema_version = 1
+name = "birds"   # what runs are listed under
+
+[data]
+path = "imgs"        # relative to this file
+batch_size = 16
+
+# 1e-2 diverged; 1e-3 is fine
+[train]
+epochs = 3
+lr = 1e-3            # a good start
+seed = 7
+
+[method]
+name = "fine-tune"
+
+[method.params]
+"""
+
+
+def _changed_lines(before: str, after: str) -> list[tuple[str, str]]:
+    import difflib
+
+    diff = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    return [line for line in diff if line[:1] in "+-"]
+
+
+def test_saving_a_hand_written_file_changes_only_the_changed_values(tmp_path, host):
+    path = tmp_path / "exp.toml"
+    path.write_text(HAND_WRITTEN)
+    exp = X.load(path, host.method_params)
+    exp.train.lr = 0.0005
+    exp.data.batch_size = 32
+    X.save(exp, path)
+    after = path.read_text()
+    assert _changed_lines(HAND_WRITTEN, after) == [
+        "- batch_size = 16",
+        "+ batch_size = 32",
+        "- lr = 1e-3            # a good start",
+        "+ lr = 0.0005            # a good start",
+    ]
+    assert X.load(path, host.method_params).to_dict() == exp.to_dict()
+    # Saving again without a change leaves the file as it is (1e-3 stays 1e-3, etc.).
+    X.save(X.load(path, host.method_params), path)
+    assert path.read_text() == after
+
+
+def test_saving_adds_new_keys_to_their_table_and_removes_unknown_ones(tmp_path, host):
+    path = tmp_path / "exp.toml"
+    path.write_text(HAND_WRITTEN)
+    exp = X.load(path, host.method_params)
+    exp.train.momentum = 0.5  # a key the file leaves out: added at the end of [train]
+    exp.augment.hflip = False  # a section the file leaves out: added
+    exp.train.seed = 0  # back to its default, still written: the file had it
+    X.save(exp, path)
+    after = path.read_text()
+    assert "seed = 0\nmomentum = 0.5\n\n[method]" in after
+    assert "[augment]\nhflip = false" in after
+    assert "# 1e-2 diverged; 1e-3 is fine" in after and "Keep these notes!" in after
+    assert X.load(path, host.method_params).to_dict() == exp.to_dict()
+    # Another method: the old one's parameters (and the comment above each) go, its own come.
+    generated = tmp_path / "generated.toml"
+    generated.write_text(exp.to_toml())
+    other = X.load(generated, host.method_params)
+    other.method = "feature-extract"
+    other.method_params = host.method_params("feature-extract")(head="linear")
+    X.save(other, generated)
+    text = generated.read_text()
+    assert 'name = "feature-extract"' in text and 'head = "linear"' in text
+    assert X.load(generated, host.method_params).to_dict() == other.to_dict()
+    for info in X.P.fields_of(type(exp.method_params)):
+        if info.name not in {f.name for f in X.P.fields_of(type(other.method_params))}:
+            assert f"\n{info.name} = " not in text and f"# {info.help}" not in text
+
+
+def test_saving_a_new_file_or_an_unreadable_one_generates_it(tmp_path, host):
+    exp = X.load(_write(tmp_path, HAND_WRITTEN), host.method_params)
+    fresh = tmp_path / "new.toml"
+    X.save(exp, fresh)
+    assert fresh.read_text() == exp.to_toml()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("this is [not toml\n")
+    X.save(exp, broken)
+    assert broken.read_text() == exp.to_toml()
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "exp.toml"
+    path.write_text(text)
+    return path

@@ -97,7 +97,11 @@ def test_a_zero_train_lr_and_discriminative_rates_are_handled(task, host):
 def test_lr_find_command_prints_and_applies_the_suggestion(task, tmp_path):
     _, experiment = task
     exp_file = tmp_path / "exp.toml"
-    exp_file.write_text(experiment(0.5).to_toml(), "utf-8")
+    # A file its author has annotated: --apply changes the lr line and keeps the rest.
+    text = "# my notes, kept by --apply\n" + experiment(0.5).to_toml().replace(
+        "\nlr = 0.5\n", "\nlr = 0.5  # first guess\n"
+    )
+    exp_file.write_text(text, "utf-8")
     curve = tmp_path / "curve.json"
     done = subprocess.run(
         [sys.executable, "-m", "transferstudio", "--workspace", str(tmp_path / "ws"), "lr-find"]
@@ -117,6 +121,9 @@ def test_lr_find_command_prints_and_applies_the_suggestion(task, tmp_path):
     lr = written["train"]["lr"]
     assert lr == pytest.approx(saved["suggestion"], rel=1e-2) and lr != 0.5
     assert written["data"]["batch_size"] == 8  # only train.lr changed, not the --set override
+    before, after = text.splitlines(), exp_file.read_text("utf-8").splitlines()
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert changed == [("lr = 0.5  # first guess", f"lr = {lr!r}  # first guess")]
 
 
 def test_stop_is_heard_while_a_feature_cache_is_built(task, host):

@@ -148,12 +148,12 @@ def test_unlabeled_role_reads_every_image_and_yields_two_views(tmp_path):
 
 
 def test_episodes_split_classes_and_repeat_for_the_same_seed(tmp_path):
-    from transferstudio.core.training.engine import EngineContext, _Run
+    from transferstudio.core.training.engine import EngineContext, TrainingSession
 
     data = write_class_images(tmp_path / "omni", {f"c{i:02d}": 6 for i in range(10)})
     host = _host("fs", (ROLE_EPISODES,))
     exp = _experiment(host, "fs", data, val_split=0.2, test_split=0.2)
-    run = _Run(exp, host, PlainState(), tmp_path / "ws", None, writer=False)
+    run = TrainingSession(exp, host, PlainState(), tmp_path / "ws", writer=False)
     run.prepare()
     splits = {s: {x.label for x in v} for s, v in run.scan.splits.items()}
     assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 2, 2]
@@ -201,13 +201,13 @@ def test_multilabel_missing_column_names_the_column_and_the_file(tmp_path):
 
 
 def test_a_finished_run_reloads_as_predictor_and_as_backbone_weights(make_images, tmp_path):
-    from transferstudio.core.training.engine import EngineContext, _Run
+    from transferstudio.core.training.engine import EngineContext, TrainingSession
 
     data = make_images({"red": 8, "green": 8, "blue": 8})
     host = load_plugins(autoload=False)
     exp = tiny_experiment(data, train__epochs=1, model__head_dropout=0.2)
     first = run_experiment(exp, host, PlainState(), tmp_path / "ws")
-    run = _Run(exp, host, PlainState(), tmp_path / "ws", None, writer=False)
+    run = TrainingSession(exp, host, PlainState(), tmp_path / "ws", writer=False)
     run.prepare()
     ctx = EngineContext(run)
     teacher = ctx.load_run_model(first.run_id)
@@ -230,19 +230,18 @@ def test_a_finished_run_reloads_as_predictor_and_as_backbone_weights(make_images
 def test_each_role_shuffles_in_its_own_order(tmp_path):
     """Source and target folders of equal size must not be shuffled identically: with one
     shared seed, image i of the source always met image i of the target in a batch."""
-    from transferstudio.core.training.engine import _Run
+    from transferstudio.core.training.engine import TrainingSession
 
     source = tmp_path / "source"
     write_class_images(source / "train", {"a": 10, "b": 10})
     write_class_images(source / "val", {"a": 2, "b": 2})
     target = write_class_images(tmp_path / "target", {"x": 20}, seed=5)
     host = _host("da", (ROLE_LABELED, ROLE_UNLABELED_TARGET))
-    run = _Run(
+    run = TrainingSession(
         _experiment(host, "da", source, target_path=str(target)),
         host,
         PlainState(),
         tmp_path / "ws",
-        None,
         writer=False,
     )
     run.prepare()
@@ -322,7 +321,7 @@ def test_a_run_with_any_head_and_extra_modules_reloads_from_its_recipe(make_imag
     first = run_experiment(exp, host, PlainState(), tmp_path / "ws")
     assert first.status == "completed", first.message
     from transferstudio.core.runs.checkpoint import CheckpointStore
-    from transferstudio.core.training.engine import EngineContext, _Run
+    from transferstudio.core.training.engine import EngineContext, TrainingSession
 
     meta = CheckpointStore(first.folder / "checkpoints").meta("best")
     assert meta["predictor_module"] == "model"
@@ -333,7 +332,7 @@ def test_a_run_with_any_head_and_extra_modules_reloads_from_its_recipe(make_imag
         "Dropout",
         "Linear",
     ]
-    run = _Run(exp, host, PlainState(), tmp_path / "ws", None, writer=False)
+    run = TrainingSession(exp, host, PlainState(), tmp_path / "ws", writer=False)
     run.prepare()
     ctx = EngineContext(run)
     reloaded = ctx.load_run_model(str(first.folder))

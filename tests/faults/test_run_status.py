@@ -92,7 +92,7 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path, exp_file, capsys)
         assert code == 2
         assert f"run {record.id} is being trained by another process" in err
         # ... and it cannot be deleted from under the training process either
-        assert main(["--workspace", str(workspace), "runs", "delete", record.id]) == 2
+        assert main(["--workspace", str(workspace), "runs", "delete", record.id, "--yes"]) == 2
         assert Path(record.folder).is_dir()
     finally:
         first.kill()
@@ -111,7 +111,9 @@ def test_a_run_without_its_experiment_file_can_be_deleted_not_resumed(tmp_path, 
     assert main(["--workspace", str(workspace), "run", "--resume", "20260101-000000-orphan"]) == 2
     err = capsys.readouterr().err
     assert "was never written" in err and "runs delete 20260101-000000-orphan-abcd" in err
-    assert main(["--workspace", str(workspace), "runs", "delete", "20260101-000000-orphan"]) == 0
+    assert (
+        main(["--workspace", str(workspace), "runs", "delete", "20260101-000000-orphan", "-y"]) == 0
+    )
     assert store.list() == [] and not folder.exists()
 
 

@@ -186,17 +186,17 @@ def test_running_out_of_gpu_memory_in_the_window_shows_the_advice(window, qtbot,
 
     from transferstudio.core.training import engine
 
-    real_epoch = engine._Run._train_epoch
+    real_epoch = engine.TrainingRun.train_epoch
 
     def second_epoch_runs_out(self, epoch):
         if epoch == 1:  # what a CUDA allocation failure raises, injected on this CPU machine
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_epoch(self, epoch)
 
-    monkeypatch.setattr(engine._Run, "_train_epoch", second_epoch_runs_out)
+    monkeypatch.setattr(engine.TrainingRun, "train_epoch", second_epoch_runs_out)
     outcome = _run_to_the_end(window, qtbot)
     message = outcome["errored"]
     assert message.startswith("out of memory on ") and "lower data.batch_size" in message
     assert window.error_box is not None and "lower data.batch_size" in window.error_box.text()
-    monkeypatch.setattr(engine._Run, "_train_epoch", real_epoch)
+    monkeypatch.setattr(engine.TrainingRun, "train_epoch", real_epoch)
     _assert_usable_again(window, qtbot)

@@ -14,7 +14,7 @@ def _pretrained_on_the_task(window, qtbot):
     with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000) as blocker:
         pass
     qtbot.waitUntil(lambda: not window.controller.running, timeout=10_000)
-    window._set_weights(str(blocker.args[0].folder))
+    window.model_panel.set_weights(str(blocker.args[0].folder))
 
 
 def test_the_demo_runs_then_its_baseline_and_shows_the_gain(window, qtbot):
@@ -29,7 +29,7 @@ def test_the_demo_runs_then_its_baseline_and_shows_the_gain(window, qtbot):
     gain = window.run_gains[run_id]
     assert blocker.args[0] == f"demo: transfer gain of run {run_id}: {gain.describe()}"
     assert RunStore(window.workspace).tags(gain.baseline_id)["baseline_of"] == run_id
-    assert window._selected_run_ids() == [run_id]  # the row that shows the gain
+    assert window.runs.selected_ids() == [run_id]  # the row that shows the gain
     row = [r.id for r in window.run_records].index(run_id)
     assert window.runs_table.item(row, 7).text() == gain.describe()
     assert window.statusBar().currentMessage() == blocker.args[0]

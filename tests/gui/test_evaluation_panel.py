@@ -12,7 +12,8 @@ from PySide6.QtWidgets import QDockWidget
 
 from tests.helpers import run_cli, tiny_experiment
 from transferstudio.core.runs.workspace import RunStore
-from transferstudio.gui.evaluation_view import MIN_CELL_PX, ConfusionMatrixView, EvaluationPanel
+from transferstudio.gui.panels.confusion_matrix import MIN_CELL_PX, ConfusionMatrixView
+from transferstudio.gui.panels.evaluation import EvaluationPanel
 
 
 def _report(names, correct=8, wrong=2, with_test=False, mistakes=()):

@@ -26,7 +26,7 @@ def task(make_images):
 def open_dialog(qtbot, host, tmp_path):
     """Factory: ``open_dialog(experiment)`` -> the dialog, shown, its sweep started. Fails the
     test if a sweep thread is left running."""
-    from transferstudio.gui.lr_finder_dialog import LrFinderDialog
+    from transferstudio.gui.dialogs.lr_finder import LrFinderDialog
 
     dialogs = []
 

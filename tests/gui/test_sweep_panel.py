@@ -39,7 +39,7 @@ def fast(make_images):
 def open_panel(qtbot, host, tmp_path):
     """Factory: ``open_panel(experiment)`` -> the panel on workspace ``tmp_path/ws``, shown.
     Fails the test if a sweep thread is left running."""
-    from transferstudio.gui.sweep_panel import SweepPanel
+    from transferstudio.gui.panels.sweeps import SweepPanel
 
     panels = []
 
@@ -173,7 +173,7 @@ def test_a_bad_searched_setting_is_reported_and_nothing_starts(open_panel, fast,
 
 def test_an_experiment_error_from_the_window_is_shown(qtbot, host, tmp_path):
     from transferstudio.api import TransferStudioError
-    from transferstudio.gui.sweep_panel import SweepPanel
+    from transferstudio.gui.panels.sweeps import SweepPanel
 
     def broken():
         raise TransferStudioError("data.path: no such folder")

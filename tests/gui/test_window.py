@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
 from transferstudio.core.progress import events as E
-from transferstudio.gui.layer_tree_model import TRAIN_COLUMN, QtLayerTreeModel
+from transferstudio.gui.panels.layer_tree_model import TRAIN_COLUMN, QtLayerTreeModel
 
 
 def test_layer_tree_model_passes_qtmodeltester(qtmodeltester):
@@ -69,13 +69,13 @@ def test_the_window_fits_a_laptop_screen(window):
 
 
 def test_presets(window):
-    window._preset("head")
+    window.layer_tree.apply_preset("head")
     assert window.method_form.values()["freeze"] == ["backbone"]
     window.last_blocks.setValue(1)
-    window._preset("last")
+    window.layer_tree.apply_preset("last")
     frozen = window.method_form.values()["freeze"]
     assert "backbone.layer3" in frozen and "backbone.layer4" not in frozen
-    window._preset("all")
+    window.layer_tree.apply_preset("all")
     assert window.method_form.values()["freeze"] == []
 
 
@@ -122,7 +122,7 @@ def test_a_run_trains_draws_curves_and_lands_in_the_runs_table(window, qtbot):
     qtbot.waitUntil(lambda: gallery.count() == min(len(mistakes), 24), timeout=10_000)
     assert window.thumbnails.count() == 3 * 4  # four per class
     # weight drift and gradient norms reached the tree: the head moved, the frozen-free stem too
-    from transferstudio.gui.layer_tree_model import DRIFT_COLUMN
+    from transferstudio.gui.panels.layer_tree_model import DRIFT_COLUMN
 
     head = window.tree_model.root.find("head")
     drift, grad = window.tree_model.node_stats(head)
@@ -154,7 +154,7 @@ def test_a_raising_method_shows_an_error_and_the_app_stays_usable(window, qtbot,
     def broken_step(self, epoch):
         raise RuntimeError("step exploded")
 
-    monkeypatch.setattr(engine._Run, "_train_epoch", broken_step)
+    monkeypatch.setattr(engine.TrainingRun, "train_epoch", broken_step)
     window.start_run()
     with qtbot.waitSignal(window.controller.worker.errored, timeout=60_000):
         pass
@@ -212,7 +212,8 @@ def test_a_window_run_equals_a_headless_run_of_the_saved_file(window, qtbot, tmp
 
     from tests.helpers import run_cli
 
-    window._preset("last")  # a non-trivial freeze plan must survive the round trip too
+    # a non-trivial freeze plan must survive the round trip too
+    window.layer_tree.apply_preset("last")
     path = tmp_path / "from-window.toml"
     assert window.save_to(path)
     window.start_run()
@@ -227,7 +228,7 @@ def test_a_window_run_equals_a_headless_run_of_the_saved_file(window, qtbot, tmp
 
 
 def test_frozen_layers_show_no_drift(window, qtbot):
-    window._preset("head")
+    window.layer_tree.apply_preset("head")
     _show_tree(window, qtbot)
     window.start_run()
     with qtbot.waitSignal(window.controller.worker.finished, timeout=120_000):
@@ -316,7 +317,7 @@ def test_the_data_panel_shows_the_fields_of_the_methods_roles(window):
     spec = MethodSpec(
         "da", "", object, object, (ROLE_LABELED, ROLE_UNLABELED_TARGET), (ROLE_LABELED_TARGET,)
     )
-    window._show_data_roles(spec)
+    window.data_panel.show_roles(spec)
     assert fields["target_path"].isVisibleTo(window)
     assert fields["target_eval_path"].isVisibleTo(window)
     assert not fields["label_columns"].isVisibleTo(window)
@@ -327,14 +328,16 @@ def test_method_diagnostics_get_their_own_plot_reset_per_run(window, qtbot):
 
     curves = window.curves
     assert "diagnostics" not in curves.plots
-    window._epochs, window._start_epoch = 2, 0
-    window._on_batches([E.BatchEnded(0, 0, 2, 1.0, 0.1, 4, {"mmd": 0.3, "domain_acc": 0.6})])
-    window._on_epoch(
+    window.training.epochs, window.training.start_epoch = 2, 0
+    window.training.on_batches(
+        [E.BatchEnded(0, 0, 2, 1.0, 0.1, 4, {"mmd": 0.3, "domain_acc": 0.6})]
+    )
+    window.training.on_epoch(
         E.EpochEnded(
             0, 2, {"loss": 1.0}, {"loss": 1.0, "diag_target_accuracy": 0.7}, 0.1, 1.0, True, 1.0, 0
         )
     )
-    window._redraw_curves()
+    window.training.redraw_curves()
     assert set(curves.diagnostic_keys()) == {"mmd", "domain_acc", "val target_accuracy"}
     assert curves.plots["diagnostics"].objectName() == "plot:diagnostics"
     assert curves.points("val target_accuracy") == 1
@@ -436,7 +439,7 @@ def test_the_predict_panel_takes_a_support_folder_for_a_few_shot_run(window, qtb
 
     panel = window.predict_panel
     panel.set_run(result.folder)
-    with qtbot.waitSignal(panel.failed, timeout=60_000) as blocker:
+    with qtbot.waitSignal(panel.errored, timeout=60_000) as blocker:
         panel.predict_paths([str(glyphs / "glyph02")])
     assert "Support..." in blocker.args[0] and "Support..." in panel.status.text()
 
@@ -500,7 +503,7 @@ def test_transfer_gain_runs_the_baseline_and_shows_the_gain(window, qtbot, monke
     errors: list[str] = []
     window.run_selected_baseline()
     assert errors and "already starts from random initialisation" in errors[0]
-    window._set_weights(str(source.folder))  # pretrained on the task: the transfer
+    window.model_panel.set_weights(str(source.folder))  # pretrained on the task: the transfer
     transfer = _run_to_end(window, qtbot, window.start_run)
     _select_run(window, transfer.run_id)
     baseline = _run_to_end(window, qtbot, window.run_selected_baseline)

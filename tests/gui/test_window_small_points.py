@@ -56,7 +56,7 @@ def test_skipped_files_show_their_whole_reason(window, qtbot, make_images):
 
 def test_a_run_refused_before_it_starts_says_it_could_not_start(window, qtbot, tmp_path):
     missing = tmp_path / "moved-away.pth"  # chosen, then gone before Start: seen only at setup
-    window._set_weights(str(missing))
+    window.model_panel.set_weights(str(missing))
     window.start_run()
     qtbot.waitUntil(lambda: not window.controller.running, timeout=30_000)
     qtbot.waitUntil(lambda: window.last_error is not None, timeout=10_000)
@@ -125,7 +125,7 @@ def test_start_while_the_model_is_being_built_waits_and_repeats_the_headless_run
     assert window.save_to(path)
     window.model_form.widgets["head_dropout"].setValue(0.1)  # a new key: the tree is rebuilt
     window.model_form.widgets["head_dropout"].setValue(0.0)
-    window._tree_model_for = None
+    window.layer_tree.forget()
     window._rebuild_tree()
     assert not window.model_ready()
     window.start_run()

@@ -17,8 +17,8 @@ def test_picking_folded_weights_sets_frozen_stats_and_says_why(
     window = open_window(tiny_experiment(make_images({"a": 6, "b": 6}), model__backbone="conv4"))
     assert _bn_mode(window) == "train" and window.bn_warning.isHidden()
     folded = conv4_weights(tmp_path, True, host)
-    window._set_weights(str(folded))  # what the file dialog's choice does
-    window._check_weights_batchnorm(adopt=True)
+    window.model_panel.set_weights(str(folded))  # what the file dialog's choice does
+    window.model_panel.check_weights_batchnorm(adopt=True)
     qtbot.waitUntil(lambda: _bn_mode(window) == "frozen-stats", timeout=30_000)
     assert not window.bn_warning.isHidden()
     assert window.bn_warning.text().startswith("bn mode set to frozen-stats for these weights")
@@ -34,8 +34,8 @@ def test_picking_folded_weights_sets_frozen_stats_and_says_why(
     assert _bn_mode(window) == "frozen-stats" and window.bn_fix.isHidden()
 
     # ordinary weights: nothing to say
-    window._set_weights(str(conv4_weights(tmp_path, False, host)))
-    window._check_weights_batchnorm(adopt=True)
+    window.model_panel.set_weights(str(conv4_weights(tmp_path, False, host)))
+    window.model_panel.check_weights_batchnorm(adopt=True)
     qtbot.waitUntil(lambda: window.bn_warning.isHidden(), timeout=30_000)
 
 

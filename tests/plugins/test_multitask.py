@@ -172,10 +172,10 @@ def test_task_weights_must_match_the_tasks(small_cnn_host, labels_csv, tmp_path)
 def test_predictor_exports_concatenated_logits_with_task_slices(
     small_cnn_host, labels_csv, tmp_path
 ):
-    from transferstudio.core.training.engine import _Run
+    from transferstudio.core.training.engine import TrainingSession
 
     exp = multitask_experiment(labels_csv, ["colour", "shape", "coin"], head="mlp", hidden=8)
-    run = _Run(exp, small_cnn_host, PlainState(), tmp_path / "ws", None, writer=False)
+    run = TrainingSession(exp, small_cnn_host, PlainState(), tmp_path / "ws", writer=False)
     run.prepare()
     model = run.method.predictor().eval()
     assert model.task_slices == {"colour": (0, 3), "shape": (3, 5), "coin": (5, 7)}

@@ -1,4 +1,11 @@
-"""Running the engine and other slow work off the GUI thread.
+"""Running the engine and other slow work off the GUI thread: one worker shape.
+
+Every worker of the window (a run, the learning-rate finder, a sweep, a prediction, an export, a
+scan) ends with ``finished(value)`` or ``errored(message, details)`` (:class:`WorkerSignals`).
+Long work with a Stop button is a :class:`Worker` in its own QThread, driven by a
+:class:`WorkerThread` (start, ``stop_and_wait``, clean-up on the GUI thread); cancellation is a
+plain flag the loop polls. One-off work runs on the thread pool (:func:`run_in_background`).
+Frequent events are handed to the GUI thread in lists by an :class:`EventCoalescer`.
 
 :class:`RunWorker` is the engine's ``state``: the loop polls its stop/pause flags between batches
 (a plain flag, not a queued slot, so Stop works within one batch) and every event becomes a
@@ -22,32 +29,153 @@ from transferstudio.core.progress import events as E
 EMIT_INTERVAL_S = 0.05
 
 
-class RunSignals(QObject):
+class EventCoalescer:
+    """Holds frequent items back and hands them on as one list at most every ``interval_s``
+    (and at once for an item marked ``last``), so the GUI thread is woken ~20 times a second
+    however fast a loop goes. Call :meth:`flush` before the work's end so nothing is lost."""
+
+    def __init__(self, emit: Callable[[list], None], interval_s: float = EMIT_INTERVAL_S) -> None:
+        self._emit = emit
+        self.interval_s = interval_s
+        self._pending: list = []
+        self._last_emit = 0.0
+
+    def add(self, item: Any, last: bool = False) -> None:
+        self._pending.append(item)
+        now = time.monotonic()
+        if last or now - self._last_emit >= self.interval_s:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Hand on what is held back (nothing if nothing is)."""
+        if self._pending:
+            items, self._pending = self._pending, []
+            self._last_emit = time.monotonic() if now is None else now
+            self._emit(items)
+
+
+class WorkerSignals(QObject):
+    """How every worker ends: ``finished(value)``, or ``errored(message, details)`` (details:
+    a traceback, or "" for a TransferStudioError, whose message is meant for the user)."""
+
+    finished = Signal(object)
+    errored = Signal(str, str)
+
+
+def _outcome(work: Callable[[], Any]) -> tuple[Any, tuple[str, str] | None]:
+    """``(value, None)``, or ``(None, (message, details))`` when ``work`` raised."""
+    from transferstudio.api import TransferStudioError
+
+    try:
+        return work(), None
+    except TransferStudioError as exc:
+        return None, (str(exc), "")
+    except Exception as exc:  # noqa: BLE001 - shown in a dialog; the app stays usable
+        return None, (f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+class Worker(WorkerSignals):
+    """Long work in its own QThread (see :class:`WorkerThread`): subclasses implement
+    :meth:`work`, which polls :meth:`stop_requested`. ``stop`` may be an event owned by the
+    caller (it may be set while this object is being deleted)."""
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        super().__init__()
+        self._stop = stop if stop is not None else threading.Event()
+
+    def work(self) -> Any:
+        raise NotImplementedError
+
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def deliver(self, value: Any) -> None:
+        """Emit the result of :meth:`work` (by default ``finished(value)``)."""
+        self.finished.emit(value)
+
+    @Slot()
+    def run(self) -> None:
+        """In the worker's thread: :meth:`work`, then ``finished`` or ``errored``."""
+        try:
+            value, error = _outcome(self.work)
+        finally:
+            hand_back_to_gui_thread(self)
+        if error is not None:
+            self.errored.emit(*error)
+        else:
+            self.deliver(value)
+
+
+class WorkerThread(QObject):
+    """Owns one :class:`Worker` at a time in a QThread called ``name``. ``ended`` fires on the
+    GUI thread once the thread has ended and both are deleted (by the worker's end or by
+    :meth:`stop_and_wait`)."""
+
+    ended = Signal()
+
+    def __init__(self, name: str, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.name = name
+        self.thread: QThread | None = None
+        self.worker: Any = None
+
+    @property
+    def running(self) -> bool:
+        """Whether a worker's thread exists (started and not yet cleaned up)."""
+        return self.thread is not None
+
+    def start(self, worker: Worker) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        self.worker = worker
+        ends = [worker.finished, worker.errored]
+        self.thread = start_in_thread(worker, self.name, ends, self._cleanup)
+
+    def stop_and_wait(self, timeout_ms: int | None = None) -> bool:
+        """Ask the worker to stop and block until its thread has ended (``timeout_ms`` None:
+        however long that takes; the flag is polled often, and dropping a running QThread
+        would abort the process). False if the thread was still running at the timeout."""
+        if self.thread is None:
+            return True
+        self.worker.request_stop()
+        finished = self.thread.wait() if timeout_ms is None else self.thread.wait(timeout_ms)
+        self._cleanup()
+        return finished
+
+    @Slot()
+    def _cleanup(self) -> None:
+        if self.thread is None:  # already cleaned up by stop_and_wait
+            return
+        end_thread(self.thread, self.worker)
+        self.thread = self.worker = None
+        self.ended.emit()
+
+
+class RunSignals(Worker):
     """The signals of a run, named for what happened, and the engine events that become them
-    (:meth:`dispatch`). Shared by a run in a thread and a run in other processes."""
+    (:meth:`dispatch`). Shared by a run in a thread (:class:`RunWorker`) and a run in other
+    processes (:class:`~transferstudio.gui.process_run.ProcessRun`)."""
 
     run_started = Signal(object)  # events.RunStarted
     batches_ended = Signal(list)  # [events.BatchEnded, ...] since the last signal
     epoch_ended = Signal(object)  # events.EpochEnded
     layer_stats = Signal(object)  # events.LayerStats
     logged = Signal(str)
-    finished = Signal(object)  # engine.RunResult
-    errored = Signal(str, str)  # message, details
+    # finished(engine.RunResult), errored(message, details): WorkerSignals
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending: list[E.BatchEnded] = []
-        self._last_emit = 0.0
+        self._batches = EventCoalescer(self.batches_ended.emit)
 
     def dispatch(self, event: Any) -> None:
         """Emit the signal for one engine event; batch events are coalesced."""
         if isinstance(event, E.BatchEnded):
-            self._pending.append(event)
-            now = time.monotonic()
-            if now - self._last_emit >= EMIT_INTERVAL_S or event.batch + 1 == event.batches:
-                self.flush(now)
+            self._batches.add(event, last=event.batch + 1 == event.batches)
             return
-        self.flush(time.monotonic())
+        self.flush()
         if isinstance(event, E.RunStarted):
             self.run_started.emit(event)
         elif isinstance(event, E.EpochEnded):
@@ -59,12 +187,9 @@ class RunSignals(QObject):
         elif isinstance(event, E.RunFailed):
             self.logged.emit(f"run failed: {event.message}")
 
-    def flush(self, now: float) -> None:
+    def flush(self, now: float | None = None) -> None:
         """Emit the batches held back for coalescing."""
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self._last_emit = now
-            self.batches_ended.emit(batch)
+        self._batches.flush(now)
 
 
 class RunWorker(RunSignals):
@@ -85,13 +210,9 @@ class RunWorker(RunSignals):
         self.resume = resume
         self.tags = tags or {}  # labels for the run store (e.g. the run a baseline is for)
         self.wants_layer_stats = True  # the engine then emits weight drift and gradient norms
-        self._stop = threading.Event()
         self._pause = threading.Event()
 
     # -- the engine's RunState -------------------------------------------------------------
-
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
 
     def pause_requested(self) -> bool:
         return self._pause.is_set()
@@ -111,23 +232,14 @@ class RunWorker(RunSignals):
         else:
             self._pause.clear()
 
-    @Slot()
-    def run(self) -> None:
-        from transferstudio.api import TransferStudioError
+    def work(self):
         from transferstudio.core.training.engine import run_experiment
 
-        try:
-            result = run_experiment(
-                self.experiment, self.host, self, self.workspace, resume=self.resume, tags=self.tags
-            )
-        except TransferStudioError as exc:
-            self.errored.emit(str(exc), "")
-            return
-        except Exception as exc:  # noqa: BLE001 - shown in a dialog; the app stays usable
-            self.errored.emit(f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            return
-        finally:
-            hand_back_to_gui_thread(self)
+        return run_experiment(
+            self.experiment, self.host, self, self.workspace, resume=self.resume, tags=self.tags
+        )
+
+    def deliver(self, result) -> None:
         if result.status == "failed":
             self.errored.emit(result.message, "")
         self.finished.emit(result)
@@ -206,9 +318,15 @@ class RunController(QObject):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.thread: QThread | None = None
+        self._thread = WorkerThread("transferstudio-run", self)
+        self._thread.ended.connect(self._cleanup)
         self.worker: Any = None  # RunWorker | ProcessRun
         self.state = "idle"
+
+    @property
+    def thread(self) -> QThread | None:
+        """The run's QThread (None for a ProcessRun, or when idle)."""
+        return self._thread.thread
 
     @property
     def running(self) -> bool:
@@ -232,15 +350,13 @@ class RunController(QObject):
             raise RuntimeError("a run is already in progress")
         self.worker = worker
         self._set_state("running")
-        ends = [worker.finished, worker.errored]
-        self.thread = start_in_thread(worker, "transferstudio-run", ends, self._cleanup)
+        self._thread.start(worker)
 
     def _cleanup(self) -> None:
-        if self.thread is not None:
-            end_thread(self.thread, self.worker)
-        elif self.worker is not None:  # a ProcessRun: it trained in other processes
+        """The run has ended: a RunWorker was deleted with its thread (``WorkerThread``); a
+        ProcessRun, which trained in other processes, is deleted here."""
+        if self.worker is not None and not isinstance(self.worker, RunWorker):
             self.worker.deleteLater()
-        self.thread = None
         self.worker = None
         self._set_state("idle")
 
@@ -263,20 +379,13 @@ class RunController(QObject):
         if self.worker is None:
             return True
         self.stop()
-        if self.thread is None:  # a ProcessRun: ``ended`` cleans up
+        if not self._thread.running:  # a ProcessRun: ``ended`` cleans up
             return self.worker.wait(timeout_ms)
-        finished = self.thread.wait(timeout_ms)
-        self._cleanup()
-        return finished
-
-
-class _Signals(QObject):
-    done = Signal(object)
-    failed = Signal(str, str)
+        return self._thread.stop_and_wait(timeout_ms)
 
 
 class _Task(QRunnable):
-    def __init__(self, fn: Callable[[], Any], signals: _Signals) -> None:
+    def __init__(self, fn: Callable[[], Any], signals: WorkerSignals) -> None:
         super().__init__()
         self.fn = fn
         self.signals = signals
@@ -285,9 +394,9 @@ class _Task(QRunnable):
         try:
             value = self.fn()
         except Exception as exc:  # noqa: BLE001 - delivered to the caller's error handler
-            self.signals.failed.emit(str(exc), traceback.format_exc())
+            self.signals.errored.emit(str(exc), traceback.format_exc())
             return
-        self.signals.done.emit(value)
+        self.signals.finished.emit(value)
 
 
 def run_in_background(
@@ -295,12 +404,13 @@ def run_in_background(
     on_done: Callable[[Any], None],
     on_error: Callable[[str, str], None],
     parent: QObject,
-) -> _Signals:
-    """Run ``fn`` on the global thread pool; results come back on the GUI thread."""
-    signals = _Signals(parent)
-    signals.done.connect(on_done)
-    signals.failed.connect(on_error)
-    signals.done.connect(signals.deleteLater)
-    signals.failed.connect(signals.deleteLater)
+) -> WorkerSignals:
+    """Run ``fn`` on the global thread pool; ``on_done(value)`` or ``on_error(message,
+    details)`` is called on the GUI thread (the signals of every worker)."""
+    signals = WorkerSignals(parent)
+    signals.finished.connect(on_done)
+    signals.errored.connect(on_error)
+    signals.finished.connect(signals.deleteLater)
+    signals.errored.connect(signals.deleteLater)
     QThreadPool.globalInstance().start(_Task(fn, signals))
     return signals

@@ -190,14 +190,14 @@ def export_run(
         )
     folder = run_folder(ref, workspace)
     ck = load_best_checkpoint(folder)
-    meta = ck.meta
-    few_shot = predicts_from_support(meta, host)
+    record = ck.record
+    few_shot = predicts_from_support(ck.meta, host)
     if few_shot:  # its predictor (encoder, meta-initialisation) as the method builds it
-        method = rebuild_method(meta, host, ck.weights, f"run {folder}")
+        method = rebuild_method(ck.meta, host, ck.weights, f"run {folder}")
         model = method.predictor()
-        if not meta.get("predictor_module"):  # a checkpoint from before it was recorded
+        if record.predictor_module is None:  # not recorded (v1): only the method can tell
             names = [n for n, m in method.modules().items() if m is model]
-            meta = dict(meta, predictor_module=names[0] if names else None)
+            record.predictor_module = names[0] if names else None
     else:
         model = classifier_from_checkpoint(ck, host, f"run {folder}")
     try:
@@ -206,20 +206,47 @@ def export_run(
         raise TransferStudioError(
             f"the model has no module {module_path!r}; see the Model tree for the paths"
         ) from None
-    crop = int(meta.get("preprocessing", {}).get("crop", 224))
+    crop = int((record.preprocessing or {}).get("crop", 224))
     batch = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
     example = sample_input(model, module_path, batch)
     with torch.no_grad():
         output_shape = list(module.eval()(example).shape[1:])
-    meta = dict(meta, backbone_plugin=backbone_plugin(host, meta.get("backbone")))
-    metadata = bundle_manifest(meta, module_path, output_shape, support_set=few_shot)
+    record.backbone_plugin = backbone_plugin(host, record.backbone)
+    metadata = bundle_manifest(record.to_dict(), module_path, output_shape, support_set=few_shot)
     val, note = (None, "sub-module: checked on a sample batch only")
     if few_shot:
         note = "few-shot model without fixed classes: checked on a sample batch only"
     elif not module_path:
-        val, note = validation_images(folder, host, meta["preprocessing"])
+        val, note = validation_images(folder, host, record.preprocessing)
     result = export_module(
         host.exporters[fmt], module, example, target, metadata, tolerance, val_images=val
     )
     result.note = note
     return result
+
+
+def export_submodule(
+    spec: ExporterSpec,
+    model: nn.Module,
+    module_path: str,
+    crop: int,
+    target: Path,
+    metadata: dict[str, Any],
+    run_meta: dict | None = None,
+) -> ExportResult:
+    """Export ``module_path`` of ``model`` (``""``: the whole model), as the window's layer tree
+    does: its example input is what it receives when the model runs on a fixed random batch of
+    two ``crop`` x ``crop`` images. With ``run_meta`` (the checkpoint metadata of the run whose
+    weights ``model`` holds) the file carries that run's provenance (a bundle manifest) in
+    place of ``metadata``."""
+    batch = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+    module = model.get_submodule(module_path) if module_path else model
+    example = sample_input(model, module_path, batch)
+    info = dict(metadata)
+    if run_meta is not None:
+        from transferstudio.core.models.bundle import bundle_manifest
+
+        with torch.no_grad():
+            shape = list(module.eval()(example).shape[1:])
+        info = bundle_manifest(run_meta, module_path, shape)
+    return export_module(spec, module, example, target, info)

@@ -82,8 +82,8 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
         return _support_predictor(ck.meta, host, ck.weights, f"run {folder}", support)
     _refuse_support(support, f"run {folder}")
     model = classifier_from_checkpoint(ck, host, f"run {folder}")
-    pre = Preprocessing.from_dict(ck.meta["preprocessing"])
-    return Predictor(model, list(ck.meta["class_names"]), pre, str(folder))
+    pre = Preprocessing.from_dict(ck.record.preprocessing)
+    return Predictor(model, list(ck.record.class_names), pre, str(folder))
 
 
 def _refuse_support(support, source: str) -> None:

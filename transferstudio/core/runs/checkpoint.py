@@ -6,14 +6,19 @@ epoch) and ``last.state.pt`` (optimizer, RNG and loop state; read back with
 ``weights_only=True``). The JSON is written last and names the digest of the other two, so a
 checkpoint whose write was interrupted is recognised as incomplete and the previous one's files
 are never half-replaced: the weights/state files are first written under a new generation name.
+
+The JSON is one :class:`CheckpointRecord`. Files written before it had a ``schema_version`` (and
+files of any older schema) are brought up to date by :func:`upgrade_record` as they are read:
+the one place that knows what older versions left out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +28,116 @@ from safetensors.torch import load_file, save_file
 from transferstudio.api import TransferStudioError
 from transferstudio.core.files.atomic import write_atomic, write_text_atomic
 
+CHECKPOINT_SCHEMA = 2
+"""The schema of checkpoint metadata the engine writes. Version 1 had no ``schema_version``
+field (TransferStudio up to issue 19); :func:`upgrade_record` reads every older version."""
+
+_STORE_FIELDS = ("generation", "weights_file", "state_file")
+"""Fields :class:`CheckpointStore` sets as it writes a checkpoint."""
+
+
+@dataclass
+class CheckpointRecord:
+    """What a checkpoint's JSON says: the experiment, classes, model and provenance of its
+    weights. ``history`` and ``best_val_report`` are the ``last`` checkpoint's only (``None`` in
+    ``best``); ``generation``, ``weights_file`` and ``state_file`` are set by the store."""
+
+    run_id: str
+    epoch: int
+    experiment: dict[str, Any]
+    class_names: list[str]
+    metrics: dict[str, Any]
+    backbone: str
+    method: str
+    preprocessing: dict[str, Any] | None
+    plugin_versions: dict[str, str] = field(default_factory=dict)
+    backbone_plugin: dict[str, str] | None = None  # what to install to predict elsewhere
+    weights_source: str = ""
+    weights_digest: str | None = None
+    dataset_fingerprint: str | None = None
+    seed: int | None = None
+    method_state: dict[str, Any] = field(default_factory=dict)
+    support_set: bool | None = None  # None: not recorded (v1 files); ask the method
+    predictor_module: str | None = None  # the module that predicts, when the method has one
+    head_recipe: dict[str, Any] | None = None  # how that module's head is built
+    history: list[dict[str, Any]] | None = None
+    best_val_report: dict[str, Any] | None = None
+    generation: int = 0
+    weights_file: str = ""
+    state_file: str = ""
+    schema_version: int = CHECKPOINT_SCHEMA
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any]) -> CheckpointRecord:
+        """The record of checkpoint metadata ``meta`` of any schema (see
+        :func:`upgrade_record`); keys it does not know are dropped."""
+        meta = upgrade_record(meta)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; fields a checkpoint does not have are left out, as before."""
+        out: dict[str, Any] = {"schema_version": self.schema_version}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "schema_version" or (f.name in _STORE_FIELDS and not value):
+                continue
+            if value is None and f.name in ("support_set", "predictor_module", "head_recipe"):
+                continue
+            if f.name in ("history", "best_val_report") and self.history is None:
+                continue
+            out[f.name] = value
+        return out
+
+    def without_history(self) -> CheckpointRecord:
+        """This record as a ``best`` checkpoint holds it: no history, no store fields."""
+        return dataclasses.replace(
+            self, history=None, best_val_report=None, generation=0, weights_file="",
+            state_file="",
+        )  # fmt: skip
+
+
+def upgrade_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` of any checkpoint schema as the current schema has it. Version 1 (no
+    ``schema_version``) may lack the fields later versions added (``support_set``,
+    ``predictor_module``, ``head_recipe``, ``plugin_versions``, ``method_state``,
+    ``backbone_plugin``, ``seed``, ...): they are filled with what "not recorded" means."""
+    version = meta.get("schema_version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_SCHEMA:
+        raise TransferStudioError(
+            f"checkpoint metadata of schema {version!r}: written by a newer TransferStudio; "
+            "update TransferStudio to read it"
+        )
+    out = dict(meta)
+    if version < 2:
+        experiment = out.get("experiment") if isinstance(out.get("experiment"), dict) else {}
+        out.setdefault("experiment", experiment)
+        out.setdefault("run_id", "")
+        out.setdefault("class_names", [])
+        out.setdefault("metrics", {})
+        out.setdefault("backbone", experiment.get("model", {}).get("backbone", ""))
+        out.setdefault("method", experiment.get("method", {}).get("name", ""))
+        out.setdefault("preprocessing", None)
+        out.setdefault("seed", experiment.get("train", {}).get("seed"))
+        for key in ("plugin_versions", "method_state"):
+            if not isinstance(out.get(key), dict):
+                out[key] = {}
+        out["schema_version"] = CHECKPOINT_SCHEMA
+    return out
+
 
 @dataclass
 class Checkpoint:
     """A loaded checkpoint."""
 
     weights: dict[str, torch.Tensor]
-    meta: dict[str, Any]
+    record: CheckpointRecord
     state: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The record as a dict (what bundle manifests and support sets are built from)."""
+        return self.record.to_dict()
 
 
 def module_weights(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -63,7 +170,7 @@ class CheckpointStore:
         self,
         kind: str,
         weights: dict[str, torch.Tensor],
-        meta: dict[str, Any],
+        meta: CheckpointRecord | dict[str, Any],
         state: dict[str, Any],
         same_weights_as: str | None = None,
     ) -> Path:
@@ -75,19 +182,21 @@ class CheckpointStore:
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         meta_path = self.folder / f"{kind}.json"
-        previous = self._read_meta(meta_path)
+        previous = self._read_meta(meta_path)  # any schema: only its generation is read
         generation = int(previous.get("generation", 0)) + 1 if previous else 1
         weights_name = f"{kind}-{generation}.safetensors"
         state_name = f"{kind}-{generation}.state.pt"
         str_meta = {"format": "transferstudio-checkpoint-1"}
         if same_weights_as is not None:
-            source = self.folder / self.meta(same_weights_as)["weights_file"]
+            source = self.folder / self.record(same_weights_as).weights_file
             write_atomic(self.folder / weights_name, lambda p: _link_or_copy(source, p))
         else:
             write_atomic(
                 self.folder / weights_name, lambda p: save_file(weights, str(p), metadata=str_meta)
             )
         write_atomic(self.folder / state_name, lambda p: torch.save(state, p))
+        if isinstance(meta, CheckpointRecord):
+            meta = meta.to_dict()
         full_meta = dict(
             meta, generation=generation, weights_file=weights_name, state_file=state_name
         )
@@ -112,13 +221,18 @@ class CheckpointStore:
         return (self.folder / f"{kind}.json").is_file()
 
     def meta(self, kind: str) -> dict[str, Any]:
-        """The metadata of checkpoint ``kind``, checked before anything is built from it: its
-        file names, class names and preprocessing within limits (``core.limits``)."""
+        """The metadata of checkpoint ``kind`` as a dict of the current schema, checked before
+        anything is built from it: its file names, class names and preprocessing within limits
+        (``core.limits``). :meth:`record` is the typed form."""
         path = self.folder / f"{kind}.json"
         meta = self._read_meta(path)
         if meta is None:
             raise TransferStudioError(f"no readable {kind} checkpoint in {self.folder}")
-        return checked_meta(meta, path)
+        return checked_meta(upgrade_record(meta), path)
+
+    def record(self, kind: str) -> CheckpointRecord:
+        """The :class:`CheckpointRecord` of checkpoint ``kind`` (checked as :meth:`meta`)."""
+        return CheckpointRecord.from_dict(self.meta(kind))
 
     def load(self, kind: str, with_state: bool = True) -> Checkpoint:
         """Read checkpoint ``kind``; the state file is read with ``weights_only=True``. A
@@ -128,8 +242,8 @@ class CheckpointStore:
 
         from transferstudio.core.models.weights import load_tensors_only
 
-        meta = self.meta(kind)
-        weights_path = self.folder / meta["weights_file"]
+        record = self.record(kind)
+        weights_path = self.folder / record.weights_file
         try:
             weights = load_file(str(weights_path))
         except (OSError, SafetensorError) as exc:
@@ -139,18 +253,18 @@ class CheckpointStore:
                 "or delete the run"
             ) from None
         state = (
-            load_tensors_only(self.folder / meta["state_file"], f"checkpoint {kind} state file")
+            load_tensors_only(self.folder / record.state_file, f"checkpoint {kind} state file")
             if with_state
             else {}
         )
-        return Checkpoint(weights, meta, state)
+        return Checkpoint(weights, record, state)
 
     def paths(self, kind: str) -> list[Path]:
-        meta = self.meta(kind)
+        record = self.record(kind)
         return [
             self.folder / f"{kind}.json",
-            self.folder / meta["weights_file"],
-            self.folder / meta["state_file"],
+            self.folder / record.weights_file,
+            self.folder / record.state_file,
         ]
 
 

@@ -39,7 +39,7 @@ def best_weights_file(folder: Path) -> Path:
     store = CheckpointStore(folder / "checkpoints")
     for kind in ("best", "last"):
         if store.exists(kind):
-            return store.folder / store.meta(kind)["weights_file"]
+            return store.folder / store.record(kind).weights_file
     raise WeightsError(f"run {folder} has no checkpoint yet; let it finish an epoch")
 
 
@@ -71,24 +71,24 @@ def classifier_from_checkpoint(ck: Checkpoint, host, source: str) -> torch.nn.Mo
     fixed classes (few-shot) is refused."""
     from transferstudio.core.models.support_set import predicts_from_support
 
-    meta = ck.meta
-    if predicts_from_support(meta, host):
+    record = ck.record
+    if predicts_from_support(ck.meta, host):
         raise WeightsError(
-            f"{source} (method {meta.get('method')!r}) learns no fixed classes: it "
+            f"{source} (method {record.method!r}) learns no fixed classes: it "
             "classifies the classes of a support set given when predicting (transferstudio "
             "predict --support FOLDER), so it cannot serve as a classifier of its training "
             "classes (a teacher, say)"
         )
-    name, recipe = meta.get("predictor_module"), meta.get("head_recipe")
+    name, recipe = record.predictor_module, record.head_recipe
     if not name or not recipe:
         raise WeightsError(
-            f"{source} (method {meta.get('method')!r}) does not predict with a backbone + "
+            f"{source} (method {record.method!r}) does not predict with a backbone + "
             "head classifier, so it cannot serve as a teacher or be reloaded as a predictor"
         )
     prefix = name + "."
     state = {k[len(prefix) :]: v for k, v in ck.weights.items() if k.startswith(prefix)}
-    model = classifier_from_recipe(host.backbone(meta["backbone"]), recipe, state, source)
-    model.class_names = list(meta["class_names"])  # type: ignore[assignment]
+    model = classifier_from_recipe(host.backbone(record.backbone), recipe, state, source)
+    model.class_names = list(record.class_names)  # type: ignore[assignment]
     return model.eval().requires_grad_(False)
 
 

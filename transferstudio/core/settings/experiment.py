@@ -1,9 +1,11 @@
-"""Experiment files: TOML with a schema version, validated section by section.
+"""Experiments: reading, validating and saving experiment files (TOML with a schema version).
 
 An experiment holds everything needed to repeat a run: data, model, method and its parameters,
-training settings and seeds. Each section is a settings dataclass (see ``core.params``); the
-method's parameters are the method plugin's own dataclass. Files from older schema versions are
-upgraded through :data:`MIGRATIONS`, one version at a time.
+training settings and seeds. Each section is a settings dataclass (``core.settings.sections``);
+the method's parameters are the method plugin's own dataclass. Files from older schema versions
+are upgraded through :data:`MIGRATIONS`, one version at a time. The TOML text itself (the
+generated file, parsing, updating a user's file in place) is ``core.settings.experiment_toml``.
+The names of both are importable from here too, as callers always have.
 """
 
 from __future__ import annotations
@@ -15,15 +17,47 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transferstudio.api import ExperimentError, param
+from transferstudio.api import ExperimentError
+from transferstudio.core.files.atomic import write_text_atomic
 from transferstudio.core.files.safe_text import is_utf8_text, printable
 from transferstudio.core.settings import params as P
+from transferstudio.core.settings.experiment_toml import (
+    SCHEMA_VERSION,
+    load_toml_text,
+    render_toml,
+    update_toml,
+)
+from transferstudio.core.settings.sections import (
+    MIN_IMAGE_SIZE,
+    SECTIONS,
+    AugmentSettings,
+    DataSettings,
+    ModelSettings,
+    TrainSettings,
+)
 
-SCHEMA_VERSION = 1
-
-MIN_IMAGE_SIZE = 16
-"""The smallest ``data.image_size`` (other than 0): below it even the smallest built-in
-backbones (lenet, conv4) shrink to nothing inside; most ImageNet ones need 32, vit_b_16 224."""
+__all__ = [
+    "MIGRATIONS",
+    "MIN_IMAGE_SIZE",
+    "PATH_KEYS",
+    "SCHEMA_VERSION",
+    "SECTIONS",
+    "AugmentSettings",
+    "DataSettings",
+    "Experiment",
+    "ModelSettings",
+    "TrainSettings",
+    "apply_overrides",
+    "check_settings",
+    "expand_user",
+    "from_mapping",
+    "load",
+    "load_toml_text",
+    "migrate",
+    "new_experiment",
+    "render_toml",
+    "save",
+]
 
 PATH_KEYS = ("data.path", "data.target_path", "data.target_eval_path", "model.weights")
 """Settings holding a file or folder path (``~`` expanded, relative to the experiment file)."""
@@ -31,138 +65,6 @@ PATH_KEYS = ("data.path", "data.target_path", "data.target_eval_path", "model.we
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 MIGRATIONS: dict[int, Migration] = {}
 """``MIGRATIONS[v]`` upgrades a raw experiment mapping from schema ``v`` to ``v + 1``."""
-
-
-@dataclasses.dataclass
-class AugmentSettings:
-    """Random augmentation of training images (validation and test images are never augmented)."""
-
-    random_resized_crop: bool = param(
-        True, help="random crop of a random area, resized to the input size"
-    )
-    crop_scale_min: float = param(
-        0.5, min=0.05, max=1.0, help="smallest crop area, as a fraction of the image"
-    )
-    hflip: bool = param(True, help="random horizontal flip")
-    rotation: float = param(0.0, min=0.0, max=180.0, help="random rotation up to this many degrees")
-    color_jitter: float = param(
-        0.0, min=0.0, max=1.0, help="brightness/contrast/saturation jitter strength"
-    )
-
-    @property
-    def any_random(self) -> bool:
-        return self.random_resized_crop or self.hflip or self.rotation > 0 or self.color_jitter > 0
-
-
-@dataclasses.dataclass
-class DataSettings:
-    """Where the images are and how they are split and batched."""
-
-    path: str = param(
-        "", help="image folder (class subfolders, or train/val[/test] folders) or CSV file"
-    )
-    source: str = param(
-        "auto", help="data-source plugin; 'auto' picks the one that recognises the path"
-    )
-    target_path: str = param("", help="domain adaptation: folder of unlabeled target-domain images")
-    target_eval_path: str = param(
-        "",
-        help="optional labeled target folder (class subfolders), used only to evaluate "
-        "target accuracy",
-    )
-    label_columns: list[str] = param([], help="multi-task: the CSV's label columns, one task each")
-    val_split: float = param(
-        0.2,
-        min=0.0,
-        max=0.9,
-        help="fraction held out for validation when the data has no val folder",
-    )
-    test_split: float = param(
-        0.0, min=0.0, max=0.9, help="fraction held out for testing when the data has no test folder"
-    )
-    split_seed: int = param(0, min=0, help="seed of the stratified split")
-    batch_size: int = param(32, min=1, max=4096, help="images per batch")
-    image_size: int = param(
-        0, min=0, max=1024, help="input size; 0 uses the backbone's own preprocessing"
-    )
-    num_workers: int = param(
-        -1, min=-1, max=64, help="DataLoader worker processes; -1 chooses for this machine"
-    )
-
-
-@dataclasses.dataclass
-class ModelSettings:
-    """The backbone, its starting weights and the new head."""
-
-    backbone: str = param("resnet18", help="backbone plugin id (see 'transferstudio plugins')")
-    weights: str = param(
-        "none",
-        help="'none' (random init), 'cache' (the backbone's pretrained weights from local files: "
-        "the plugin's own, else the local torch cache), a .pth/.pt/.safetensors/.tsmodel path or "
-        "a run folder",
-    )
-    head_dropout: float = param(
-        0.0, min=0.0, max=0.95, help="dropout before the classification head"
-    )
-
-
-@dataclasses.dataclass
-class TrainSettings:
-    """The optimisation loop the engine runs for every method."""
-
-    epochs: int = param(10, min=1, max=10000, help="number of epochs")
-    device: str = param(
-        "auto", help="'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps'"
-    )
-    precision: str = param(
-        "auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="mixed precision on CUDA ('auto': bf16 where supported, else fp16)",
-    )
-    optimizer: str = param("adamw", choices=["adamw", "sgd"], help="optimizer")
-    lr: float = param(
-        1e-3,
-        min=0.0,
-        max=10.0,
-        help="learning rate of the head (the backbone's may be scaled by the method)",
-    )
-    momentum: float = param(0.9, min=0.0, max=1.0, help="SGD momentum")
-    nesterov: bool = param(False, help="Nesterov momentum (SGD)")
-    weight_decay: float = param(
-        1e-4, min=0.0, max=1.0, help="decoupled (AdamW) or L2 (SGD) weight decay"
-    )
-    schedule: str = param(
-        "cosine", choices=["constant", "step", "cosine", "onecycle"], help="learning-rate schedule"
-    )
-    warmup_epochs: float = param(
-        0.0, min=0.0, max=100.0, help="linear warmup length in epochs (fractions allowed)"
-    )
-    step_epochs: int = param(7, min=1, help="'step' schedule: epochs between decays")
-    step_gamma: float = param(0.1, min=0.0, max=1.0, help="'step' schedule: decay factor")
-    label_smoothing: float = param(
-        0.0, min=0.0, max=0.5, help="label smoothing of the cross-entropy"
-    )
-    grad_clip: float = param(0.0, min=0.0, help="clip the gradient norm to this value; 0 disables")
-    early_stopping_metric: str = param(
-        "accuracy",
-        choices=["accuracy", "loss", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"],
-        help="validation metric that picks the best checkpoint and drives early stopping",
-    )
-    patience: int = param(
-        0, min=0, help="stop after this many epochs without improvement; 0 disables"
-    )
-    seed: int = param(0, min=0, help="seed of every random number generator")
-    deterministic: bool = param(
-        False, help="use deterministic algorithms only (slower, bit-for-bit repeatable)"
-    )
-
-
-SECTIONS: dict[str, type] = {
-    "data": DataSettings,
-    "augment": AugmentSettings,
-    "model": ModelSettings,
-    "train": TrainSettings,
-}
 
 
 @dataclasses.dataclass
@@ -211,33 +113,6 @@ class Experiment:
         return render_toml(
             self.name, self.method, type(self.method_params), self.to_dict(), comments
         )
-
-
-def render_toml(
-    name: str, method: str, params_cls: type, data: Mapping[str, Any], comments: bool
-) -> str:
-    """Write an experiment mapping as commented TOML."""
-    parts = [
-        "# TransferStudio experiment. Run it with: transferstudio run THIS_FILE\n"
-        if comments
-        else "",
-        f"schema_version = {SCHEMA_VERSION}\n",
-        f"name = {P.toml_value(name)}\n",
-    ]
-    for section, cls in SECTIONS.items():
-        doc = (cls.__doc__ or "").strip()
-        parts.append("\n# " + doc + "\n" if comments and doc else "\n")
-        parts.append(P.toml_table(section, cls, data.get(section, {}), comments))
-    parts.append("\n[method]\n")
-    parts.append(f"name = {P.toml_value(method)}\n")
-    doc = (params_cls.__doc__ or "").strip().splitlines()
-    parts.append("\n# " + doc[0] + "\n" if comments and doc else "\n")
-    parts.append(
-        P.toml_table(
-            "method.params", params_cls, data.get("method", {}).get("params", {}), comments
-        )
-    )
-    return "".join(parts)
 
 
 def migrate(raw: dict[str, Any], source: str) -> dict[str, Any]:
@@ -373,22 +248,6 @@ def _did_you_mean(key: str, allowed: Iterable[str], prefix: str = "") -> str:
     return f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
 
 
-def load_toml_text(text: str, source: str) -> dict[str, Any]:
-    """Parse TOML text, turning syntax errors into :class:`ExperimentError` naming the file."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ExperimentError(f"{source} is not valid TOML: {exc}") from None
-    except ValueError as exc:
-        # tomllib converts integer literals with int(), which refuses over 4300 digits.
-        reason = "an integer in it has over 4300 digits" if "digits" in str(exc) else exc
-        raise ExperimentError(f"{source} is not usable TOML: {reason}") from None
-    except RecursionError:
-        raise ExperimentError(
-            f"{source} is not usable TOML: arrays or tables nested too deeply"
-        ) from None
-
-
 def load(
     path: str | Path, method_params_for: Callable[[str], type], overrides: Sequence[str] = ()
 ) -> Experiment:
@@ -405,6 +264,45 @@ def load(
     raw = load_toml_text(text, str(path))
     raw = apply_overrides(raw, overrides)
     return from_mapping(raw, method_params_for, base_dir=path.resolve().parent, source=str(path))
+
+
+def save(exp: Experiment, path: str | Path) -> None:
+    """Write ``exp`` to the experiment file ``path``, atomically.
+
+    A new file is generated with every key and its help (:meth:`Experiment.to_toml`). An
+    existing one keeps what its author wrote: only the values that differ are rewritten (keys
+    now set are added at the end of their table, keys no longer known are removed), and its
+    comments, key order and spacing stay. A file that cannot be updated so (not TOML, or an
+    update that would not read back as ``exp``) is replaced by a generated one.
+    """
+    path = Path(path)
+    text = exp.to_toml()
+    try:
+        old = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):  # no file yet (or not one we can keep): generate it
+        old = None
+    if old is not None:
+        defaults = Experiment(name="experiment", method="", method_params=type(exp.method_params)())
+        updated = update_toml(old, exp.to_dict(), defaults.to_dict(), text)
+        if updated is not None and _reads_back_as(updated, exp):
+            text = updated
+    write_text_atomic(path, text)
+
+
+def _reads_back_as(text: str, exp: Experiment) -> bool:
+    """Whether ``text`` loads as ``exp`` (the check that an in-place update lost nothing)."""
+    method_cls = type(exp.method_params)
+
+    def params_for(name: str) -> type:
+        if name != exp.method:
+            raise ExperimentError(f"unknown method {name!r}", "method.name")
+        return method_cls
+
+    try:
+        back = from_mapping(tomllib.loads(text), params_for, exp.base_dir)
+    except (ExperimentError, tomllib.TOMLDecodeError, ValueError):
+        return False
+    return back.to_dict() == exp.to_dict()
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -2,10 +2,9 @@
 
 A sweep is an Optuna study kept in the workspace (``sweeps.sqlite``, Optuna's own SQLite
 storage); every trial is an ordinary run in the run store, tagged with its sweep and trial
-number. The search space comes from the settings dataclasses: a key such as ``train.lr`` or
-``method.params.temperature`` takes its range or choices from the field's ``param(min=, max=,
-choices=)``, unless the user gives one. Samplers: TPE or random; bad trials are pruned on their
-validation metric after each epoch (median rule). The budget is a number of finished trials,
+number. The search space comes from the settings dataclasses (``sweep_space``); the study,
+its storage, lock and summary are ``sweep_study``; this module runs the trials. Samplers: TPE
+or random; bad trials are pruned on their validation metric after each epoch (median rule). The budget is a number of finished trials,
 a time, or both. Running the same sweep again continues it: a trial that was interrupted (the
 process killed, or Stop) is tried again with the same parameters. One process runs a sweep at
 a time: it holds the sweep's lock file, which the OS frees when the process ends, killed or not.
@@ -13,208 +12,60 @@ a time: it holds the sweep's lock file, which the OS frees when the process ends
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transferstudio.api import ExperimentError, TransferStudioError
-from transferstudio.core.files import locks
 from transferstudio.core.plugins.host import PluginHost
 from transferstudio.core.progress import events as E
-from transferstudio.core.runs.workspace import INTERRUPTED, RunStore, safe_name
-from transferstudio.core.settings import params as P
-from transferstudio.core.settings.experiment import (
-    SECTIONS,
-    Experiment,
-    from_mapping,
-    load_toml_text,
+from transferstudio.core.runs.workspace import INTERRUPTED, RunStore
+from transferstudio.core.settings.experiment import Experiment
+from transferstudio.core.studies.sweep_space import (
+    DEFAULT_KEYS,
+    DEFAULT_RANGES,
+    Dimension,
+    default_space,
+    dimension,
+    parse_space,
+    with_params,
+)
+from transferstudio.core.studies.sweep_study import (
+    STORAGE_FILE,
+    SweepSummary,
+    TrialSummary,
+    load_sweep,
+    study_storage,
+    summarize,
+    sweep_lock,
+    sweep_lock_path,
+    sweep_names,
 )
 from transferstudio.core.training.metrics import lower_is_better
 
-STORAGE_FILE = "sweeps.sqlite"
+# The sweep's parts, importable from here as they always were: its search space and its study.
+__all__ = [
+    "DEFAULT_KEYS",
+    "DEFAULT_RANGES",
+    "MAX_FAILURES_IN_A_ROW",
+    "STORAGE_FILE",
+    "Dimension",
+    "SweepSummary",
+    "TrialSummary",
+    "default_space",
+    "dimension",
+    "load_sweep",
+    "parse_space",
+    "run_sweep",
+    "summarize",
+    "sweep_lock_path",
+    "sweep_names",
+    "with_params",
+]
+
 MAX_FAILURES_IN_A_ROW = 3  # then the sweep stops: a broken setting would fail every trial
-DEFAULT_KEYS = ("train.lr", "train.weight_decay")
-# Sensible ranges where the field's own bounds are too wide to search (lr may be 0..10).
-DEFAULT_RANGES = {"train.lr": (1e-5, 1e-1), "train.weight_decay": (1e-6, 1e-1)}
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One searched setting: a float or int range (``log`` for a log-uniform one) or choices."""
-
-    key: str
-    kind: str  # float | int | choice
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-
-    def suggest(self, trial) -> Any:
-        """Draw this setting for an Optuna trial."""
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.key, list(self.choices))
-        if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
-
-    def describe(self) -> str:
-        """The dimension as ``--param`` takes it: ``train.lr=1e-05:0.1:log``, ``key=a,b``."""
-        if self.kind == "choice":
-            return f"{self.key}={','.join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)}"
-        return f"{self.key}={self.low:g}:{self.high:g}" + (":log" if self.log else "")
-
-
-def _field(exp: Experiment, key: str) -> P.FieldInfo:
-    parts = key.split(".")
-    if len(parts) == 3 and parts[:2] == ["method", "params"]:
-        cls = type(exp.method_params)
-    elif len(parts) == 2 and parts[0] in SECTIONS:
-        cls = SECTIONS[parts[0]]
-    else:
-        raise ExperimentError(
-            "cannot be searched: name a setting as SECTION.KEY (train.lr) or method.params.KEY",
-            key,
-        )
-    for info in P.fields_of(cls):
-        if info.name == parts[-1]:
-            return info
-    names = ", ".join(f.name for f in P.fields_of(cls))
-    raise ExperimentError(f"no such setting; {'.'.join(parts[:-1])} has: {names}", key)
-
-
-def dimension(exp: Experiment, key: str, spec: str = "") -> Dimension:
-    """The search dimension of setting ``key``: from ``spec`` ("LOW:HIGH", "LOW:HIGH:log" or
-    "a,b,c") when given, else from the field's bounds or choices."""
-    info = _field(exp, key)
-    if spec and ":" not in spec:
-        values = [v.strip() for v in spec.split(",") if v.strip()]
-        choices = tuple(_coerce(info, v, key) for v in values)
-        for value in choices:  # the setting's own limits and choices, checked now
-            P.coerce_value(info, value, key)
-        return Dimension(key, "choice", choices=choices)
-    if info.kind is bool:
-        return Dimension(key, "choice", choices=(False, True))
-    if info.choices and not spec:
-        return Dimension(key, "choice", choices=tuple(info.choices))
-    if info.kind not in (int, float):
-        raise ExperimentError(
-            f"is a {info.kind.__name__} setting without choices: give them, e.g. {key}=a,b",
-            key,
-        )
-    if spec:
-        low_text, _, rest = spec.partition(":")
-        high_text, _, scale = rest.partition(":")
-        try:
-            low, high = float(low_text), float(high_text)
-        except ValueError:
-            raise ExperimentError(f"range {spec!r}: write LOW:HIGH, e.g. 1e-5:1e-1", key) from None
-        log = scale.strip() == "log"
-    else:
-        low, high = DEFAULT_RANGES.get(key, (info.min, info.max))
-        if low is None or high is None:
-            raise ExperimentError(f"has no range in its definition: give one, e.g. {key}=0:10", key)
-        log = info.kind is float and low > 0 and high / low >= 100
-    if info.min is not None and low < info.min or info.max is not None and high > info.max:
-        raise ExperimentError(
-            f"range {low:g}..{high:g} leaves the setting's limits {info.min}..{info.max}", key
-        )
-    if not low < high or (log and low <= 0):
-        raise ExperimentError(
-            f"range {low:g}..{high:g} is empty" + (" or not positive (log)" if log else ""), key
-        )
-    if info.kind is int:
-        if low != int(low) or high != int(high):
-            raise ExperimentError(f"range {low:g}..{high:g}: give whole numbers", key)
-        return Dimension(key, "int", int(low), int(high), log)
-    return Dimension(key, "float", low, high, log)
-
-
-def _coerce(info: P.FieldInfo, text: str, key: str) -> Any:
-    try:
-        if info.kind is bool:
-            return {"true": True, "false": False}[text.lower()]
-        return info.kind(text)
-    except (ValueError, KeyError):
-        raise ExperimentError(f"{text!r} is not a {info.kind.__name__}", key) from None
-
-
-def default_space(exp: Experiment) -> list[Dimension]:
-    """``train.lr`` and ``train.weight_decay`` (log-uniform), and every method parameter that
-    declares choices, is a switch, or has both bounds."""
-    space = [dimension(exp, key) for key in DEFAULT_KEYS]
-    for info in P.fields_of(type(exp.method_params)):
-        key = f"method.params.{info.name}"
-        if (
-            info.kind is bool
-            or info.choices
-            or (info.kind in (int, float) and info.min is not None and info.max is not None)
-        ):
-            space.append(dimension(exp, key))
-    return space
-
-
-def parse_space(exp: Experiment, items: Sequence[str]) -> list[Dimension]:
-    """``KEY`` or ``KEY=SPEC`` items (the CLI's ``--param``); empty: :func:`default_space`."""
-    if not items:
-        return default_space(exp)
-    space = []
-    for item in items:
-        key, _, spec = item.partition("=")
-        space.append(dimension(exp, key.strip(), spec.strip()))
-    return space
-
-
-def with_params(exp: Experiment, host: PluginHost, params: dict[str, Any]) -> Experiment:
-    """A copy of ``exp`` with ``params`` (dotted keys) set, validated like a file."""
-    raw = exp.to_dict()
-    for key, value in params.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return from_mapping(raw, host.method_params, exp.base_dir, "sweep trial")
-
-
-@dataclass
-class TrialSummary:
-    """One trial as the table shows it."""
-
-    number: int
-    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
-    value: float | None
-    params: dict[str, Any]
-    run_id: str | None
-    message: str = ""
-
-
-@dataclass
-class SweepSummary:
-    """A sweep's trials, its best trial and the parameter importances."""
-
-    name: str
-    metric: str
-    direction: str  # maximize | minimize
-    space: list[str]
-    trials: list[TrialSummary] = field(default_factory=list)
-    best: TrialSummary | None = None
-    importances: dict[str, float] = field(default_factory=dict)
-    stopped_because: str = ""
-
-    def best_so_far(self) -> list[tuple[int, float]]:
-        """``(trial number, best value up to it)`` over finished trials, for the curve."""
-        out, best = [], None
-        better = max if self.direction == "maximize" else min
-        for t in sorted(self.trials, key=lambda t: t.number):
-            if t.state == "COMPLETE" and t.value is not None:
-                best = t.value if best is None else better(best, t.value)
-                out.append((t.number, best))
-        return out
 
 
 class _TrialState:
@@ -256,21 +107,6 @@ class _TrialState:
             self.forward(event)
 
 
-def _storage(workspace: Path):
-    workspace.mkdir(parents=True, exist_ok=True)
-    return _storage_at(str((workspace / STORAGE_FILE).resolve()))
-
-
-@functools.lru_cache(maxsize=8)
-def _storage_at(path: str):
-    # One storage (and SQLAlchemy engine) per file: the window asks for the sweep list often,
-    # and each new storage would open its own connection pool.
-    import optuna
-    from sqlalchemy.engine import URL
-
-    return optuna.storages.RDBStorage(URL.create("sqlite", database=path).render_as_string())
-
-
 def _sampler(kind: str, seed: int):
     import optuna
 
@@ -290,89 +126,6 @@ def _pruner(kind: str):
     if kind == "none":
         return optuna.pruners.NopPruner()
     raise ExperimentError(f"unknown pruner {kind!r}; use median or none", "pruner")
-
-
-def sweep_lock_path(workspace: str | Path, name: str) -> Path:
-    """The lock file a process holds while it runs sweep ``name``."""
-    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]  # names differing in "/" vs "-"
-    return Path(workspace) / locks.LOCK_FOLDER / f"sweep-{safe_name(name)}-{digest}.lock"
-
-
-def _sweep_lock(workspace: Path, name: str):
-    """Hold sweep ``name``'s lock, or refuse: a second process on the same sweep would take
-    the first one's running trial for an interrupted one and run it again beside it."""
-    path = sweep_lock_path(workspace, name)
-    return locks.held(
-        path,
-        f"sweep {name!r} is running in another process (it holds {path}): let it finish "
-        "or stop it, then run this again to continue the sweep; or give a new search its "
-        "own --name. (If no process runs it, the file system keeps no OS locks and the "
-        "file was left by a killed sweep: delete it.)",
-    )
-
-
-def sweep_names(workspace: str | Path) -> list[str]:
-    """The sweeps of a workspace, oldest first."""
-    import optuna
-
-    if not (Path(workspace) / STORAGE_FILE).exists():
-        return []
-    return [s.study_name for s in optuna.get_all_study_summaries(_storage(Path(workspace)))]
-
-
-def load_sweep(workspace: str | Path, name: str, host: PluginHost) -> tuple[Any, Experiment]:
-    """The Optuna study of sweep ``name`` and the experiment it searches over."""
-    import optuna
-
-    if name not in sweep_names(workspace):
-        known = ", ".join(sweep_names(workspace)) or "none yet"
-        raise TransferStudioError(f"no sweep named {name!r} in {workspace}; sweeps: {known}")
-    study = optuna.load_study(study_name=name, storage=_storage(Path(workspace)))
-    attrs = study.user_attrs
-    raw = load_toml_text(attrs["experiment"], f"sweep {name}")
-    exp = from_mapping(raw, host.method_params, attrs.get("base_dir", "."), f"sweep {name}")
-    return study, exp
-
-
-def summarize(study, exp: Experiment | None = None) -> SweepSummary:
-    """The trials, best trial and importances of a study."""
-    import optuna
-    from optuna.trial import TrialState
-
-    attrs = study.user_attrs
-    summary = SweepSummary(
-        study.study_name,
-        attrs.get("metric", "accuracy"),
-        study.direction.name.lower(),
-        list(attrs.get("space", [])),
-    )
-    for t in study.get_trials(deepcopy=False):
-        summary.trials.append(
-            TrialSummary(
-                t.number,
-                t.state.name,
-                t.value if t.state == TrialState.COMPLETE else None,
-                dict(t.params),
-                t.user_attrs.get("run_id") or attrs.get(f"run_id_{t.number}"),
-                t.user_attrs.get("message", ""),
-            )
-        )
-    complete = [t for t in summary.trials if t.state == "COMPLETE" and t.value is not None]
-    if complete:
-        pick = max if summary.direction == "maximize" else min
-        summary.best = pick(complete, key=lambda t: t.value)
-    if len(complete) >= 2:
-        import warnings
-
-        try:
-            # Optuna's default (PED-ANOVA) warns that all importances are equal while too few
-            # trials separate good from bad; they are shown as they are.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                summary.importances = dict(optuna.importance.get_param_importances(study))
-        except (RuntimeError, ValueError):  # parameters without variation yet
-            summary.importances = {}
-    return summary
 
 
 def run_sweep(
@@ -404,7 +157,7 @@ def run_sweep(
         raise ExperimentError("give a budget: a number of trials, a time, or both", "trials")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workspace = Path(workspace)
-    with _sweep_lock(workspace, name):
+    with sweep_lock(workspace, name):
         store = RunStore(workspace)
         if name in sweep_names(workspace):
             study, stored = load_sweep(workspace, name, host)
@@ -430,7 +183,7 @@ def run_sweep(
             seed += len(study.trials)
             study = optuna.load_study(
                 study_name=name,
-                storage=_storage(workspace),
+                storage=study_storage(workspace),
                 sampler=_sampler(attrs["sampler"], seed),
                 pruner=_pruner(attrs["pruner"]),
             )
@@ -445,7 +198,7 @@ def run_sweep(
             metric = exp.train.early_stopping_metric
             study = optuna.create_study(
                 study_name=name,
-                storage=_storage(workspace),
+                storage=study_storage(workspace),
                 direction="minimize" if lower_is_better(metric) else "maximize",
                 sampler=_sampler(sampler, seed),
                 pruner=_pruner(pruner),

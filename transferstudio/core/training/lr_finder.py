@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from transferstudio.api import TransferStudioError
 from transferstudio.core.plugins.host import PluginHost
 from transferstudio.core.settings.experiment import Experiment
@@ -86,7 +84,8 @@ def find_lr(
     """Run the range test: ``steps`` steps from ``start_lr`` to ``end_lr`` (geometric), stopping
     early when the loss diverges. ``on_point(step, lr, loss, smoothed)`` follows progress;
     ``should_stop()`` ends the sweep early (the points so far are kept)."""
-    from transferstudio.core.training.engine import PlainState, RunCancelled, _Run
+    from transferstudio.core.training.engine import PlainState
+    from transferstudio.core.training.session import RunCancelled, TrainingSession
 
     if not 0 < start_lr < end_lr:
         raise TransferStudioError(
@@ -98,23 +97,23 @@ def find_lr(
     # swept rate itself, whatever train.lr is (0 included).
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, lr=1.0))
     # The run's state asks should_stop too: it is checked inside data loading (feature caches).
-    run = _Run(exp, host, PlainState(should_stop=should_stop), Path(workspace), None, writer=False)
+    session = TrainingSession(
+        exp, host, PlainState(should_stop=should_stop), Path(workspace), writer=False
+    )
     result = LrFinderResult()
     try:
-        run.prepare()
-        run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
-        run.step, run.optimizer = 0, None
-        run.method.on_epoch_start(0, run.ctx)
-        run._rebuild_optimizer()
-        run.method.train()
+        session.prepare()
+        session.start_training()
+        session.method.on_epoch_start(0, session.ctx)
+        session.rebuild_optimizer()
+        session.method.train()
         ratio = (end_lr / start_lr) ** (1 / (steps - 1))
         average, best = 0.0, math.inf
         epoch = 0
         while len(result.lrs) < steps and not result.stopped_because:
-            run.epoch = epoch  # each pass over the data draws a new shuffle
-            run._seed_epoch(epoch)
+            session.seed_epoch(epoch)  # each pass over the data draws a new shuffle
             before = len(result.lrs)
-            for batch in run.method.train_batches(run.ctx, epoch):
+            for batch in session.method.train_batches(session.ctx, epoch):
                 i = len(result.lrs)
                 if i >= steps:
                     break
@@ -122,7 +121,7 @@ def find_lr(
                     result.stopped_because = STOPPED_BY_USER
                     break
                 lr = start_lr * ratio**i
-                out, loss, _ = run.optimizer_step(batch, lr)
+                out, loss, _ = session.train_step(batch, lr)
                 if out is None:
                     result.stopped_because = f"the loss became {loss} at lr {lr:.3g}"
                     break
@@ -145,7 +144,7 @@ def find_lr(
     except RunCancelled:  # stopped while the method prepared its data (a feature cache)
         result.stopped_because = STOPPED_BY_USER
     finally:
-        run.close()
+        session.close()
     result.suggestion, result.min_loss_lr = suggest(result.lrs, result.smoothed)
     if result.stopped_because == STOPPED_BY_USER:
         # A sweep stopped part-way covers only the low rates: its longest fall is where the

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QThread, Signal, Slot
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -43,7 +43,7 @@ from transferstudio.core.studies.sweep import (
     sweep_names,
 )
 from transferstudio.gui.widgets import named
-from transferstudio.gui.worker import end_thread, hand_back_to_gui_thread, start_in_thread
+from transferstudio.gui.worker import Worker, WorkerThread
 
 NEW_SWEEP = "(new sweep)"
 BAR_WIDTH = 20  # characters of the importance bars
@@ -53,46 +53,28 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-class SweepWorker(QObject):
+class SweepWorker(Worker):
     """Runs :func:`run_sweep` with ``kwargs`` in its QThread. ``progress`` is sent for run
     starts and epoch ends only (batch events are dropped: they would flood the GUI thread)."""
 
     trial_done = Signal(object)  # SweepSummary after each trial
     progress = Signal(str)  # "trial #3 running, epoch 2/5"
-    finished = Signal(object)  # SweepSummary at the end
-    failed = Signal(str)
+    # finished(SweepSummary at the end), errored(message, details): WorkerSignals
 
     def __init__(self, host, workspace, stop: threading.Event, **kwargs) -> None:
-        super().__init__()
+        super().__init__(stop)  # the panel's: it may be set while this object is deleted
         self.host, self.workspace, self.kwargs = host, Path(workspace), kwargs
-        self.stop = stop  # owned by the panel: it may be set while this object is deleted
         self._trial = "?"
 
-    @Slot()
-    def run(self) -> None:
-        """Run the sweep; emits ``finished`` with its summary or ``failed`` with a message."""
-        try:
-            self._run()
-        finally:
-            hand_back_to_gui_thread(self)
-
-    def _run(self) -> None:
-        try:
-            summary = run_sweep(
-                host=self.host,
-                workspace=self.workspace,
-                on_event=self._on_event,
-                on_trial=self.trial_done.emit,
-                should_stop=self.stop.is_set,
-                **self.kwargs,
-            )
-        except TransferStudioError as exc:
-            self.failed.emit(str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - shown in the panel; the app stays usable
-            self.failed.emit(f"{type(exc).__name__}: {exc}")
-            return
-        self.finished.emit(summary)
+    def work(self) -> SweepSummary:
+        return run_sweep(
+            host=self.host,
+            workspace=self.workspace,
+            on_event=self._on_event,
+            on_trial=self.trial_done.emit,
+            should_stop=self.stop_requested,
+            **self.kwargs,
+        )
 
     def _on_event(self, event) -> None:
         if isinstance(event, E.RunStarted):
@@ -121,8 +103,8 @@ class SweepPanel(QWidget):
         self.host, self.workspace = host, Path(workspace)
         self.experiment_provider = experiment_provider
         self.summary: SweepSummary | None = None
-        self.thread: QThread | None = None
-        self.worker: SweepWorker | None = None
+        self.runner = WorkerThread("transferstudio-sweep", self)
+        self.runner.ended.connect(self._on_ended)
         self._stop = threading.Event()
         self._progress = ""
 
@@ -203,7 +185,15 @@ class SweepPanel(QWidget):
     @property
     def running(self) -> bool:
         """Whether a sweep's thread exists (started and not yet cleaned up)."""
-        return self.thread is not None
+        return self.runner.running
+
+    @property
+    def thread(self) -> QThread | None:
+        return self.runner.thread
+
+    @property
+    def worker(self) -> SweepWorker | None:
+        return self.runner.worker
 
     def refresh_sweeps(self) -> None:
         """Refill the list of the workspace's sweeps, keeping the chosen one."""
@@ -242,15 +232,14 @@ class SweepPanel(QWidget):
         self.name.setText(name)
         self._stop = threading.Event()  # a fresh one: the last sweep's stays set
         self._progress = ""
-        self.worker = SweepWorker(self.host, self.workspace, self._stop, **kwargs)
+        worker = SweepWorker(self.host, self.workspace, self._stop, **kwargs)
         # Bound methods of this GUI-thread panel: the slots run queued on the GUI thread.
-        self.worker.trial_done.connect(self._on_trial)
-        self.worker.progress.connect(self._on_progress)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.failed.connect(self._on_failed)
+        worker.trial_done.connect(self._on_trial)
+        worker.progress.connect(self._on_progress)
+        worker.finished.connect(self._on_finished)
+        worker.errored.connect(self._on_errored)
         self.status.setText(f"{action}...")
-        ends = [self.worker.finished, self.worker.failed]
-        self.thread = start_in_thread(self.worker, "transferstudio-sweep", ends, self._cleanup)
+        self.runner.start(worker)
         self._set_running(True)
 
     @Slot()
@@ -263,13 +252,11 @@ class SweepPanel(QWidget):
 
     def stop_and_wait(self) -> None:
         """Stop the sweep and block until its thread has ended (when the window closes)."""
-        if self.thread is None:
+        if not self.running:
             return
         self.stop()
-        # No timeout: the flag is polled between batches, and dropping a running QThread
-        # would abort the process.
-        self.thread.wait()
-        self._cleanup()
+        # No timeout: the flag is polled between batches.
+        self.runner.stop_and_wait()
 
     def _set_running(self, running: bool) -> None:
         for widget in (*self.fields, self.start_button):
@@ -364,16 +351,12 @@ class SweepPanel(QWidget):
             ended = f"sweep ended: {summary.stopped_because}"
         self.status.setText(f"{ended}; {self._best_text()}")
 
-    @Slot(str)
-    def _on_failed(self, message: str) -> None:
+    @Slot(str, str)
+    def _on_errored(self, message: str, details: str) -> None:
         self.status.setText(f"the sweep failed: {message}")
 
     @Slot()
-    def _cleanup(self) -> None:
-        if self.thread is None:  # already cleaned up by stop_and_wait
-            return
-        end_thread(self.thread, self.worker)
-        self.thread = self.worker = None
+    def _on_ended(self) -> None:
         self._set_running(False)
         self.refresh_sweeps()
         self.sweep_ended.emit()

@@ -10,55 +10,37 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QThread, Signal, Slot
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
 
-from transferstudio.api import TransferStudioError
 from transferstudio.core.training.lr_finder import STOPPED_BY_USER, LrFinderResult, find_lr
 from transferstudio.gui.widgets import named
-from transferstudio.gui.worker import (
-    EMIT_INTERVAL_S,
-    end_thread,
-    hand_back_to_gui_thread,
-    start_in_thread,
-)
+from transferstudio.gui.worker import EventCoalescer, Worker, WorkerThread
 
 START_LR = 1e-7
 END_LR = 10.0
 
 
-class LrSweepWorker(QObject):
-    """Runs one sweep in its QThread. Points are coalesced: at most one ``point_batch`` per
-    ``EMIT_INTERVAL_S`` carries every ``(step, lr, loss, smoothed)`` since the last one, and the
-    last points are always flushed before ``finished``/``failed``."""
+class LrSweepWorker(Worker):
+    """Runs one sweep in its QThread. Points are coalesced (:class:`EventCoalescer`): at most
+    one ``point_batch`` per ``EMIT_INTERVAL_S`` carries every ``(step, lr, loss, smoothed)``
+    since the last one, and the last points are always flushed before ``finished``/``errored``."""
 
     point_batch = Signal(list)  # [(step, lr, loss, smoothed), ...]
-    finished = Signal(object)  # LrFinderResult
-    failed = Signal(str)
+    # finished(LrFinderResult), errored(message, details): WorkerSignals
 
     def __init__(self, experiment, host, workspace, steps: int, stop: threading.Event) -> None:
-        super().__init__()
+        super().__init__(stop)  # the dialog's: it may be set while this object is deleted
         self.experiment, self.host, self.workspace = experiment, host, Path(workspace)
         self.steps = steps
-        self.stop = stop  # owned by the dialog: it may be set while this object is deleted
-        self._pending: list[tuple[int, float, float, float]] = []
-        self._last_emit = 0.0
+        self._points = EventCoalescer(self.point_batch.emit)
 
-    @Slot()
-    def run(self) -> None:
-        """Sweep; emits ``finished`` with the result or ``failed`` with a message."""
+    def work(self) -> LrFinderResult:
         try:
-            self._run()
-        finally:
-            hand_back_to_gui_thread(self)
-
-    def _run(self) -> None:
-        try:
-            result = find_lr(
+            return find_lr(
                 self.experiment,
                 self.host,
                 self.workspace,
@@ -66,29 +48,13 @@ class LrSweepWorker(QObject):
                 END_LR,
                 self.steps,
                 on_point=self._on_point,
-                should_stop=self.stop.is_set,
+                should_stop=self.stop_requested,
             )
-        except TransferStudioError as exc:
-            self._flush()
-            self.failed.emit(str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - shown in the dialog; the app stays usable
-            self._flush()
-            self.failed.emit(f"{type(exc).__name__}: {exc}")
-            return
-        self._flush()
-        self.finished.emit(result)
+        finally:
+            self._points.flush()
 
     def _on_point(self, step: int, lr: float, loss: float, smoothed: float) -> None:
-        self._pending.append((step, lr, loss, smoothed))
-        if time.monotonic() - self._last_emit >= EMIT_INTERVAL_S or step + 1 == self.steps:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            points, self._pending = self._pending, []
-            self._last_emit = time.monotonic()
-            self.point_batch.emit(points)
+        self._points.add((step, lr, loss, smoothed), last=step + 1 == self.steps)
 
 
 class LrFinderDialog(QDialog):
@@ -109,8 +75,8 @@ class LrFinderDialog(QDialog):
         self.result: LrFinderResult | None = None
         self.error: str | None = None
         self.points: list[tuple[int, float, float, float]] = []
-        self.thread: QThread | None = None
-        self.worker: LrSweepWorker | None = None
+        self.runner = WorkerThread("transferstudio-lr-finder", self)
+        self.runner.ended.connect(self._on_ended)
         self.suggestion_line: pg.InfiniteLine | None = None
         self._stop = threading.Event()
         self._started = False
@@ -156,24 +122,29 @@ class LrFinderDialog(QDialog):
     @property
     def running(self) -> bool:
         """Whether the sweep's thread exists (started and not yet cleaned up)."""
-        return self.thread is not None
+        return self.runner.running
+
+    @property
+    def thread(self) -> QThread | None:
+        return self.runner.thread
+
+    @property
+    def worker(self) -> LrSweepWorker | None:
+        return self.runner.worker
 
     def start(self) -> None:
         """Start the sweep in a new thread (once per dialog)."""
         if self._started:
             raise RuntimeError("this dialog has already run its sweep")
         self._started = True
-        self.worker = LrSweepWorker(
-            self.experiment, self.host, self.workspace, self.steps, self._stop
-        )
+        worker = LrSweepWorker(self.experiment, self.host, self.workspace, self.steps, self._stop)
         # Bound methods of this GUI-thread dialog: the slots run queued on the GUI thread.
-        self.worker.point_batch.connect(self._add_points)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.failed.connect(self._on_failed)
+        worker.point_batch.connect(self._add_points)
+        worker.finished.connect(self._on_finished)
+        worker.errored.connect(self._on_errored)
         self.stop_button.setEnabled(True)
         self.status.setText(f"sweeping {self.steps} learning rates; nothing is saved")
-        ends = [self.worker.finished, self.worker.failed]
-        self.thread = start_in_thread(self.worker, "transferstudio-lr-finder", ends, self._cleanup)
+        self.runner.start(worker)
 
     @Slot()
     def stop(self) -> None:
@@ -185,13 +156,12 @@ class LrFinderDialog(QDialog):
 
     def stop_and_wait(self) -> None:
         """Stop the sweep and block until its thread has ended."""
-        if self.thread is None:
+        if not self.running:
             return
         self.stop()
         # No timeout: the flag is polled before every step, so this is at most one step (or
-        # the model's preparation), and dropping a running QThread would abort the process.
-        self.thread.wait()
-        self._cleanup()
+        # the model's preparation).
+        self.runner.stop_and_wait()
 
     @Slot(list)
     def _add_points(self, points: list) -> None:
@@ -233,17 +203,13 @@ class LrFinderDialog(QDialog):
         )
         self.apply_button.setEnabled(True)
 
-    @Slot(str)
-    def _on_failed(self, message: str) -> None:
+    @Slot(str, str)
+    def _on_errored(self, message: str, details: str) -> None:
         self.error = message
         self.status.setText(f"the sweep failed: {message}")
 
     @Slot()
-    def _cleanup(self) -> None:
-        if self.thread is None:  # already cleaned up by stop_and_wait
-            return
-        end_thread(self.thread, self.worker)
-        self.thread = self.worker = None
+    def _on_ended(self) -> None:
         self.stop_button.setEnabled(False)
         self.sweep_ended.emit()
 

@@ -31,10 +31,11 @@ class PredictPanel(QWidget):
     """Top-k predictions with thumbnails. ``set_run`` / ``set_bundle`` choose the model,
     ``set_support`` the support folder of a few-shot model; ``predict_paths`` (also reached by
     dropping files or folders) classifies images.
-    ``finished`` carries the :class:`~transferstudio.core.inference.predict.PredictionReport`."""
+    ``finished`` carries the :class:`~transferstudio.core.inference.predict.PredictionReport`,
+    ``errored(message, details)`` why a prediction failed (the signals of every worker)."""
 
     finished = Signal(object)
-    failed = Signal(str)
+    errored = Signal(str, str)
 
     def __init__(self, host, workspace: Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -177,7 +178,7 @@ class PredictPanel(QWidget):
             ]
             return report, load_thumbnails(captions)
 
-        run_in_background(work, self._show, self._failed, self)
+        run_in_background(work, self._show, self._errored, self)
 
     def _show(self, outcome) -> None:
         report, thumbnails = outcome
@@ -191,9 +192,9 @@ class PredictPanel(QWidget):
         self.status.setText(text)
         self.finished.emit(report)
 
-    def _failed(self, message: str, details: str) -> None:
+    def _errored(self, message: str, details: str) -> None:
         self.status.setText(f"prediction failed: {message}")
-        self.failed.emit(message)
+        self.errored.emit(message, details)
 
     # ------------------------------------------------------------------ drag and drop
 

@@ -1,0 +1,47 @@
+"""The layer tree's freeze presets, without Qt: "Train all", "Head only", "Unfreeze last N".
+
+A classifier is ``backbone`` + ``head`` (core/models/build.py); the presets freeze parameters of
+the backbone only. "Unfreeze last N" counts the backbone's blocks: the children of the first
+module, going down from ``backbone``, that has more than one child with parameters (ResNet's
+stages sit one level down, a ViT's blocks two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from transferstudio.core.models.layer_tree import LayerNode
+
+PRESETS = ("all", "head", "last")
+"""``all``: nothing frozen; ``head``: the whole backbone frozen; ``last``: the backbone frozen
+except its last N blocks."""
+BACKBONE = "backbone"
+
+
+def backbone_blocks(backbone: LayerNode | None) -> list[LayerNode]:
+    """The backbone's block list: descend while there is a single child with parameters."""
+    node = backbone
+    while node is not None:
+        with_params = [c for c in node.children if c.params]
+        if len(with_params) != 1:
+            return with_params
+        node = with_params[0]
+    return []
+
+
+def preset_frozen(
+    kind: str, param_names: Iterable[str], root: LayerNode, last_blocks: int = 1
+) -> set[str]:
+    """The parameter names the preset ``kind`` (one of :data:`PRESETS`) freezes in the model
+    whose module tree is ``root``; ``last_blocks`` is N of "Unfreeze last N"."""
+    names = list(param_names)
+    in_backbone = [n for n in names if n.startswith(BACKBONE + ".")]
+    if kind == "all":
+        return set()
+    if kind == "head":
+        return set(in_backbone)
+    if kind != "last":
+        raise ValueError(f"unknown freeze preset {kind!r}; expected one of {', '.join(PRESETS)}")
+    blocks = backbone_blocks(root.find(BACKBONE))
+    keep = {b.path for b in blocks[-last_blocks:]} if last_blocks > 0 else set()
+    return {n for n in in_backbone if not any(n.startswith(k + ".") for k in keep)}

@@ -1,0 +1,1 @@
+"""The dialogs the window opens over its panels."""
