@@ -3,7 +3,8 @@
 
     python3 tasks.py demo    # create .venv, install, open the window and run the built-in demo:
                              # a pretrained network fine-tuned, then trained from scratch
-    python3 tasks.py test    # create .venv, install with the dev tools, lint, run every test
+    python3 tasks.py test    # create .venv, install with the dev tools, lint, check the import
+                             # contracts, run every test
 
 The virtual environment lives in ``.venv`` (``TRANSFERSTUDIO_VENV`` chooses another folder).
 Installing is skipped when no ``pyproject.toml`` (TransferStudio's, or those of the plugin
@@ -173,6 +174,11 @@ def main(argv: list[str]) -> int:
         )
         != 0
     ):
+        return 1
+    # The architecture's contracts ([tool.importlinter] in pyproject.toml): layers, no cycles,
+    # plugins on the API only. See docs/architecture.md.
+    _say("import contracts")
+    if run([str(BIN / "lint-imports"), "--no-cache"]) != 0:
         return 1
     _say("pytest")
     return run([str(PYTHON), "-m", "pytest", *extra])

@@ -5,7 +5,7 @@ heavy object (a network, a method) is built only when the user picks it. Hooks e
 arguments only; an implementation may accept fewer arguments than its specification.
 
 The host calls each plugin's hooks one by one and checks every spec before registering it
-(:func:`transferstudio.core.plugins.host.check_spec`): a return value that is not a list of the
+(:func:`transferstudio.core.plugins.spec_checks.check_spec`): a return value that is not a list of the
 hook's spec type (a dict, say), a spec whose declaration is unsound (a setting's default
 outside its own range, preprocessing the pipeline cannot apply) and a name another plugin
 already provides are reported on the plugin, naming it, and left out. See docs/plugins.md.

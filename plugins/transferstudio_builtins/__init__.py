@@ -21,7 +21,7 @@ from .protonet import PROTONET
 from .simclr import SIMCLR
 from .small_backbones import small_backbones
 
-TRANSFERSTUDIO_API_VERSION = "1.3"
+TRANSFERSTUDIO_API_VERSION = "1.5"
 
 
 @hookimpl

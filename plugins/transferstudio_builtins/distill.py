@@ -10,6 +10,10 @@ The teacher is a finished run (its best checkpoint), frozen and always in eval m
 training images are not augmented, every image looks the same in every epoch, so the teacher's
 outputs are computed once per image and reused (keyed by a digest of the image tensor's bytes).
 torch is imported inside the functions so that listing plugins stays fast.
+
+Over 400 lines because the teacher (loading, output cache), the hint projections and the
+method share one set of parameters and are read together when checking the loss against the
+papers; nothing here is used by another module.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ images towards the source's: ``dan`` by penalising the multi-kernel maximum mean
 (Long et al. 2015), ``dann`` with a domain discriminator behind a gradient reversal layer (Ganin &
 Lempitsky 2015). Every training batch is a source batch paired with the next target batch.
 torch is imported inside functions so that listing plugins stays fast.
+
+Both methods share the source/target batch pairing, the target evaluation and the
+diagnostics, so they sit in one module (a little over 400 lines) rather than two that import
+each other.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from transferstudio.api import (
     ROLE_LABELED_TARGET,
     ROLE_UNLABELED_TARGET,
     DataError,
+    LayerTreeSpec,
     MethodSpec,
     StepOutput,
     TransferMethod,
@@ -409,6 +414,7 @@ DAN = MethodSpec(
     data_roles=(ROLE_LABELED, ROLE_UNLABELED_TARGET),
     optional_roles=(ROLE_LABELED_TARGET,),
     baseline="fine-tune",  # source only: the same backbone, no adaptation
+    layer_tree=LayerTreeSpec(freeze=None, freeze_up_to=None, bn_mode=None),  # read-only, drift
 )
 
 DANN = MethodSpec(
@@ -420,4 +426,5 @@ DANN = MethodSpec(
     data_roles=(ROLE_LABELED, ROLE_UNLABELED_TARGET),
     optional_roles=(ROLE_LABELED_TARGET,),
     baseline="fine-tune",  # source only: the same backbone, no adaptation
+    layer_tree=LayerTreeSpec(freeze=None, freeze_up_to=None, bn_mode=None),  # read-only, drift
 )

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from transferstudio.api import (
     ROLE_MULTILABEL,
     ExperimentError,
+    LayerTreeSpec,
     MethodSpec,
     StepOutput,
     TransferMethod,
@@ -283,4 +284,5 @@ MULTITASK = MethodSpec(
     factory=Multitask,
     data_roles=(ROLE_MULTILABEL,),
     distributed=True,
+    layer_tree=LayerTreeSpec(freeze=None, freeze_up_to=None, bn_mode=None),  # read-only, drift
 )

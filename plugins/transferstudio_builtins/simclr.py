@@ -25,6 +25,7 @@ from transferstudio.api import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ROLE_UNLABELED,
+    LayerTreeSpec,
     MethodSpec,
     StepOutput,
     TransferMethod,
@@ -300,4 +301,5 @@ SIMCLR = MethodSpec(
     params=SimclrParams,
     factory=Simclr,
     data_roles=(ROLE_UNLABELED,),
+    layer_tree=LayerTreeSpec(freeze=None, freeze_up_to=None, bn_mode=None),  # read-only, drift
 )

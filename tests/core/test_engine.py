@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers import exploding_loss_plugin, tiny_experiment
-from transferstudio.api import MethodSpec, TransferMethod
+from transferstudio.api import MethodSpec, StepOutput, TransferMethod
 from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
 from transferstudio.core.progress import events as E
 from transferstudio.core.runs.checkpoint import CheckpointStore
@@ -199,7 +199,13 @@ def _broken_host(fail_in: str):
             return {"model": self.model}
 
         def training_step(self, batch, ctx):
-            raise RuntimeError("step broke")
+            if fail_in == "step":
+                raise RuntimeError("step broke")
+            images, targets = batch
+            logits = self.model(images)
+            return StepOutput(ctx.loss(logits, targets), logits, targets)
+
+        # No validation_step: the base class's raises NotImplementedError.
 
     spec = MethodSpec("broken", "test", P, Broken)
     return load_plugins(
@@ -223,6 +229,14 @@ def test_a_method_raising_in_its_step_fails_the_run_with_its_traceback(data, tmp
     failed = next(e for e in state.events if isinstance(e, E.RunFailed))
     assert "Traceback" in failed.traceback
     assert "step broke" in (result.folder / "log.txt").read_text()
+
+
+def test_a_method_without_a_step_the_engine_needs_is_named_as_at_fault(data, tmp_path):
+    host = _broken_host("nothing")  # trains, but has no validation_step
+    result = run_experiment(_broken_experiment(data, host), host, PlainState(), tmp_path / "ws")
+    assert result.status == "failed"
+    assert "does not implement validation_step()" in result.message
+    assert "its plugin must define it" in result.message
 
 
 def test_a_method_raising_in_setup_is_a_plugin_error_naming_the_method(data, tmp_path):

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from tests.helpers import ISSUE_BACKBONES
 from transferstudio.api import WeightsError
 from transferstudio.core.models.build import build_backbone, build_classifier
-from transferstudio.core.models.weights import find_cached, read_state_dict, resolve_weights
+from transferstudio.core.models.weights import find_cached, read_state_dict
+from transferstudio.core.runs.weight_sources import resolve_weights
 
 
 def test_classifier_shape_of_the_file_is_ignored(tmp_path, host):

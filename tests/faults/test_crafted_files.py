@@ -430,7 +430,7 @@ def patch_entry(path: Path, name: str, **fields: int) -> None:
 def _refusal(path: Path) -> str:
     """The WeightsError message of reading bundle ``path`` (which must be refused)."""
     from transferstudio.api import WeightsError
-    from transferstudio.core.models.bundle import read_bundle
+    from transferstudio.core.models.bundle_file import read_bundle
 
     with pytest.raises(WeightsError) as caught:
         read_bundle(path)

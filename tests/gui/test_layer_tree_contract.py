@@ -132,3 +132,20 @@ def test_a_method_that_declares_nothing_gets_none_of_it(window, qtbot):
     # Back to a declaring method: everything is there again.
     _choose(window, qtbot, "fine-tune")
     assert not tree.view.isColumnHidden(TRAIN_COLUMN) and window.tree_model.editable
+
+
+def test_a_read_only_declaration_shows_checks_and_drift_without_presets(window, qtbot):
+    """DANN trains the whole classifier and declares no freeze setting (``freeze=None``): the
+    tree shows every layer trainable, read-only, with live drift, but offers no presets."""
+    from transferstudio.gui.panels.layer_tree_model import DRIFT_COLUMN, TRAIN_COLUMN
+
+    _choose(window, qtbot, "dann")
+    tree = window.layer_tree
+    assert not tree.view.isColumnHidden(TRAIN_COLUMN)
+    assert not tree.view.isColumnHidden(DRIFT_COLUMN)
+    assert not _shown(window, tree.presets) and _shown(window, window.show_stats)
+    assert not window.tree_model.editable
+    assert window.tree_model.frozen == set()
+    head = window.tree_model.root.find("head")
+    window._on_layer_stats(E.LayerStats(0, 0, {"model.head.0.weight": (1, 4, 9)}))
+    assert window.tree_model.node_stats(head) == (0.5, 3.0)

@@ -140,3 +140,64 @@ def test_start_while_the_model_is_being_built_waits_and_repeats_the_headless_run
     assert json.loads(report.read_text())["val"] == json.loads(
         json.dumps(blocker.args[0].report["val"])
     )
+
+
+def test_save_keeps_the_comments_of_the_file_it_was_opened_from(window, tmp_path):
+    """Ctrl+S on a hand-written file rewrites only the value edited in the window; Save As
+    to another file writes a generated one."""
+    import difflib
+
+    path = tmp_path / "annotated.toml"
+    text = window.current_experiment().to_toml(comments=False)
+    text = "# why these settings: see the lab book, p. 12\n" + text.replace(
+        "[train]\n", "[train]\n# 1e-2 diverged\n", 1
+    )
+    path.write_text(text)
+    assert window.open_file(path)
+    window.train_form.widgets["epochs"].setValue(window.train_form.widgets["epochs"].value() + 2)
+    window.act_save.trigger()
+    after = path.read_text()
+    changed = [
+        line for line in difflib.ndiff(text.splitlines(), after.splitlines()) if line[:1] in "+-"
+    ]
+    assert len(changed) == 2 and all("epochs = " in line for line in changed), changed
+    assert "# why these settings" in after and "# 1e-2 diverged" in after
+    other = tmp_path / "copy.toml"
+    assert window.save_to(other)
+    assert "# why these settings" not in other.read_text()
+
+
+def test_open_best_sets_the_trials_values_in_the_users_file(window, tmp_path):
+    """ "Open best as experiment" on the window's own file: the swept value is set, unsaved, and
+    Save rewrites that one line of the file, keeping the author's notes. Without a file, the
+    trial opens as a new experiment, so the run folder's record is never saved over."""
+    import difflib
+
+    path = tmp_path / "mine.toml"
+    text = "# tuned by hand before the sweep\n" + window.current_experiment().to_toml(
+        comments=False
+    )
+    path.write_text(text)
+    assert window.open_file(path)
+    trial_exp = window.current_experiment().with_absolute_paths()
+    trial_exp.train.lr = 0.0042
+    run_folder = tmp_path / "ws" / "runs" / "trial"
+    run_folder.mkdir(parents=True)
+    trial_file = run_folder / "experiment.toml"
+    trial_file.write_text(trial_exp.to_toml())
+    assert window.open_best_trial(str(trial_file), {"train.lr": 0.0042})
+    assert window.experiment_path == path and window.has_unsaved_changes()
+    assert window.train_form.widgets["lr"].value() == 0.0042
+    window.act_save.trigger()
+    changed = [
+        line
+        for line in difflib.ndiff(text.splitlines(), path.read_text().splitlines())
+        if line[:1] in "+-"
+    ]
+    assert len(changed) == 2 and all(line[2:].startswith("lr = ") for line in changed), changed
+    assert trial_file.read_text() == trial_exp.to_toml()
+
+    window.act_new.trigger()  # no file: the trial opens as a new experiment
+    assert window.open_best_trial(str(trial_file), {"train.lr": 0.0042})
+    assert window.experiment_path is None and window.has_unsaved_changes()
+    assert window.train_form.widgets["lr"].value() == 0.0042

@@ -15,9 +15,9 @@ from tests.helpers import tiny_experiment
 from transferstudio.api import ExperimentError
 from transferstudio.core.inference.export import export_module
 from transferstudio.core.models.build import build_backbone
-from transferstudio.core.models.weights import resolve_weights
 from transferstudio.core.progress import events as E
 from transferstudio.core.runs.checkpoint import CheckpointStore
+from transferstudio.core.runs.weight_sources import resolve_weights
 from transferstudio.core.training.engine import PlainState, run_experiment
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230)}

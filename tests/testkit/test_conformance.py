@@ -177,7 +177,7 @@ def test_a_support_set_method_without_a_support_classifier_fails():
 def test_the_kit_and_the_loader_judge_a_declaration_alike():
     """``check_backbone`` given a spec directly (not through a host) applies the loader's checks:
     a misspelt interpolation passed the kit before (issue 17, point 9)."""
-    from transferstudio.core.plugins.host import check_spec
+    from transferstudio.core.plugins.spec_checks import check_spec
     from transferstudio.testing.conformance import check_backbone
 
     pre = dataclasses.replace(_kit_backbone().preprocessing, interpolation="bicubik")

@@ -82,7 +82,8 @@ def cmd_gui(args) -> int:
 
 def cmd_init(args) -> int:
     from transferstudio.core.models.bn_check import folded_batchnorm_reason
-    from transferstudio.core.models.weights import default_weights, read_state_dict, resolve_weights
+    from transferstudio.core.models.weights import default_weights, read_state_dict
+    from transferstudio.core.runs.weight_sources import resolve_weights
     from transferstudio.core.settings import experiment as X
 
     host = load_host()

@@ -276,7 +276,7 @@ class MainWindow(FilesMixin, TreeMixin, RunMixin, QMainWindow):
         self._dock("predict", "Predict", self.predict_panel, bottom)
 
         self.sweep_panel = SweepPanel(self.host, self.workspace, self.current_experiment)
-        self.sweep_panel.open_experiment.connect(lambda path: self.open_file(Path(path)))
+        self.sweep_panel.open_experiment.connect(self.open_best_trial)
         self.sweep_panel.sweep_ended.connect(self.refresh_runs)
         self._dock("sweeps", "Sweeps", self.sweep_panel, bottom)
 

@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 from transferstudio.api import TransferStudioError
 from transferstudio.core.files.atomic import write_text_atomic
 from transferstudio.core.settings import experiment as X
+from transferstudio.core.studies.sweep_space import with_params
 
 MAX_RECENT = 8
 
@@ -81,6 +82,39 @@ class FilesMixin:
         self._remember_recent(path)
         return True
 
+    def open_best_trial(self, path: str, params: dict) -> bool:
+        """A sweep's best trial, to keep. When the window holds an experiment file of the same
+        method, the trial's swept values are set in it, unsaved: Save then rewrites just those
+        lines of the user's file. Otherwise the trial's experiment opens as a new, unsaved
+        experiment (Save asks where): the run folder's own copy is the run's record and is never
+        saved over."""
+        try:
+            trial = X.load(Path(path), self.host.method_params)
+        except TransferStudioError as exc:
+            self.show_error("Cannot open the best trial", str(exc))
+            return False
+        target = self.experiment_path
+        if target is not None and trial.method == self.method_panel.name():
+            try:
+                best = with_params(self.current_experiment(), self.host, params)
+            except TransferStudioError:
+                best = None  # the window's experiment does not take these values: open the trial
+            if best is not None:
+                saved = self._saved_text
+                self.load_experiment(best, target)
+                self._saved_text = saved  # the file does not hold these values yet
+                self.setWindowModified(self.has_unsaved_changes())
+                self.statusBar().showMessage(
+                    f"the best trial's values are set; Save writes them into {target.name}"
+                )
+                return True
+        trial.name = f"{trial.name}-best"
+        self.load_experiment(trial, None)
+        self._saved_text = ""
+        self.setWindowModified(True)
+        self.statusBar().showMessage("the best trial opened as a new experiment; Save asks where")
+        return True
+
     def save(self) -> bool:
         if self.experiment_path is None:
             return self.save_as()
@@ -104,7 +138,12 @@ class FilesMixin:
             self.experiment_name = exp.name = path.stem
         if path.resolve().parent != self.base_dir.resolve():
             exp = exp.with_absolute_paths()
-        write_text_atomic(path, exp.to_toml())
+        if path == self.experiment_path:
+            # The file it was opened from: only the changed values are rewritten, and the
+            # author's comments, order and spacing stay (core/settings/experiment.save).
+            X.save(exp, path)
+        else:  # another file (Save As): generated whole, every key with its help
+            write_text_atomic(path, exp.to_toml())
         self.experiment_path = path
         self.base_dir = path.resolve().parent
         self._saved_text = self._experiment_text()

@@ -81,7 +81,10 @@ class TreeMixin:
 
     def _show_tree_contract(self) -> None:
         """Checks, presets and drift columns only for a method that declares the tree."""
-        self.layer_tree.set_freeze_columns(self.method_panel.tree_declaration() is not None)
+        declared = self.method_panel.tree_declaration()
+        self.layer_tree.set_freeze_columns(
+            declared is not None, editable=declared is not None and declared.freeze is not None
+        )
 
     def _apply_plan_to_tree(self) -> None:
         """Method settings -> tree (opening a file, editing patterns by hand). A method without

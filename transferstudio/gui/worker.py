@@ -11,6 +11,10 @@ Frequent events are handed to the GUI thread in lists by an :class:`EventCoalesc
 (a plain flag, not a queued slot, so Stop works within one batch) and every event becomes a
 signal. Batch events are coalesced: at most one ``batches_ended`` signal per 50 ms carries every
 batch since the last one, so curves redraw at most ~20 times a second however fast batches go.
+
+The module is a little over 400 lines because it holds the whole worker vocabulary of the window
+in one place (the issue it came from counted three copies of each piece); every panel's worker
+is a short subclass elsewhere.
 """
 
 from __future__ import annotations
@@ -152,6 +156,53 @@ class WorkerThread(QObject):
         end_thread(self.thread, self.worker)
         self.thread = self.worker = None
         self.ended.emit()
+
+
+class StopButtonOwner:
+    """What a panel or dialog with one Stop button over a :class:`WorkerThread` shares: it sets
+    ``runner`` (a WorkerThread), ``stop_button``, ``status`` (a label) and ``_stop`` (the event its
+    worker polls) and defines ``_on_finished`` / ``_on_errored``; this gives it ``running``,
+    ``thread``, ``worker``, :meth:`start_worker`, :meth:`stop` and :meth:`stop_and_wait`."""
+
+    runner: WorkerThread
+    _stop: threading.Event
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker's thread exists (started and not yet cleaned up)."""
+        return self.runner.running
+
+    @property
+    def thread(self) -> QThread | None:
+        return self.runner.thread
+
+    @property
+    def worker(self) -> Any:
+        return self.runner.worker
+
+    def start_worker(self, worker: Worker, status: str) -> None:
+        """Connect ``worker``'s end to this object's slots (bound methods of a GUI-thread object:
+        they run queued on the GUI thread), say ``status`` and start it."""
+        worker.finished.connect(self._on_finished)  # type: ignore[attr-defined]
+        worker.errored.connect(self._on_errored)  # type: ignore[attr-defined]
+        self.status.setText(status)  # type: ignore[attr-defined]
+        self.runner.start(worker)
+
+    def stop(self) -> None:
+        """Ask the work to end at its next check of the stop flag; what it did so far is kept."""
+        if self.running:
+            self._stop.set()
+            self.stop_button.setEnabled(False)  # type: ignore[attr-defined]
+            self.status.setText("stopping...")  # type: ignore[attr-defined]
+
+    def stop_and_wait(self) -> None:
+        """Stop the work and block until its thread has ended (when the window closes). No
+        timeout: the flag is polled before every step or batch, so this is at most one of
+        those (or the model's preparation)."""
+        if not self.running:
+            return
+        self.stop()
+        self.runner.stop_and_wait()
 
 
 class RunSignals(Worker):

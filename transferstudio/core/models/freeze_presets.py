@@ -9,8 +9,12 @@ stages sit one level down, a ViT's blocks two).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from transferstudio.core.models.layer_tree import LayerNode
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from torch import nn
 
 PRESETS = ("all", "head", "last")
 """``all``: nothing frozen; ``head``: the whole backbone frozen; ``last``: the backbone frozen
@@ -45,3 +49,27 @@ def preset_frozen(
     blocks = backbone_blocks(root.find(BACKBONE))
     keep = {b.path for b in blocks[-last_blocks:]} if last_blocks > 0 else set()
     return {n for n in in_backbone if not any(n.startswith(k + ".") for k in keep)}
+
+
+def patterns_for(model: nn.Module, frozen: set[str]) -> list[str]:
+    """The fewest exact paths whose freezing yields exactly ``frozen`` (parameter names): whole
+    modules where every parameter below is frozen, single parameters otherwise. Used when the
+    layer tree edits a plan."""
+    out: list[str] = []
+
+    def visit(path: str, module: nn.Module) -> None:
+        names = [f"{path}.{n}" if path else n for n, _ in module.named_parameters()]
+        if not names:
+            return
+        if path and all(n in frozen for n in names):
+            out.append(path)
+            return
+        for own, _ in module.named_parameters(recurse=False):
+            name = f"{path}.{own}" if path else own
+            if name in frozen:
+                out.append(name)
+        for child_name, child in module.named_children():
+            visit(f"{path}.{child_name}" if path else child_name, child)
+
+    visit("", model)
+    return out

@@ -8,7 +8,6 @@ names.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import warnings
 from pathlib import Path
@@ -68,7 +67,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".tsmodel" or is_bundle(path):
         # A bundle under another suffix (renamed to .pth, say) is read as the bundle it is,
         # not handed to torch.load, which would call it a damaged pickle.
-        from transferstudio.core.models.bundle import read_bundle_weights
+        from transferstudio.core.models.bundle_file import read_bundle_weights
 
         return read_bundle_weights(path)
     if path.suffix == ".safetensors":
@@ -185,27 +184,3 @@ def default_weights(spec: BackboneSpec) -> str:
     except WeightsError:
         return "none"
     return "cache"
-
-
-def resolve_weights(spec: BackboneSpec, weights: str, base_dir: str | Path) -> Path | None:
-    """The file a ``model.weights`` setting points to (``None`` for random initialisation)."""
-    if weights == "none":
-        return None
-    if weights == "cache":
-        return find_cached(spec)
-    path = Path(os.path.expanduser(weights))
-    if not path.is_absolute():
-        path = Path(base_dir) / path
-    if (path / "checkpoints").is_dir():
-        # A run folder: its best checkpoint's backbone (e.g. after self-supervised pretraining).
-        from transferstudio.core.runs.finished import best_weights_file
-
-        return best_weights_file(path)
-    if path.suffix not in (".pt", ".pth", ".safetensors", ".tsmodel"):
-        raise WeightsError(
-            f"model.weights: {path} must be a .pt, .pth, .safetensors or .tsmodel (bundle) file, "
-            "a run folder, or 'none' or 'cache'"
-        )
-    if not path.is_file():
-        raise WeightsError(f"model.weights: {path} does not exist")
-    return path

@@ -1,1 +1,1 @@
-"""Experiment files and the settings inside them: the TOML schema, parameter dataclasses, freeze plans."""
+"""Experiment files and the settings inside them: the TOML schema, parameter dataclasses, saving that keeps what the user wrote. (Freeze plans are part of the plugin API: transferstudio.api.freeze.)"""

@@ -19,8 +19,8 @@ from transferstudio.core.models.build import (
     build_trained_classifier,
     make_head,
 )
-from transferstudio.core.models.weights import resolve_weights
 from transferstudio.core.runs.finished import load_run_predictor
+from transferstudio.core.runs.weight_sources import resolve_weights
 from transferstudio.core.training.seeding import epoch_seed
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ import torch
 from transferstudio.api import TransferStudioError
 from transferstudio.core.plugins.host import PluginHost
 from transferstudio.core.progress import events as E
+from transferstudio.core.runs.run_log import RunLog
 from transferstudio.core.settings.experiment import Experiment
 from transferstudio.core.training.context import EngineContext, read_only
 from transferstudio.core.training.distributed import process_rank
@@ -107,7 +108,8 @@ def run_experiment(
     workspace = Path(workspace) if workspace else default_workspace()
     writer = is_writer_process() if writer is None else writer
     tags = {k: str(v) for k, v in (tags or {}).items()}
-    run = TrainingRun(exp, host, state, workspace, resume, writer, tags)
+    session = TrainingSession(exp, host, state, workspace, writer, RunLog(state.emit))
+    run = TrainingRun(session, resume, tags)
     run.log.attach()  # from the method's setup() on: its warnings belong to this run
     try:
         run.session.prepare()

@@ -103,14 +103,14 @@ def _describe_failure(exc: Exception, run: TrainingRun) -> str:
 
 def _unimplemented_hook(exc: Exception, run: TrainingRun) -> str | None:
     """A method that leaves out a :class:`TransferMethod` function the engine needs raises
-    the base class's ``NotImplementedError`` inside ``api.py``: the method is at fault, not
-    TransferStudio."""
-    import transferstudio.api as api
+    the base class's ``NotImplementedError`` inside ``api/methods.py``: the method is at fault,
+    not TransferStudio."""
+    from transferstudio.api import methods
 
     frames = traceback.extract_tb(exc.__traceback__)
     if not isinstance(exc, NotImplementedError) or not frames:
         return None
-    if Path(frames[-1].filename) != Path(api.__file__):
+    if Path(frames[-1].filename) != Path(methods.__file__):
         return None
     cls = type(run.session.method)
     return (

@@ -21,7 +21,6 @@ from typing import Any
 from transferstudio.api import StepOutput, TransferStudioError
 from transferstudio.core.models.build import describe_head
 from transferstudio.core.models.bundle import backbone_plugin
-from transferstudio.core.plugins.host import PluginHost
 from transferstudio.core.progress import events as E
 from transferstudio.core.runs.checkpoint import (
     CheckpointRecord,
@@ -31,15 +30,13 @@ from transferstudio.core.runs.checkpoint import (
     rng_state,
 )
 from transferstudio.core.runs.run_files import RunFiles
-from transferstudio.core.runs.run_log import RunLog
-from transferstudio.core.settings.experiment import Experiment
 from transferstudio.core.training.device import describe
 from transferstudio.core.training.distributed import process_rank
 from transferstudio.core.training.evaluation import Evaluator, shares_evaluation
 from transferstudio.core.training.layer_stats import StatsReference, is_due
 from transferstudio.core.training.metrics import format_report, lower_is_better
 from transferstudio.core.training.optim import lr_factor
-from transferstudio.core.training.session import RunState, TrainingSession
+from transferstudio.core.training.session import TrainingSession
 
 
 class NonFiniteLoss(TransferStudioError):
@@ -65,28 +62,24 @@ class TrainingRun:
 
     def __init__(
         self,
-        exp: Experiment,
-        host: PluginHost,
-        state: RunState,
-        workspace: Path,
-        resume_id: str | None,
-        writer: bool,
+        session: TrainingSession,
+        resume_id: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        self.exp = exp
-        self.state = state
-        self.writer = writer
+        self.session = session
+        self.exp = session.exp
+        self.state = session.state
+        self.writer = session.writer
         self.resume_id = resume_id
         self.tags = dict(tags or {})  # labels for the run store, set when the run is created
-        self.log = RunLog(state.emit)
-        self.session = TrainingSession(exp, host, state, workspace, writer, self.log)
-        self.evaluator = Evaluator(self.session)
-        self.files = RunFiles(Path(workspace), writer, self.log)
+        self.log = session.run_log
+        self.evaluator = Evaluator(session)
+        self.files = RunFiles(session.workspace, session.writer, self.log)
         self.started = time.monotonic()
         self.failed = False  # this process's run failed (other ranks may still be training)
         # The metric the best epoch is chosen by: val loss when the method does not measure
         # the configured one (found in the first epoch).
-        self.metric_used = exp.train.early_stopping_metric
+        self.metric_used = self.exp.train.early_stopping_metric
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.bad_epochs = 0

@@ -41,8 +41,9 @@ from transferstudio.core.data.roles import (
     split_classes,
 )
 from transferstudio.core.models.features import FeatureCache, cache_key
-from transferstudio.core.models.weights import file_digest, resolve_weights
+from transferstudio.core.models.weights import file_digest
 from transferstudio.core.plugins.host import PluginHost
+from transferstudio.core.runs.weight_sources import resolve_weights
 from transferstudio.core.settings.experiment import Experiment
 from transferstudio.core.training.distributed import Distributed, EpochShardSampler
 from transferstudio.core.training.seeding import epoch_seed

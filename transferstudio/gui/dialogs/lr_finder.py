@@ -13,12 +13,12 @@ import threading
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QThread, Signal, Slot
+from PySide6.QtCore import Signal, Slot
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
 
 from transferstudio.core.training.lr_finder import STOPPED_BY_USER, LrFinderResult, find_lr
 from transferstudio.gui.widgets import named
-from transferstudio.gui.worker import EventCoalescer, Worker, WorkerThread
+from transferstudio.gui.worker import EventCoalescer, StopButtonOwner, Worker, WorkerThread
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -57,7 +57,7 @@ class LrSweepWorker(Worker):
         self._points.add((step, lr, loss, smoothed), last=step + 1 == self.steps)
 
 
-class LrFinderDialog(QDialog):
+class LrFinderDialog(StopButtonOwner, QDialog):
     """Runs the range test on ``experiment`` (nothing is saved) and offers its suggestion.
 
     ``applied(lr)`` carries the suggestion rounded to 3 significant digits when Apply is
@@ -119,49 +119,15 @@ class LrFinderDialog(QDialog):
         layout.addLayout(buttons)
         self.resize(640, 480)
 
-    @property
-    def running(self) -> bool:
-        """Whether the sweep's thread exists (started and not yet cleaned up)."""
-        return self.runner.running
-
-    @property
-    def thread(self) -> QThread | None:
-        return self.runner.thread
-
-    @property
-    def worker(self) -> LrSweepWorker | None:
-        return self.runner.worker
-
     def start(self) -> None:
         """Start the sweep in a new thread (once per dialog)."""
         if self._started:
             raise RuntimeError("this dialog has already run its sweep")
         self._started = True
         worker = LrSweepWorker(self.experiment, self.host, self.workspace, self.steps, self._stop)
-        # Bound methods of this GUI-thread dialog: the slots run queued on the GUI thread.
         worker.point_batch.connect(self._add_points)
-        worker.finished.connect(self._on_finished)
-        worker.errored.connect(self._on_errored)
         self.stop_button.setEnabled(True)
-        self.status.setText(f"sweeping {self.steps} learning rates; nothing is saved")
-        self.runner.start(worker)
-
-    @Slot()
-    def stop(self) -> None:
-        """Ask the sweep to end before its next step; the points so far are kept."""
-        if self.running:
-            self._stop.set()
-            self.stop_button.setEnabled(False)
-            self.status.setText("stopping...")
-
-    def stop_and_wait(self) -> None:
-        """Stop the sweep and block until its thread has ended."""
-        if not self.running:
-            return
-        self.stop()
-        # No timeout: the flag is polled before every step, so this is at most one step (or
-        # the model's preparation).
-        self.runner.stop_and_wait()
+        self.start_worker(worker, f"sweeping {self.steps} learning rates; nothing is saved")
 
     @Slot(list)
     def _add_points(self, points: list) -> None:

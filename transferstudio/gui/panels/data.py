@@ -194,6 +194,10 @@ class DataPanel(QWidget):
                 item = QTreeWidgetItem(skipped, [f"{Path(path).name}: {reason}"])
                 item.setFirstColumnSpanned(True)
                 item.setToolTip(0, f"{path}\n{reason}")
+        # Columns as wide as their contents: with the default widths the test column fell
+        # off the dock's right edge at 1366x768.
+        for column in range(self.counts_tree.columnCount()):
+            self.counts_tree.resizeColumnToContents(column)
         total = sum(len(v) for v in result.splits.values())
         self.scan_label.setText(
             f"{len(result.classes)} classes, {total} images"

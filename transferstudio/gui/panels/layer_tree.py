@@ -205,7 +205,7 @@ class LayerTreePanel(QWidget):
         self.summary.setText(self.tree_model.summary_text())
         if self._syncing or not self.tree_model.editable:
             return
-        from transferstudio.core.settings.freeze import patterns_for
+        from transferstudio.core.models.freeze_presets import patterns_for
 
         self.plan_edited.emit(patterns_for(self.torch_model, self.tree_model.frozen))
 
@@ -220,11 +220,12 @@ class LayerTreePanel(QWidget):
         )
         self.tree_model.set_frozen(frozen)
 
-    def set_freeze_columns(self, shown: bool) -> None:
+    def set_freeze_columns(self, shown: bool, editable: bool = True) -> None:
         """Whether the method declares that it honours the tree (``MethodSpec.layer_tree``):
-        the trainable checks, the presets and the drift columns are shown only then."""
+        the trainable checks and the drift columns are shown only then, the presets only when
+        the declaration names a freeze setting they can write (``editable``)."""
         self.freeze_columns = shown
-        self.presets.setVisible(shown)
+        self.presets.setVisible(shown and editable)
         self.show_stats.setVisible(shown)
         self._apply_columns()
 

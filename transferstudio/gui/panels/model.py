@@ -128,7 +128,8 @@ class ModelPanel(QWidget):
         ``adopt`` (the user just picked them) a method training BN statistics is switched to
         ``frozen-stats``; otherwise (an experiment opened) the fix is proposed."""
         from transferstudio.core.models.bn_check import folded_batchnorm_reason
-        from transferstudio.core.models.weights import read_state_dict, resolve_weights
+        from transferstudio.core.models.weights import read_state_dict
+        from transferstudio.core.runs.weight_sources import resolve_weights
 
         value = self.weights_value
         backbone = self.backbone()

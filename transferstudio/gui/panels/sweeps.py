@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QThread, Signal, Slot
+from PySide6.QtCore import Signal, Slot
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -43,7 +43,7 @@ from transferstudio.core.studies.sweep import (
     sweep_names,
 )
 from transferstudio.gui.widgets import named
-from transferstudio.gui.worker import Worker, WorkerThread
+from transferstudio.gui.worker import StopButtonOwner, Worker, WorkerThread
 
 NEW_SWEEP = "(new sweep)"
 BAR_WIDTH = 20  # characters of the importance bars
@@ -87,14 +87,15 @@ class SweepWorker(Worker):
             )
 
 
-class SweepPanel(QWidget):
+class SweepPanel(StopButtonOwner, QWidget):
     """Starts, stops and shows sweeps of ``workspace``. ``experiment_provider()`` gives the
     window's current experiment (or raises TransferStudioError) for a new sweep.
 
-    ``open_experiment(path)`` carries the best trial's ``experiment.toml``; ``sweep_ended``
-    fires once the sweep's thread is gone. ``summary`` is the summary shown (or None)."""
+    ``open_experiment(path, params)`` carries the best trial's ``experiment.toml`` and the
+    values the sweep chose for it (``{"train.lr": ...}``); ``sweep_ended`` fires once the
+    sweep's thread is gone. ``summary`` is the summary shown (or None)."""
 
-    open_experiment = Signal(str)
+    open_experiment = Signal(str, object)
     sweep_ended = Signal()
 
     def __init__(self, host, workspace, experiment_provider, parent=None) -> None:
@@ -182,19 +183,6 @@ class SweepPanel(QWidget):
         self._set_running(False)
         self.refresh_sweeps()
 
-    @property
-    def running(self) -> bool:
-        """Whether a sweep's thread exists (started and not yet cleaned up)."""
-        return self.runner.running
-
-    @property
-    def thread(self) -> QThread | None:
-        return self.runner.thread
-
-    @property
-    def worker(self) -> SweepWorker | None:
-        return self.runner.worker
-
     def refresh_sweeps(self) -> None:
         """Refill the list of the workspace's sweeps, keeping the chosen one."""
         current = self.existing.currentText()
@@ -233,30 +221,10 @@ class SweepPanel(QWidget):
         self._stop = threading.Event()  # a fresh one: the last sweep's stays set
         self._progress = ""
         worker = SweepWorker(self.host, self.workspace, self._stop, **kwargs)
-        # Bound methods of this GUI-thread panel: the slots run queued on the GUI thread.
         worker.trial_done.connect(self._on_trial)
         worker.progress.connect(self._on_progress)
-        worker.finished.connect(self._on_finished)
-        worker.errored.connect(self._on_errored)
-        self.status.setText(f"{action}...")
-        self.runner.start(worker)
+        self.start_worker(worker, f"{action}...")  # Stop interrupts the trial; it runs again later
         self._set_running(True)
-
-    @Slot()
-    def stop(self) -> None:
-        """Ask the sweep to end; the current trial is interrupted and tried again later."""
-        if self.running:
-            self._stop.set()
-            self.stop_button.setEnabled(False)
-            self.status.setText("stopping...")
-
-    def stop_and_wait(self) -> None:
-        """Stop the sweep and block until its thread has ended (when the window closes)."""
-        if not self.running:
-            return
-        self.stop()
-        # No timeout: the flag is polled between batches.
-        self.runner.stop_and_wait()
 
     def _set_running(self, running: bool) -> None:
         for widget in (*self.fields, self.start_button):
@@ -371,4 +339,4 @@ class SweepPanel(QWidget):
         except TransferStudioError as exc:
             self.status.setText(str(exc))
             return
-        self.open_experiment.emit(str(Path(folder) / "experiment.toml"))
+        self.open_experiment.emit(str(Path(folder) / "experiment.toml"), dict(best.params))

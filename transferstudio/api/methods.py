@@ -1,212 +1,28 @@
-"""The public plugin API of TransferStudio.
-
-Everything a plugin author (and every built-in plugin) may use lives here: the ``hookimpl``
-marker, the spec dataclasses the hooks return, the :class:`TransferMethod` base class, the
-:class:`MethodContext` the engine hands to a method, the parameter helper :func:`param`, and the
-error types whose messages are shown to users.
-
-A plugin module declares the API version it was written for::
-
-    TRANSFERSTUDIO_API_VERSION = "1.5"
-
-The host accepts a plugin when the major versions match and the plugin's minor version is not
-newer than the host's (:func:`is_compatible`). This module does not import torch, so listing
-plugins stays fast; torch is imported where models are built or trained.
-"""
+"""Transfer methods in the plugin API: the :class:`TransferMethod` base class, the
+:class:`MethodContext` the engine hands it, its declaration (:class:`MethodSpec`,
+:class:`LayerTreeSpec`) and the parameter helper :func:`param`."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pluggy
+from transferstudio.api.data import ROLE_LABELED
+from transferstudio.api.models import Preprocessing
 
-from transferstudio.core.settings.freeze import BN_MODES, FreezePlan, parse_unfreeze_schedule
+__all__ = [
+    "LayerTreeSpec",
+    "MethodContext",
+    "MethodSpec",
+    "StepOutput",
+    "TransferMethod",
+    "param",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
     from torch import nn
-
-__all__ = [
-    "API_VERSION",
-    "BN_MODES",
-    "BUNDLE_MANIFEST_ENTRY",
-    "BUNDLE_WEIGHTS_ENTRY",
-    "IMAGENET_MEAN",
-    "IMAGE_SUFFIXES",
-    "IMAGENET_STD",
-    "BackboneSpec",
-    "DataError",
-    "DatasetSpec",
-    "ExperimentError",
-    "ExporterSpec",
-    "FreezePlan",
-    "LayerTreeSpec",
-    "MethodContext",
-    "MethodSpec",
-    "PluginError",
-    "Preprocessing",
-    "ROLE_EPISODES",
-    "ROLE_LABELED",
-    "ROLE_LABELED_TARGET",
-    "ROLE_MULTILABEL",
-    "ROLE_UNLABELED",
-    "ROLE_UNLABELED_TARGET",
-    "Sample",
-    "SourceListing",
-    "StepOutput",
-    "TransferMethod",
-    "TransferStudioError",
-    "WeightsError",
-    "draw_episodes",
-    "hookimpl",
-    "is_compatible",
-    "param",
-    "parse_unfreeze_schedule",
-]
-
-API_VERSION = "1.5"
-"""Version of this API. Minor bumps only add; a major bump may remove or change.
-
-1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
-``load_run_model``, ``episodes``, ``tasks``, ``has_role``, ``backbone_name``,
-``preprocessing``, ``loader(role=, views=)``, :func:`draw_episodes`, ``ExporterSpec.load``, and
-``TransferMethod.evaluate``, ``epoch_diagnostics`` and ``steps_per_epoch``.
-
-1.2 added ``MethodSpec.distributed`` (training under torchrun), ``MethodSpec.support_set`` and
-``TransferMethod.classifier_from_support``: methods that
-learn no fixed classes (few-shot) predict the classes of a support folder given at prediction
-time; the bundle entry names ``BUNDLE_WEIGHTS_ENTRY``, ``BUNDLE_MANIFEST_ENTRY``; and
-``BackboneSpec.packaged_weights`` (pretrained weights shipped with the plugin) and
-``DatasetSpec.write_example`` (a small example of a data format, for the test kit).
-
-1.3 added ``MethodSpec.baseline``: the method that trains the same model without this method's
-transfer, for the transfer-gain baseline (``transferstudio baseline``).
-
-1.4 added ``MethodContext.train``: the experiment's ``train`` settings (read-only), so a
-method can read ``lr``, ``weight_decay``, ``epochs`` or ``seed``.
-
-1.5 added ``MethodSpec.layer_tree`` (:class:`LayerTreeSpec`): a method declares that it honours
-the window's layer tree, which module the tree shows and which settings carry the freeze plan
-and the BN mode."""
-
-ROLE_LABELED = "labeled"
-"""Labeled images from ``data.path`` (class folders or CSV), split train/val/test."""
-ROLE_UNLABELED_TARGET = "unlabeled_target"
-"""Unlabeled images of the target domain from ``data.target_path`` (domain adaptation)."""
-ROLE_LABELED_TARGET = "labeled_target"
-"""Labeled target images from ``data.target_eval_path``, used only for evaluation."""
-ROLE_EPISODES = "episodes"
-"""Class folders from ``data.path``, split by class, sampled as N-way K-shot episodes."""
-ROLE_MULTILABEL = "multilabel"
-"""A CSV at ``data.path`` with one label column per task (``data.label_columns``)."""
-ROLE_UNLABELED = "unlabeled"
-"""Images under ``data.path`` without labels (self-supervised pretraining)."""
-
-ROLE_KEYS = {
-    ROLE_LABELED: "data.path",
-    ROLE_UNLABELED_TARGET: "data.target_path",
-    ROLE_LABELED_TARGET: "data.target_eval_path",
-    ROLE_EPISODES: "data.path",
-    ROLE_MULTILABEL: "data.path",
-    ROLE_UNLABELED: "data.path",
-}
-"""The experiment key each data role reads."""
-
-PROJECT_NAME = "transferstudio"
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
-"""Decorator marking a function as a TransferStudio hook implementation."""
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-"""File suffixes data sources treat as images (compare lower-cased)."""
-
-BUNDLE_WEIGHTS_ENTRY = "weights.safetensors"
-BUNDLE_MANIFEST_ENTRY = "manifest.json"
-"""(API 1.2) The two entries of a model bundle (``.tsmodel``, a zip): the module's weights as
-safetensors and the JSON manifest (architecture recipe, class names, preprocessing, provenance).
-See docs/exporting.md."""
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def is_compatible(plugin_version: str, host_version: str = API_VERSION) -> bool:
-    """True when a plugin written for ``plugin_version`` can run on ``host_version``."""
-    try:
-        p_major, p_minor = (int(x) for x in str(plugin_version).split(".")[:2])
-        h_major, h_minor = (int(x) for x in host_version.split(".")[:2])
-    except ValueError:
-        return False
-    return p_major == h_major and p_minor <= h_minor
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class TransferStudioError(Exception):
-    """An error whose message is meant for the user: it says what is wrong and what to do."""
-
-
-class ExperimentError(TransferStudioError):
-    """A bad experiment file or setting. ``key`` is the dotted key at fault, when there is one."""
-
-    def __init__(self, message: str, key: str | None = None):
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
-
-
-class DataError(TransferStudioError):
-    """The data cannot be used as given (no images in a class, a single class, ...)."""
-
-
-class WeightsError(TransferStudioError):
-    """Weights could not be loaded (missing file, key mismatch, unsafe pickle)."""
-
-
-class PluginError(TransferStudioError):
-    """A plugin is missing, broken or incompatible."""
-
-
-# --------------------------------------------------------------------------- episodes
-
-
-def draw_episodes(
-    labels: Sequence[Any],
-    way: int,
-    shot: int,
-    queries: int,
-    count: int,
-    seed: int,
-    split: str = "this",
-) -> list[list[int]]:
-    """``count`` few-shot episodes over items with class ``labels``: each a list of item indices,
-    class by class, ``shot`` support items then ``queries`` query items per class (so
-    ``way * (shot + queries)`` long). Classes and items are drawn from ``random.Random(seed)``:
-    the same labels and seed give the same episodes. Raises :class:`DataError` naming ``split``
-    when fewer than ``way`` classes have ``shot + queries`` items."""
-    import random
-
-    by_class: dict[Any, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(label, []).append(i)
-    need = shot + queries
-    usable = sorted(c for c, members in by_class.items() if len(members) >= need)
-    if len(usable) < way:
-        raise DataError(
-            f"{split} split: {way}-way {shot}-shot episodes with {queries} queries need {way} "
-            f"classes with at least {need} images; {len(usable)} have that. Lower the episode "
-            "sizes (ways, shots, queries) or add classes or images"
-        )
-    rng = random.Random(seed)
-    return [
-        [i for c in rng.sample(usable, way) for i in rng.sample(by_class[c], need)]
-        for _ in range(count)
-    ]
-
-
-# --------------------------------------------------------------------------- parameters
 
 
 def param(
@@ -232,132 +48,6 @@ def param(
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
-
-
-# --------------------------------------------------------------------------- backbones
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images are prepared for a backbone: resize the short side, centre-crop, normalise."""
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        return cls(
-            resize=int(data["resize"]),
-            crop=int(data["crop"]),
-            mean=tuple(float(x) for x in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(x) for x in data["std"]),  # type: ignore[arg-type]
-            interpolation=str(data.get("interpolation", "bilinear")),
-        )
-
-    def resized_for(self, crop: int) -> Preprocessing:
-        """The same preprocessing at another crop size, keeping the resize/crop ratio."""
-        return dataclasses.replace(self, crop=crop, resize=round(crop * self.resize / self.crop))
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A network that turns an image batch into a feature vector per image.
-
-    ``build()`` returns the architecture with its original classifier, uninitialised or
-    randomly initialised, and must not download anything. ``classifier`` is the dotted path of
-    the layer the host replaces by its own head (e.g. ``"fc"``); ``feature_dim`` is that layer's
-    input width. ``cache_files`` name pretrained weights files as they sit in the local torch
-    cache (``$TORCH_HOME/hub/checkpoints``), preferred first, for the ``weights = "cache"`` source.
-    ``packaged_weights`` (API 1.2) returns the path of a pretrained weights file the plugin ships
-    itself (inside its wheel, say); ``weights = "cache"`` prefers it to the torch cache.
-    """
-
-    name: str
-    family: str
-    feature_dim: int
-    build: Callable[[], nn.Module]
-    classifier: str
-    preprocessing: Preprocessing = Preprocessing()
-    cache_files: tuple[str, ...] = ()
-    description: str = ""
-    approx_params: int | None = None
-    convert_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-    """Optional: rename keys of a stored state dict (legacy checkpoints) before loading."""
-    packaged_weights: Callable[[], str] | None = None
-
-
-# --------------------------------------------------------------------------- data sources
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image file and its class name."""
-
-    path: str
-    label: str
-
-
-@dataclass
-class SourceListing:
-    """What a data source found, before the host opens any image.
-
-    ``splits`` maps split names (``train``, ``val``, ``test``) to samples. A source that has no
-    predefined split returns everything under ``"all"``; the host then splits it stratified by
-    class with the experiment's ratio and seed. ``skipped`` holds ``(path, reason)`` pairs for
-    entries the source rejected itself (a bad CSV row, a file with a non-image suffix).
-    ``classes`` lists every class the source declares (e.g. every class folder, even an empty
-    one), so the host can name a class that has no images; ``None`` derives it from the samples.
-    """
-
-    splits: dict[str, list[Sample]]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    classes: list[str] | None = None
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A data-source format, e.g. an image folder or a CSV file.
-
-    ``detect(path)`` says whether this source recognises ``path`` (used when the experiment says
-    ``source = "auto"``); ``list_samples(path)`` returns a :class:`SourceListing`.
-    ``write_example(folder)`` (API 1.2) writes a small example of the format (a few images of
-    two or more classes) under ``folder`` and returns the path to give as ``data.path``: the
-    test kit (``transferstudio.testing``) checks the source on it.
-    """
-
-    name: str
-    description: str
-    detect: Callable[[str], bool]
-    list_samples: Callable[[str], SourceListing]
-    write_example: Callable[[str], str] | None = None
-
-
-# --------------------------------------------------------------------------- exporters
-
-
-@dataclass(frozen=True)
-class ExporterSpec:
-    """A model file format. ``export(module, example_input, path, metadata)`` writes the file.
-    ``load(module, path)`` (API 1.1) returns the written file reloaded as a callable
-    ``images -> outputs``: the host compares it with the module on the example and on
-    validation images (max abs difference, top-1 agreement). Exporters without ``load`` may give
-    ``verify(module, example_input, path)``, returning the max abs difference on the example."""
-
-    format: str
-    suffix: str
-    export: Callable[..., None]
-    description: str = ""
-    verify: Callable[..., float] | None = None
-    load: Callable[..., Callable[[Any], Any]] | None = None
-
-
-# --------------------------------------------------------------------------- methods
 
 
 @dataclass

@@ -18,6 +18,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from transferstudio.api.errors import ExperimentError
+
+__all__ = [
+    "BN_MODES",
+    "FreezePlan",
+    "parse_unfreeze_schedule",
+]
+
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
@@ -148,8 +156,6 @@ class FreezePlan:
         ``.freeze`` or ``.unfreeze``), the names every method embedding a freeze plan uses, so
         the window can mark the field while the user types and the run refuses the same plan.
         """
-        from transferstudio.api import ExperimentError
-
         paths = [p for p, _ in model.named_modules() if p]
         if self.up_to and self.up_to not in paths:
             raise ExperimentError(
@@ -207,27 +213,3 @@ def _batchnorm_param_names(model: nn.Module) -> set[str]:
                 f"{path}.{n}" if path else n for n, _ in module.named_parameters(recurse=False)
             )
     return names
-
-
-def patterns_for(model: nn.Module, frozen: set[str]) -> list[str]:
-    """The fewest exact paths whose freezing yields exactly ``frozen`` (parameter names): whole
-    modules where every parameter below is frozen, single parameters otherwise. Used when the
-    layer tree edits a plan."""
-    out: list[str] = []
-
-    def visit(path: str, module: nn.Module) -> None:
-        names = [f"{path}.{n}" if path else n for n, _ in module.named_parameters()]
-        if not names:
-            return
-        if path and all(n in frozen for n in names):
-            out.append(path)
-            return
-        for own, _ in module.named_parameters(recurse=False):
-            name = f"{path}.{own}" if path else own
-            if name in frozen:
-                out.append(name)
-        for child_name, child in module.named_children():
-            visit(f"{path}.{child_name}" if path else child_name, child)
-
-    visit("", model)
-    return out
