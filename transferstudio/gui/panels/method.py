@@ -86,6 +86,7 @@ class MethodPanel(QWidget):
         spec = self.host.method(self.name())
         if self.method_form is not None:
             self.method_layout.removeWidget(self.method_form)
+            self.method_form.hide()  # not drawn under the new form until it is deleted
             self.method_form.deleteLater()
         self.method_form = SettingsForm(spec.params, "method.params.")
         self.method_form.setObjectName("method.params")
