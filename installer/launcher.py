@@ -29,4 +29,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from transferstudio.cli.common import exit_process
+
+    exit_process(main())  # a torchrun worker skips the teardown that may abort (see there)

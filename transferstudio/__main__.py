@@ -1,5 +1,6 @@
 """``python -m transferstudio`` (also what ``torchrun -m transferstudio`` runs)."""
 
 from transferstudio.cli import main
+from transferstudio.cli.common import exit_process
 
-raise SystemExit(main())
+exit_process(main())

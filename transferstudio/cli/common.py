@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 STOP_MESSAGE = "stopping after this batch (Ctrl+C again to abort)..."
 """What the first Ctrl+C of a run prints."""
@@ -63,3 +65,16 @@ def interruptible(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with ``code``. A torchrun worker (``WORLD_SIZE`` > 1) whose command has
+    returned has closed its run (files written, process group left, lock released), so it skips
+    the interpreter's teardown: torch's C++ static destructors sometimes abort there
+    ("terminate called without an active exception", SIGABRT, after the work was done and
+    reported), and torchrun then fails the whole job."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)

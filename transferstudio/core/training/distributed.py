@@ -62,7 +62,8 @@ class Distributed:
         if self.started_group and dist.is_initialized():
             if together:
                 # A rank that tears Gloo down while another still talks to it can abort at
-                # exit ("terminate called without an active exception", seen in CI once).
+                # exit ("terminate called without an active exception"); the barrier made it
+                # rarer, and transferstudio/__main__.py skips the teardown where it happened.
                 with contextlib.suppress(Exception):
                     dist.barrier()
             # Not after a failure: the others are inside a training collective, and a barrier
