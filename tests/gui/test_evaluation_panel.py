@@ -180,7 +180,7 @@ def test_the_panel_fills_for_a_finished_run_a_selected_run_and_a_reopened_window
     from dataclasses import replace
 
     record = RunStore(window.workspace).get(first.run_id)
-    window.show_run_evaluation(replace(record, status="running"))
+    window.evaluation.show_run(replace(record, status="running"))
     assert window.evaluation.class_names() == []
     assert "appears here when it ends" in window.evaluation.title.text()
     window.refresh_runs()

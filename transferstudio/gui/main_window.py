@@ -413,10 +413,6 @@ class MainWindow(FilesMixin, TreeMixin, RunMixin, QMainWindow):
         if len(ids) == 1 and ids[0] != self.evaluation.run_id:
             self.evaluation.show_run(self.runs.record(ids[0]))
 
-    def show_run_evaluation(self, record) -> None:
-        """The Evaluation panel for a run of the workspace (see EvaluationPanel.show_run)."""
-        self.evaluation.show_run(record)
-
     # ------------------------------------------------------------------ dialogs and state
 
     def show_error(self, title: str, message: str, details: str = "") -> None:

@@ -233,7 +233,3 @@ class RunMixin:
         if result.status == "completed" and baseline_of is None:
             self.layer_tree.load_run_weights(result.folder, result.run_id, self._tree_module())
         self.refresh_runs()
-
-    def show_evaluation(self, report: dict, run_label: str = "the run just finished") -> None:
-        """Fill the Evaluation panel from a run's report (see gui/panels/evaluation.py)."""
-        self.evaluation.show_report(report, run_label)
