@@ -53,7 +53,7 @@ def test_the_sweep_is_drawn_and_its_suggestion_applied(qtbot, open_dialog, task)
         pass
     result = dialog.result
     assert result is not None and dialog.error is None and not dialog.running
-    # deleted once the thread has ended (by the GUI thread, to which it was handed back)
+    # deleted by the GUI thread once its thread has ended
     qtbot.waitUntil(lambda: not shiboken6.isValid(worker), timeout=5_000)
     assert len(result.lrs) > 50 and result.suggestion is not None
     # every point arrived through the coalesced signals, in order, and is drawn

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, QRunnable, Qt, QThread, QThreadPool, Signal, Slot
+from shiboken6 import delete, isValid
 
 from transferstudio.core.progress import events as E
 
@@ -103,10 +104,7 @@ class Worker(WorkerSignals):
     @Slot()
     def run(self) -> None:
         """In the worker's thread: :meth:`work`, then ``finished`` or ``errored``."""
-        try:
-            value, error = _outcome(self.work)
-        finally:
-            hand_back_to_gui_thread(self)
+        value, error = _outcome(self.work)
         if error is not None:
             self.errored.emit(*error)
         else:
@@ -296,22 +294,6 @@ class RunWorker(RunSignals):
         self.finished.emit(result)
 
 
-def hand_back_to_gui_thread(worker: QObject) -> None:
-    """Move a worker from its finishing thread back to the GUI thread, so that the GUI thread
-    deletes it (``deleteLater`` after the thread has ended). Called at the end of the worker's
-    ``run``, from its own thread (only the owning thread may move an object).
-
-    Why not ``thread.finished -> deleteLater``: the worker would then be destroyed in the
-    ending thread, and destroying a QObject that has a Python wrapper needs the GIL; a GUI
-    thread holding the GIL while Qt holds a lock that destruction takes (constructing a
-    dialog parented to the window, say) deadlocks. Seen in CI: the window hung in show_error."""
-    from PySide6.QtCore import QCoreApplication
-
-    app = QCoreApplication.instance()
-    if app is not None:
-        worker.moveToThread(app.thread())
-
-
 def release_free_memory() -> None:
     """Hand memory freed by a finished run back to the operating system (glibc only).
 
@@ -337,8 +319,7 @@ def start_in_thread(
 
     The thread quits when any signal in ``ends`` (the worker's finished/failed) is emitted;
     ``on_thread_finished``, a slot of a GUI-thread object, is then called there, and should
-    end with :func:`end_thread`. The worker hands itself back with
-    :func:`hand_back_to_gui_thread` at the end of ``run``."""
+    end with :func:`end_thread`."""
     thread = QThread()
     thread.setObjectName(name)
     worker.moveToThread(thread)
@@ -353,11 +334,20 @@ def start_in_thread(
 
 
 def end_thread(thread: QThread, worker: QObject) -> None:
-    """After :func:`start_in_thread`'s thread has finished: delete both on the GUI thread
-    (the worker was handed back there) and return the freed memory to the system."""
+    """After :func:`start_in_thread`'s thread has finished: delete both on the GUI thread and
+    return the freed memory to the system.
+
+    The worker still belongs to its ended thread, so ``deleteLater`` would never run (no event
+    loop will serve it) and ``moveToThread`` may only be called by that thread. It is deleted
+    here, at once, which is safe because its thread has ended. Why not let the ending thread
+    move the worker back, or use ``thread.finished -> deleteLater``: both act on the worker
+    from the ending thread while the GUI thread may hold the GIL, and Qt's per-thread locks
+    against the GIL deadlocked. Seen in CI twice: the window hung in show_error, and a worker
+    that failed at once hung in ``moveToThread`` while the GUI thread waited for its signal."""
     thread.wait()
     thread.deleteLater()
-    worker.deleteLater()
+    if isValid(worker):
+        delete(worker)
     release_free_memory()
 
 
@@ -450,6 +440,11 @@ class _Task(QRunnable):
         self.signals.finished.emit(value)
 
 
+# Signals of background tasks still running: kept alive here, not by a parent widget, so a task
+# can always emit (a window closed meanwhile would have deleted a parented object under it).
+_in_flight: set[WorkerSignals] = set()
+
+
 def run_in_background(
     fn: Callable[[], Any],
     on_done: Callable[[Any], None],
@@ -457,11 +452,21 @@ def run_in_background(
     parent: QObject,
 ) -> WorkerSignals:
     """Run ``fn`` on the global thread pool; ``on_done(value)`` or ``on_error(message,
-    details)`` is called on the GUI thread (the signals of every worker)."""
-    signals = WorkerSignals(parent)
-    signals.finished.connect(on_done)
-    signals.errored.connect(on_error)
-    signals.finished.connect(signals.deleteLater)
-    signals.errored.connect(signals.deleteLater)
+    details)`` is called on the GUI thread, unless ``parent`` has been deleted by then (a panel
+    closed while the work ran: nothing is left to show the result)."""
+    signals = WorkerSignals()
+    _in_flight.add(signals)
+
+    def when_ended(callback: Callable[..., None]) -> Callable[..., None]:
+        def ended(*args: Any) -> None:
+            _in_flight.discard(signals)
+            signals.deleteLater()
+            if isValid(parent):
+                callback(*args)
+
+        return ended
+
+    signals.finished.connect(when_ended(on_done))
+    signals.errored.connect(when_ended(on_error))
     QThreadPool.globalInstance().start(_Task(fn, signals))
     return signals
