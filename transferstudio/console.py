@@ -104,7 +104,10 @@ class ConsoleProgress:
             self._print(
                 f"run {event.run_id} on {event.device_detail} ({event.precision}); "
                 f"{len(event.classes)} classes, "
-                + ", ".join(f"{s} {sum(c.values())}" for s, c in event.counts.items())
+                + ", ".join(
+                    f"{s} {sum(c.values())}{' boxes' if event.counted == 'boxes' else ''}"
+                    for s, c in event.counts.items()
+                )
                 + (f", {event.skipped} file(s) skipped" if event.skipped else "")
             )
         elif isinstance(event, E.BatchEnded):
@@ -140,7 +143,11 @@ class ConsoleProgress:
 
 def final_table(report: dict[str, Any]) -> str:
     """The final metrics of a run report as text (best validation epoch, then test)."""
-    from transferstudio.core.training.metrics import ClassificationReport, format_report
+    from transferstudio.core.training.metrics import (
+        ClassificationReport,
+        format_detection,
+        format_report,
+    )
 
     lines = []
     if report.get("best_epoch") is not None:
@@ -149,7 +156,10 @@ def final_table(report: dict[str, Any]) -> str:
             f"{report['best_metric']:.4f}"
         )
     for split, title in (("val", "validation (best epoch)"), ("test", "test (best checkpoint)")):
-        if report.get(split):
-            lines.append(format_report(ClassificationReport(**report[split]), title))
+        data = report.get(split)
+        if data and "pr_curves" in data:  # a detection run's report
+            lines.append(format_detection(data["metrics"], data["per_class"], title))
+        elif data:
+            lines.append(format_report(ClassificationReport(**data), title))
     # Class names come from folder names or a CSV: `runs show` prints this table too.
     return printable("\n".join(lines))

@@ -18,7 +18,7 @@ from string import Template
 
 from transferstudio.api import API_VERSION, TransferStudioError
 
-KINDS = ("backbone", "method", "exporter", "dataset")
+KINDS = ("backbone", "method", "exporter", "dataset", "detection-method", "detection-dataset")
 
 _PYPROJECT = Template("""\
 [build-system]
@@ -282,6 +282,166 @@ def transferstudio_datasets():
     ]
 ''')
 
+_DETECTION_METHOD = Template('''\
+from dataclasses import dataclass
+
+from transferstudio.api import (
+    ROLE_DETECTION,
+    TASK_DETECTION,
+    LayerTreeSpec,
+    MethodSpec,
+    StepOutput,
+    TransferMethod,
+    hookimpl,
+    param,
+)
+
+__version__ = "0.1.0"
+TRANSFERSTUDIO_API_VERSION = "$api"
+
+
+@dataclass
+class Params:
+    """A detector whose box classification loss is weighted (edit for your method)."""
+
+    freeze: list[str] = param([], help="module paths of the detector to freeze")
+    classifier_weight: float = param(
+        1.0, min=0.0, max=10.0, help="weight of the box head's classification loss"
+    )
+    min_size: int = param(320, min=32, max=2048, help="short side of the images, in pixels")
+
+
+class WeightedDetector(TransferMethod):
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    def setup(self, ctx) -> None:
+        # The experiment's backbone, its weights transferred, inside a Faster R-CNN + FPN.
+        self.detector = ctx.build_detector(min_size=self.params.min_size)
+        for name, parameter in self.detector.named_parameters():
+            if any(name.startswith(path + ".") for path in self.params.freeze):
+                parameter.requires_grad_(False)
+
+    def modules(self):
+        return {"detector": self.detector}
+
+    def training_step(self, batch, ctx) -> StepOutput:
+        images, targets = batch
+        losses = self.detector(images, targets)
+        losses["loss_classifier"] = losses["loss_classifier"] * self.params.classifier_weight
+        logs = {k: float(v.detach()) for k, v in losses.items()}
+        return StepOutput(sum(losses.values()), logs=logs)
+
+    def validation_step(self, batch, ctx):
+        images, targets = batch
+        return self.detector(images), targets  # the engine computes mAP from these
+
+    def predictor(self):
+        return self.detector
+
+
+@hookimpl
+def transferstudio_methods():
+    return [
+        MethodSpec(
+            name="$name",
+            description="Faster R-CNN with a weighted classification loss (edit for yours)",
+            params=Params,
+            factory=WeightedDetector,
+            data_roles=(ROLE_DETECTION,),
+            task=TASK_DETECTION,
+            layer_tree=LayerTreeSpec(module="detector", freeze_up_to=None, bn_mode=None),
+        )
+    ]
+''')
+
+_DETECTION_DATASET = Template('''\
+import csv
+from pathlib import Path
+
+from transferstudio.api import (
+    TASK_DETECTION,
+    Box,
+    DatasetSpec,
+    DetectionListing,
+    DetectionSample,
+    hookimpl,
+)
+
+__version__ = "0.1.0"
+TRANSFERSTUDIO_API_VERSION = "$api"
+
+LIST_NAME = "boxes.csv"
+COLUMNS = ["image", "label", "xmin", "ymin", "xmax", "ymax"]
+
+
+def detect(path: str) -> bool:
+    """A ``boxes.csv`` file, or a folder holding one."""
+    p = Path(path)
+    return (p.name == LIST_NAME and p.is_file()) or (p / LIST_NAME).is_file()
+
+
+def list_samples(path: str) -> DetectionListing:
+    """One ``image,label,xmin,ymin,xmax,ymax`` row per box (pixels; an image with an empty
+    label is a negative). Only parses: TransferStudio checks every box against its image."""
+    p = Path(path)
+    listing = p if p.is_file() else p / LIST_NAME
+    boxes: dict[str, list[Box]] = {}
+    skipped = []
+    with open(listing, newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            image = str((listing.parent / row["image"]).resolve())
+            boxes.setdefault(image, [])
+            if not row.get("label"):
+                continue
+            try:
+                corners = [float(row[k]) for k in COLUMNS[2:]]
+            except (TypeError, ValueError):
+                skipped.append((f"{listing}:{number}", "a corner is not a number"))
+                continue
+            boxes[image].append(Box(row["label"], *corners))
+    samples = [DetectionSample(image, tuple(b), str(listing)) for image, b in boxes.items()]
+    return DetectionListing({"all": samples}, None, skipped)
+
+
+def write_example(folder: str) -> str:
+    """Eight images with one or two rectangles each, one negative, and their boxes.csv."""
+    from PIL import Image, ImageDraw
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(8):
+        image = Image.new("RGB", (64, 48), (30, 60, 90))
+        draw = ImageDraw.Draw(image)
+        if i == 7:
+            rows.append([f"{i}.png", "", "", "", "", ""])
+        for k in range(1 + i % 2 if i < 7 else 0):
+            x, y = 4 + 28 * k, 6 + i
+            draw.rectangle([x, y, x + 19, y + 19], fill=(240, 200, 40) if k else (200, 40, 40))
+            rows.append([f"{i}.png", "yellow" if k else "red", x, y, x + 20, y + 20])
+        image.save(root / f"{i}.png")
+    with open(root / LIST_NAME, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    return str(root / LIST_NAME)
+
+
+@hookimpl
+def transferstudio_datasets():
+    return [
+        DatasetSpec(
+            name="$name",
+            description="a boxes.csv of image,label,xmin,ymin,xmax,ymax rows (edit for yours)",
+            detect=detect,
+            list_samples=list_samples,
+            write_example=write_example,
+            task=TASK_DETECTION,
+        )
+    ]
+''')
+
 _TESTS = Template('''\
 """Tests of $dist with TransferStudio's test kit (its pytest fixtures need no import)."""
 
@@ -307,13 +467,24 @@ _SUMMARIES = {
     "method": "A TransferStudio transfer-method plugin: $name.",
     "exporter": "A TransferStudio exporter plugin: the $name format.",
     "dataset": "A TransferStudio data-source plugin: $name.",
+    "detection-method": "A TransferStudio detection-method plugin: $name.",
+    "detection-dataset": "A TransferStudio detection data-format plugin: $name.",
 }
-_BODIES = {"backbone": _BACKBONE, "method": _METHOD, "exporter": _EXPORTER, "dataset": _DATASET}
+_BODIES = {
+    "backbone": _BACKBONE,
+    "method": _METHOD,
+    "exporter": _EXPORTER,
+    "dataset": _DATASET,
+    "detection-method": _DETECTION_METHOD,
+    "detection-dataset": _DETECTION_DATASET,
+}
 _REGISTRIES = {
     "backbone": "backbones",
     "method": "methods",
     "exporter": "exporters",
     "dataset": "datasets",
+    "detection-method": "methods",
+    "detection-dataset": "datasets",
 }
 
 

@@ -1,4 +1,5 @@
 """TransferStudio's built-in plugins: torchvision backbones, image-folder and CSV data sources,
+the Pascal VOC, COCO and YOLO detection data formats,
 the fine-tune and feature-extract methods, and the safetensors, TorchScript and ONNX exporters.
 
 They are loaded through the ``transferstudio`` entry-point group like any third-party plugin and
@@ -9,6 +10,8 @@ from transferstudio.api import hookimpl
 
 from .backbones import torchvision_backbones
 from .datasets import csv_source, image_folder_source
+from .detect import DETECT
+from .detection_sources import detection_sources
 from .distill import DISTILL
 from .domain_adapt import DAN, DANN
 from .exporters import builtin_exporters
@@ -21,7 +24,7 @@ from .protonet import PROTONET
 from .simclr import SIMCLR
 from .small_backbones import small_backbones
 
-TRANSFERSTUDIO_API_VERSION = "1.5"
+TRANSFERSTUDIO_API_VERSION = "1.6"
 
 
 @hookimpl
@@ -31,7 +34,7 @@ def transferstudio_backbones():
 
 @hookimpl
 def transferstudio_datasets():
-    return [image_folder_source(), csv_source()]
+    return [image_folder_source(), csv_source(), *detection_sources()]
 
 
 @hookimpl
@@ -47,6 +50,7 @@ def transferstudio_methods():
         MAML,
         MULTITASK,
         SIMCLR,
+        DETECT,
     ]
 
 

@@ -96,6 +96,27 @@ _TABLE = {
 
 # torchvision's published DenseNet checkpoints use the legacy key style "norm.1"; torchvision
 # renames them on load with this same pattern.
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_STAGES = {
+    # The last module at each resolution (strides 4, 8, 16, 32): a detector's feature pyramid.
+    # ViT-B/16 has one resolution only, so it offers no stages and serves classification alone.
+    "resnet18": _RESNET_STAGES,
+    "resnet34": _RESNET_STAGES,
+    "resnet50": _RESNET_STAGES,
+    "mobilenet_v2": ("features.3", "features.6", "features.13", "features.18"),
+    "mobilenet_v3_small": ("features.1", "features.3", "features.8", "features.12"),
+    "mobilenet_v3_large": ("features.3", "features.6", "features.12", "features.16"),
+    "efficientnet_b0": ("features.2", "features.3", "features.5", "features.8"),
+    "convnext_tiny": ("features.1", "features.3", "features.5", "features.7"),
+    "densenet121": (
+        "features.denseblock1",
+        "features.denseblock2",
+        "features.denseblock3",
+        "features.norm5",
+    ),
+    "regnet_y_400mf": tuple(f"trunk_output.block{i}" for i in range(1, 5)),
+}
+
 _DENSENET_LEGACY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
@@ -132,6 +153,7 @@ def torchvision_backbones() -> list[BackboneSpec]:
                 description=f"torchvision {name} (ImageNet-1k architecture)",
                 approx_params=n_params,
                 convert_state_dict=_densenet_keys if family == "DenseNet" else None,
+                stages=_STAGES.get(name, ()),
             )
         )
     return specs

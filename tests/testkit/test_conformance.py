@@ -39,7 +39,11 @@ def test_every_builtin_spec_conforms(tmp_path):
     assert not [r for r in report.results if r.status != "ok"], report.text()
     kinds = {(r.kind, r.name) for r in report.results}
     assert ("method", "distill") in kinds and ("dataset", "csv") in kinds
-    assert len(report.results) == 30  # 13 backbones, 10 methods, 5 exporters, 2 data sources
+    assert ("method", "detect") in kinds and ("dataset", "yolo") in kinds
+    # 13 backbones, 11 methods, 5 exporters, 5 data sources (2 classification, 3 detection)
+    assert len(report.results) == 34
+    detectors = [r for r in report.results if "a detector trains" in r.detail]
+    assert len(detectors) == 10  # the torchvision CNNs; not ViT-B/16, lenet or conv4
 
 
 def test_an_isolated_host_holds_only_the_plugins_given():

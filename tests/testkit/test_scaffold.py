@@ -16,7 +16,7 @@ from transferstudio.scaffold import KINDS, new_plugin
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """The four generated packages, pip-installed (no dependencies: TransferStudio is already
+    """The generated packages (one of each kind), pip-installed (no dependencies: TransferStudio is already
     here) into one folder that the test processes get on their path."""
     root = tmp_path_factory.mktemp("scaffold")
     folders = {kind: new_plugin(f"demo-{kind}", kind, root) for kind in KINDS}
@@ -46,9 +46,8 @@ def test_a_generated_plugin_passes_its_own_tests(installed, kind):
 def test_the_installed_plugins_are_discovered_and_pass_the_check_command(installed):
     _, env = installed
     listed = _python(["-m", "transferstudio", "plugins"], env)
-    for kind, registry in zip(
-        KINDS, ("backbones", "methods", "exporters", "datasets"), strict=True
-    ):
+    registries = ("backbones", "methods", "exporters", "datasets", "methods", "datasets")
+    for kind, registry in zip(KINDS, registries, strict=True):
         assert f"{registry}: demo-{kind}" in listed.stdout, listed.stdout
     checked = _python(["-m", "transferstudio", "plugins", "check", "demo-method"], env)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -31,7 +31,7 @@ def installed_host():
 
 def test_it_is_discovered_through_its_own_entry_point(installed_host):
     (record,) = [r for r in installed_host.records if r.name.startswith(DIST)]
-    assert record.status == "ok" and record.api_version == "1.2"
+    assert record.status == "ok" and record.api_version == "1.6"  # it declares its stages
     assert record.version == md.version(DIST)
     assert record.provides == {"backbones": [BACKBONE]}
     spec = installed_host.backbone(BACKBONE)

@@ -7,14 +7,15 @@ error types whose messages are shown to users.
 
 A plugin module declares the API version it was written for::
 
-    TRANSFERSTUDIO_API_VERSION = "1.5"
+    TRANSFERSTUDIO_API_VERSION = "1.6"
 
 The host accepts a plugin when the major versions match and the plugin's minor version is not
 newer than the host's (:func:`is_compatible`). This package does not import torch, so listing
 plugins stays fast; torch is imported where models are built or trained.
 
 Import everything from ``transferstudio.api`` itself; the submodules only group the names:
-``errors`` (messages for users), ``data`` (roles, data sources, episodes), ``models``
+``errors`` (messages for users), ``data`` (roles, data sources, episodes), ``detection``
+(tasks, boxes and detection data), ``models``
 (backbones, preprocessing, exporters), ``methods`` (the method base class, its context and
 declaration) and ``freeze`` (freeze plans and BatchNorm modes).
 """
@@ -24,8 +25,9 @@ from __future__ import annotations
 import pluggy
 
 # The public names, grouped by submodule; each submodule's __all__ lists its share.
-from transferstudio.api import data, errors, freeze, methods, models
+from transferstudio.api import data, detection, errors, freeze, methods, models
 from transferstudio.api.data import *  # noqa: F403
+from transferstudio.api.detection import *  # noqa: F403
 from transferstudio.api.errors import *  # noqa: F403
 from transferstudio.api.freeze import *  # noqa: F403
 from transferstudio.api.methods import *  # noqa: F403
@@ -33,12 +35,13 @@ from transferstudio.api.models import *  # noqa: F403
 
 __all__ = ["API_VERSION", "PROJECT_NAME", "hookimpl", "is_compatible"]
 __all__ += data.__all__
+__all__ += detection.__all__
 __all__ += errors.__all__
 __all__ += freeze.__all__
 __all__ += methods.__all__
 __all__ += models.__all__
 
-API_VERSION = "1.5"
+API_VERSION = "1.6"
 """Version of this API. Minor bumps only add; a major bump may remove or change.
 
 1.1 added data roles (``ROLE_*``, ``MethodSpec.optional_roles``), ``MethodContext.build_backbone``,
@@ -61,7 +64,13 @@ method can read ``lr``, ``weight_decay``, ``epochs`` or ``seed``.
 
 1.5 added ``MethodSpec.layer_tree`` (:class:`LayerTreeSpec`): a method declares that it honours
 the window's layer tree, which module the tree shows and which settings carry the freeze plan
-and the BN mode."""
+and the BN mode.
+
+1.6 added tasks and object detection (``detection``): ``TASK_*``, ``ROLE_DETECTION``,
+:class:`Box`, :class:`DetectionSample`, :class:`DetectionListing`; ``MethodSpec.task`` and
+``DatasetSpec.task`` (which task a method or data format serves); ``BackboneSpec.stages`` (the
+modules whose outputs are the backbone's feature maps, for detectors);
+``MethodContext.build_detector``."""
 
 PROJECT_NAME = "transferstudio"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

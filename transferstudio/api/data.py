@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from transferstudio.api.detection import ROLE_DETECTION, TASK_CLASSIFICATION
 from transferstudio.api.errors import DataError
 
 __all__ = [
@@ -44,6 +45,7 @@ ROLE_KEYS = {
     ROLE_EPISODES: "data.path",
     ROLE_MULTILABEL: "data.path",
     ROLE_UNLABELED: "data.path",
+    ROLE_DETECTION: "data.path",
 }
 """The experiment key each data role reads."""
 
@@ -85,13 +87,17 @@ class DatasetSpec:
     ``write_example(folder)`` (API 1.2) writes a small example of the format (a few images of
     two or more classes) under ``folder`` and returns the path to give as ``data.path``: the
     test kit (``transferstudio.testing``) checks the source on it.
+    ``task`` (API 1.6) is the task whose data this format holds: a ``TASK_DETECTION`` format's
+    ``list_samples`` returns a :class:`transferstudio.api.DetectionListing`, and its
+    ``write_example`` writes images with boxes.
     """
 
     name: str
     description: str
     detect: Callable[[str], bool]
-    list_samples: Callable[[str], SourceListing]
+    list_samples: Callable[[str], Any]
     write_example: Callable[[str], str] | None = None
+    task: str = TASK_CLASSIFICATION
 
 
 def draw_episodes(

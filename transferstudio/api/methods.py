@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from transferstudio.api.data import ROLE_LABELED
+from transferstudio.api.detection import TASK_CLASSIFICATION
 from transferstudio.api.models import Preprocessing
 
 __all__ = [
@@ -143,6 +144,18 @@ class MethodContext(Protocol):
     ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``count`` episodes ``(support, support_targets, query, query_targets)`` from the
         classes of ``split`` (``episodes`` role); targets are ``0..n_way-1``."""
+
+    # -- added in API 1.6 ------------------------------------------------------------------
+
+    def build_detector(self, architecture: str = "faster_rcnn", **options: Any) -> nn.Module:
+        """A torchvision detector for ``class_names`` on the experiment's backbone (its
+        ``BackboneSpec.stages`` give the feature pyramid) with the configured weights, on
+        ``device``: in training mode ``model(images, targets)`` returns its loss terms, in eval
+        mode ``model(images)`` returns ``{"boxes", "scores", "labels"}`` per image, label ``k``
+        being ``class_names[k - 1]``. ``options``: ``pyramid_levels`` (stages used, deepest
+        first, default 3), ``fpn_channels`` (128), ``min_size`` (short side in pixels, an int
+        or a tuple to pick from at random in training: scale jitter; 320), ``max_size`` (512),
+        ``score_threshold`` (0.05), ``detections_per_image`` (100)."""
 
 
 class TransferMethod:
@@ -296,3 +309,6 @@ class MethodSpec:
     """(API 1.5) How the method honours the window's layer tree (:class:`LayerTreeSpec`).
     ``None`` (not declared): the tree shows the model's modules for export only, without the
     trainable checks, the freeze presets or the live drift columns."""
+    task: str = TASK_CLASSIFICATION
+    """(API 1.6) The task the method trains for (``TASK_*``): the window and ``init`` offer it
+    for experiments of that task only, and an experiment of another task is refused."""

@@ -70,6 +70,10 @@ class BackboneSpec:
     cache (``$TORCH_HOME/hub/checkpoints``), preferred first, for the ``weights = "cache"`` source.
     ``packaged_weights`` (API 1.2) returns the path of a pretrained weights file the plugin ships
     itself (inside its wheel, say); ``weights = "cache"`` prefers it to the torch cache.
+    ``stages`` (API 1.6) names, shallow to deep, the modules of ``build()``'s network whose
+    outputs are its feature maps (``"layer1"`` ... ``"layer4"`` for a ResNet), each coarser than
+    the one before: a detector takes its feature pyramid from them. Empty: the backbone cannot
+    be used for detection.
     """
 
     name: str
@@ -84,6 +88,7 @@ class BackboneSpec:
     convert_state_dict: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     """Optional: rename keys of a stored state dict (legacy checkpoints) before loading."""
     packaged_weights: Callable[[], str] | None = None
+    stages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from transferstudio.api import TASK_CLASSIFICATION, TASK_DETECTION
 from transferstudio.cli.common import INTERRUPTED, UsageError, load_host, workspace_of
 from transferstudio.cli.run import finish_run, print_gain, run_in_console, run_with_console
+
+DEFAULT_METHODS = {TASK_CLASSIFICATION: "fine-tune", TASK_DETECTION: "detect"}
+"""The method ``init`` writes for a task when no ``--method`` is given."""
 
 
 def demo_overrides(args) -> list[str]:
@@ -24,6 +28,8 @@ def cmd_demo(args) -> int:
 
     host = load_host()
     workspace = workspace_of(args)
+    if getattr(args, "task", TASK_CLASSIFICATION) == TASK_DETECTION:
+        return _detection_demo(args, host, workspace)
     why_not = transfer_demo_unavailable(host)
     if why_not:
         print(
@@ -35,6 +41,22 @@ def cmd_demo(args) -> int:
     exp = X.load(exp_file, host.method_params, demo_overrides(args))
     print(f"demo experiment: {exp_file} (data generated in {exp.resolve(exp.data.path)})")
     if why_not or exp.model.weights == "none":
+        return run_with_console(exp, host, workspace)
+    return _demo_with_baseline(exp, host, workspace)
+
+
+def _detection_demo(args, host, workspace: Path) -> int:
+    from transferstudio.core.data.demo import transfer_demo_unavailable
+    from transferstudio.core.models.detection_demo import prepare_detection_demo
+    from transferstudio.core.settings import experiment as X
+
+    exp_file = prepare_detection_demo(workspace, host)
+    exp = X.load(exp_file, host.method_params, demo_overrides(args))
+    print(f"detection demo: {exp_file} (data generated in {exp.resolve(exp.data.path)})")
+    why_not = transfer_demo_unavailable(host)
+    if why_not:
+        print(f"no pretrained backbone for the detection demo: {why_not}", file=sys.stderr)
+    if exp.model.weights == "none":
         return run_with_console(exp, host, workspace)
     return _demo_with_baseline(exp, host, workspace)
 
@@ -82,12 +104,23 @@ def cmd_gui(args) -> int:
 
 def cmd_init(args) -> int:
     from transferstudio.core.models.bn_check import folded_batchnorm_reason
+    from transferstudio.core.models.detector import freeze_up_to_for
     from transferstudio.core.models.weights import default_weights, read_state_dict
     from transferstudio.core.runs.weight_sources import resolve_weights
     from transferstudio.core.settings import experiment as X
 
     host = load_host()
-    spec = host.method(args.method)
+    if args.method:
+        spec = host.method(args.method)
+        task = args.task or spec.task
+    else:
+        task = args.task or TASK_CLASSIFICATION
+        spec = host.method(DEFAULT_METHODS[task])
+    if spec.task != task:
+        raise UsageError(
+            f"method {spec.name!r} is for {spec.task}, not {task}; list methods with "
+            "'transferstudio plugins', or leave --method out"
+        )
     backbone = host.backbone(args.backbone or X.ModelSettings().backbone)
     data = str(X.expand_user(args.data, "--data").resolve()) if args.data else ""
     if args.weights is None:  # the backbone's pretrained weights when they are on this machine
@@ -97,7 +130,10 @@ def cmd_init(args) -> int:
     else:
         weights = str(X.expand_user(args.weights, "--weights").resolve())
     path = resolve_weights(backbone, weights, ".")  # refuses a missing or unusable file
-    exp = X.new_experiment(spec.name, spec.params, data, args.backbone, args.name, weights)
+    exp = X.new_experiment(spec.name, spec.params, data, args.backbone, args.name, weights, task)
+    if task == TASK_DETECTION and hasattr(exp.method_params, "freeze_up_to"):
+        # torchvision's default for pretrained backbones: the last 3 stages train.
+        exp.method_params.freeze_up_to = freeze_up_to_for(backbone)
     if path is not None and getattr(exp.method_params, "bn_mode", "") == "train":
         reason = folded_batchnorm_reason(read_state_dict(path), path.name)
         if reason:

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate a small synthetic dataset, fine-tune a pretrained EfficientNet-Lite0 on "
         "it and measure the transfer gain over random initialisation (offline)",
     )
+    p.add_argument(
+        "--task",
+        choices=["classification", "detection"],
+        default="classification",
+        help="detection: a Faster R-CNN on generated shapes with boxes, and its baseline",
+    )
     p.add_argument("--epochs", type=_positive_int, help="override the demo's number of epochs")
     _add_set_option(p, "override an experiment setting, e.g. train.lr=0.01")
     p.set_defaults(func=demo.cmd_demo)
@@ -127,8 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo.cmd_gui)
 
     p = sub.add_parser("init", help="print a complete, commented experiment file")
-    p.add_argument("--method", required=True, help="method id, e.g. fine-tune")
-    p.add_argument("--data", default="", help="image folder or CSV file")
+    p.add_argument(
+        "--task",
+        choices=["classification", "detection"],
+        help="what the experiment learns; by default the method's task (classification)",
+    )
+    p.add_argument(
+        "--method",
+        help="method id, e.g. fine-tune; by default fine-tune (classification) or detect "
+        "(detection)",
+    )
+    p.add_argument(
+        "--data",
+        default="",
+        help="image folder or CSV file; for detection a Pascal VOC folder, a COCO .json or a "
+        "YOLO folder or data.yaml",
+    )
     p.add_argument("--backbone", help="backbone id, e.g. resnet18")
     p.add_argument("--name", help="experiment name")
     p.add_argument(
@@ -162,7 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
         "own tests right away",
     )
     p.add_argument("name", help="distribution name, e.g. my-backbone (module: my_backbone)")
-    p.add_argument("--kind", required=True, choices=["backbone", "method", "exporter", "dataset"])
+    p.add_argument(
+        "--kind",
+        required=True,
+        choices=[
+            "backbone",
+            "method",
+            "exporter",
+            "dataset",
+            "detection-method",
+            "detection-dataset",
+        ],
+    )
     p.add_argument("--directory", default=".", help="where to create the NAME folder")
     p.set_defaults(func=plugins.cmd_new_plugin)
 
@@ -181,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=export.cmd_export)
 
-    p = sub.add_parser("predict", help="top-k labels of new images with a bundle or a run")
+    p = sub.add_parser(
+        "predict",
+        help="top-k labels (or boxes, for a detector) of new images with a bundle or a run",
+    )
     p.add_argument("model", help="a .tsmodel bundle, or a run id (unique prefix) or run folder")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="images or folders")
     p.add_argument("--top-k", type=_positive_int, default=3, help="labels per image (default 3)")
@@ -192,6 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FOLDER",
         help="few-shot models (protonet, maml): a folder with one subfolder of example images "
         "per class; those are the classes predicted",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="detectors: report boxes scoring at least this (default 0.5)",
+    )
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help="detectors: also write the boxes as COCO results JSON to this file",
+    )
+    p.add_argument(
+        "--draw",
+        metavar="FOLDER",
+        help="detectors: also write each image with its boxes drawn into this folder",
     )
     p.set_defaults(func=export.cmd_predict)
 

@@ -64,13 +64,24 @@ def _show(store, run_id: str) -> int:
         print(f"transfer gain: {gain.describe()} (baseline run {gain.baseline_id})")
     metrics = store.epoch_metrics(record.id)
     if metrics.get("val"):
-        print("\nepoch  " + "  ".join(f"{k:>10}" for k in ("train_loss", "val_loss", "val_acc")))
+        # Detection runs measure mAP, not accuracy, and no validation loss.
+        detection = "map50" in metrics["val"]
+        columns = (
+            ("train_loss", "val_map50", "val_map")
+            if detection
+            else (
+                "train_loss",
+                "val_loss",
+                "val_acc",
+            )
+        )
+        print("\nepoch  " + "  ".join(f"{k:>10}" for k in columns))
         train = dict(metrics.get("train", {}).get("loss", []))
-        val_loss = dict(metrics["val"].get("loss", []))
-        for epoch, acc in metrics["val"].get("accuracy", []):
+        second = dict(metrics["val"].get("map50" if detection else "loss", []))
+        for epoch, value in metrics["val"].get("map" if detection else "accuracy", []):
             print(
                 f"{epoch + 1:5d}  {train.get(epoch, float('nan')):10.4f}  "
-                f"{val_loss.get(epoch, float('nan')):10.4f}  {acc:10.4f}"
+                f"{second.get(epoch, float('nan')):10.4f}  {value:10.4f}"
             )
     return 0
 

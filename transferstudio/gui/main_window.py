@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from transferstudio.api import ExperimentError
+from transferstudio.api import TASK_DETECTION, ExperimentError
 from transferstudio.core.plugins.host import PluginHost
 from transferstudio.core.settings import experiment as X
 from transferstudio.gui.dialogs.about import show_about, show_plugins
@@ -234,6 +234,7 @@ class MainWindow(FilesMixin, TreeMixin, RunMixin, QMainWindow):
         self.model_panel.changed.connect(self._update_actions)
         self.model_panel.frozen_stats_wanted.connect(self._use_frozen_stats)
         tree = self.layer_tree = self.model_panel.tree
+        tree.export_host = self.host
         tree.wanted_key = self._tree_key
         tree.build_ended.connect(self._start_if_pending)
         tree.tree_shown.connect(self._on_tree_shown)
@@ -251,6 +252,7 @@ class MainWindow(FilesMixin, TreeMixin, RunMixin, QMainWindow):
         self.method_panel = MethodPanel(self.host)
         self.method_panel.plan_check = self._check_plan_against_model
         self.method_panel.method_changed.connect(self._on_method_changed)
+        self.method_panel.task_changed.connect(self._on_task_changed)
         self.method_panel.params_changed.connect(self._on_method_params_changed)
         self.method_panel.changed.connect(self._update_actions)
         self.method_panel.form_rebuilt.connect(self.data_panel.show_roles)
@@ -337,6 +339,7 @@ class MainWindow(FilesMixin, TreeMixin, RunMixin, QMainWindow):
             self.base_dir = Path(exp.base_dir)
             self.experiment_path = path
             self.experiment_name = exp.name
+            self.data_panel.set_task(exp.task)
             self.data_panel.show_experiment(exp)
             self.model_panel.show_experiment(exp)
             self.method_panel.show_experiment(exp)
@@ -367,6 +370,7 @@ class MainWindow(FilesMixin, TreeMixin, RunMixin, QMainWindow):
             model=self.model_panel.model_settings(),
             train=method.train_form.build(),
             base_dir=str(self.base_dir),
+            task=method.task(),
         )
 
     def _first_form_error(self) -> str:
@@ -383,6 +387,19 @@ class MainWindow(FilesMixin, TreeMixin, RunMixin, QMainWindow):
         return ""
 
     # ------------------------------------------------------------------ panels -> panels
+
+    def _on_task_changed(self) -> None:
+        """Another task: the data is read by that task's formats, and the metric that picks
+        the best checkpoint is the task's own (mAP@0.5 for detection, accuracy otherwise)."""
+        task = self.method_panel.task()
+        self.data_panel.set_task(task)
+        metric = self.method_panel.train_form.values().get("early_stopping_metric")
+        detection_metric = metric in ("map50", "map")
+        if (task == TASK_DETECTION) != detection_metric:
+            wanted = "map50" if task == TASK_DETECTION else "accuracy"
+            self.method_panel.train_form.set_values({"early_stopping_metric": wanted})
+        if not self._syncing:
+            self.data_panel.scan()
 
     def _on_scanned(self, _result) -> None:
         self._rebuild_tree()

@@ -43,7 +43,13 @@ class TrainingCurves(QWidget):
             ("train", "train_loss", "b"),
             ("val", "val_loss", "r"),
         ],
-        "accuracy": [("train", "train_acc", "b"), ("val", "val_acc", "r")],
+        "accuracy": [
+            ("train", "train_acc", "b"),
+            ("val", "val_acc", "r"),
+            # Detection runs measure mAP instead (the plot is retitled when they do).
+            ("val mAP@0.5", "val_map50", "m"),
+            ("val mAP@[.5:.95]", "val_map", (200, 120, 0)),
+        ],
         "learning rate": [("lr", "lr", "g")],
     }
 
@@ -158,6 +164,7 @@ class TrainingCurves(QWidget):
             self.curves[key].setData([], [])
         for plot in self.plots.values():
             plot.enableAutoRange(x=True)
+        self.plots["accuracy"].setTitle("accuracy")  # a detection run had made it "mAP"
         # Diagnostics belong to one run's method: drop their series and the plot.
         for key in self.diagnostic_keys():
             del self.series[key], self.curves[key]

@@ -33,16 +33,22 @@ def thumbnail_list(name: str, accessible: str, max_rows: int | None = 2) -> QLis
     return widget
 
 
-def load_thumbnails(items: list[tuple[str, str]]) -> list:
+def load_thumbnails(items: list[tuple[str, str]], boxes: dict | None = None) -> list:
     """``(caption, path)`` -> ``(caption, path, QImage)``, decoded off the GUI thread (QImage,
-    unlike QPixmap, may be built in any thread). Unreadable images are left out."""
+    unlike QPixmap, may be built in any thread). Unreadable images are left out. ``boxes``
+    maps a path to the boxes (``core.data.box_drawing.DrawnBox``) drawn on its thumbnail."""
+    from transferstudio.core.data.box_drawing import draw_boxes
+
     out = []
     for caption, path in items:
         try:
             image = load_rgb(path)
         except ImageProblem:
             continue
+        full_width = image.width
         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        if boxes and boxes.get(path):
+            image = draw_boxes(image, boxes[path], image.width / full_width)
         data = image.tobytes("raw", "RGB")
         qimage = QImage(
             data, image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888

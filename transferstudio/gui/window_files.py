@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from transferstudio.api import TransferStudioError
+from transferstudio.api import TASK_DETECTION, TransferStudioError
 from transferstudio.core.files.atomic import write_text_atomic
 from transferstudio.core.settings import experiment as X
 from transferstudio.core.studies.sweep_space import with_params
@@ -59,7 +59,14 @@ class FilesMixin:
         from transferstudio.core.models.weights import default_weights
 
         backbone = self.host.backbone(X.ModelSettings().backbone)
-        exp = X.new_experiment(spec.name, spec.params, weights=default_weights(backbone))
+        exp = X.new_experiment(
+            spec.name, spec.params, weights=default_weights(backbone), task=spec.task
+        )
+        if spec.task == TASK_DETECTION and hasattr(exp.method_params, "freeze_up_to"):
+            from transferstudio.core.models.detector import freeze_up_to_for
+
+            # As `init --task detection`: the last three backbone stages train.
+            exp.method_params.freeze_up_to = freeze_up_to_for(backbone)
         self.load_experiment(exp, None)
         self.model_panel.check_weights_batchnorm(adopt=True)  # new: set, not only proposed
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
+from transferstudio.api import TASK_DETECTION
+
 
 class TreeMixin:
     """The method <-> model <-> layer tree wiring of the window."""
@@ -28,7 +30,10 @@ class TreeMixin:
     def _on_method_params_changed(self) -> None:
         form = self.method_panel.method_form
         if not self._syncing and self.tree_model is not None and form.validate():
-            self._apply_plan_to_tree()
+            if self._detector_options() is not None:
+                self._rebuild_tree()  # the detector's shape may have changed (pyramid levels)
+            else:
+                self._apply_plan_to_tree()
         self.model_panel.set_bn_mode(self.method_panel.bn_mode())
         self._update_actions()
 
@@ -51,6 +56,23 @@ class TreeMixin:
             self.model_panel.backbone(),
             self.data_panel.class_count(),
             self.model_panel.head_dropout(),
+            self._detector_options(),
+        )
+
+    def _detector_options(self) -> tuple | None:
+        """For a detection method, what shapes its detector (the tree shows that detector):
+        the method's own settings that ``build_detector`` takes, as ``(name, value)`` pairs."""
+        spec = self.method_panel.spec()
+        if spec is None or spec.task != TASK_DETECTION or self.method_panel.method_form is None:
+            return None
+        from transferstudio.core.models.detector import DetectorRecipe
+
+        values = self.method_panel.method_form.values()
+        shape = ("pyramid_levels", "fpn_channels")  # sizes and thresholds change no module
+        return tuple(
+            (k, values[k])
+            for k in shape
+            if k in values and k in DetectorRecipe.__dataclass_fields__
         )
 
     def _crop(self) -> int:
@@ -130,11 +152,17 @@ class TreeMixin:
     def _export_done(self, result) -> None:
         self.last_export = result
         diff = f"{result.max_abs_diff:.3g}" if result.max_abs_diff is not None else "not checked"
+        checked = f"verified on a sample batch: max abs difference {diff}"
+        if result.boxes_compared:  # a detector, checked box by box
+            checked = (
+                f"verified on {result.val_images} validation images: {result.boxes_compared} "
+                f"detections matched, lowest IoU {result.min_iou:.4f}, largest score "
+                f"difference {result.max_score_diff:.2g}"
+            )
         box = QMessageBox(
             QMessageBox.Icon.Information,
             "Exported",
-            f"{result.path}\nformat: {result.format}\nverified on a sample batch: "
-            f"max abs difference {diff}",
+            f"{result.path}\nformat: {result.format}\n{checked}",
             parent=self,
         )
         box.setObjectName("dialog.exported")

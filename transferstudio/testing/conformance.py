@@ -20,14 +20,17 @@ from transferstudio.api import (
     ROLE_EPISODES,
     ROLE_MULTILABEL,
     ROLE_UNLABELED_TARGET,
+    TASK_DETECTION,
     BackboneSpec,
     DatasetSpec,
+    DetectionListing,
     ExperimentError,
     ExporterSpec,
     MethodSpec,
     Preprocessing,
     SourceListing,
 )
+from transferstudio.core.data.detection_demo import generate_detection_data
 from transferstudio.core.plugins.host import BUILTIN_MODULE, PluginHost, PluginRecord
 from transferstudio.core.plugins.spec_checks import check_spec
 from transferstudio.testing.synthetic import write_class_folders, write_multilabel_csv
@@ -96,6 +99,10 @@ def _build_kit_cnn(num_classes: int = 10):
                 nn.Conv2d(8, 16, 3, padding=1),
                 nn.BatchNorm2d(16),
                 nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(16, 16, 3, padding=1),
+                nn.BatchNorm2d(16),
+                nn.ReLU(),
             ),
             pool=nn.AdaptiveAvgPool2d(1),
             flatten=nn.Flatten(),
@@ -104,9 +111,9 @@ def _build_kit_cnn(num_classes: int = 10):
     )
 
 
-KIT_DATA_SOURCES = ("image-folder", "csv")
+KIT_DATA_SOURCES = ("image-folder", "csv", "voc")
 """The standard data sources the kit's plugin offers (methods read their generated data with
-them)."""
+them; detection methods read Pascal VOC)."""
 
 
 def kit_plugin(taken: PluginHost | None = None):
@@ -123,6 +130,8 @@ def kit_plugin(taken: PluginHost | None = None):
         classifier="fc",
         preprocessing=Preprocessing(resize=32, crop=32, mean=(0.5,) * 3, std=(0.5,) * 3),
         description="a tiny CNN the test kit trains methods with",
+        # Three resolutions (strides 2, 4, 4): enough for a detection method's pyramid.
+        stages=("features.3", "features.7", "features.10"),
     )
 
     def datasets():
@@ -297,7 +306,34 @@ def check_backbone(spec: BackboneSpec) -> tuple[str, str]:
     if not torch.isfinite(features).all():
         return FAILED, "features are not finite"
     source = f"packaged weights {Path(weights).name} loaded" if weights else "no packaged weights"
-    return OK, f"{spec.feature_dim} features at {pre.crop} px; {source}"
+    detector = _check_stages(spec, weights) if spec.stages else "no stages: classification only"
+    if detector.startswith(FAILED):
+        return FAILED, detector.removeprefix(FAILED + ": ")
+    return OK, f"{spec.feature_dim} features at {pre.crop} px; {source}; {detector}"
+
+
+def _check_stages(spec: BackboneSpec, weights) -> str:
+    """A detector on the declared stages (API 1.6) builds and trains a step on two images."""
+    import torch
+
+    from transferstudio.core.models.detector import DetectorRecipe, build_detector
+
+    recipe = DetectorRecipe(
+        spec.name, 2, pyramid_levels=min(3, len(spec.stages)), min_size=(64,), max_size=96
+    )
+    try:
+        detector = build_detector(spec, weights, recipe).train()
+    except ExperimentError as exc:
+        return f"{FAILED}: {exc}"
+    images = [torch.rand(3, 64, 80), torch.rand(3, 80, 64)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 10.0, 30.0, 60.0]]), "labels": torch.tensor([2])},
+    ]
+    loss = sum(detector(images, targets).values())
+    if not torch.isfinite(loss):
+        return f"{FAILED}: a detector on its stages gives a non-finite loss"
+    return f"a detector trains on its {len(spec.stages)} stages"
 
 
 def check_method(
@@ -319,7 +355,11 @@ def check_method(
         "num_workers": 0,
     }
     roles = spec.data_roles
-    if ROLE_MULTILABEL in roles:
+    detection = spec.task == TASK_DETECTION
+    if detection:  # shapes with boxes, in a format the kit offers (Pascal VOC)
+        data["path"] = str(generate_detection_data(folder / "detection", images=12, seed=0))
+        data.pop("image_size")
+    elif ROLE_MULTILABEL in roles:
         data["path"] = str(write_multilabel_csv(folder / "multilabel"))
         data["label_columns"] = ["shape", "tone"]
     elif ROLE_EPISODES in roles:  # enough classes for 5-way episodes in every split
@@ -337,6 +377,9 @@ def check_method(
         "train": {"epochs": 1, "device": "cpu", "lr": 0.01, "seed": 0},
         "method": {"name": spec.name, "params": params},
     }
+    if detection:
+        raw["task"] = TASK_DETECTION
+        raw["train"]["early_stopping_metric"] = "map50"
     losses: list[float] = []
 
     def count(event: Any) -> None:
@@ -461,6 +504,8 @@ def check_dataset(spec: DatasetSpec, folder: Path) -> tuple[str, str]:
     if not spec.detect(path):
         return FAILED, f"detect() does not recognise its own example {path}"
     listing = spec.list_samples(path)
+    if spec.task == TASK_DETECTION:
+        return _check_detection_listing(spec, listing, path)
     if not isinstance(listing, SourceListing):
         return FAILED, f"list_samples returned {type(listing).__name__}, not SourceListing"
     samples = [s for split in listing.splits.values() for s in split]
@@ -473,3 +518,30 @@ def check_dataset(spec: DatasetSpec, folder: Path) -> tuple[str, str]:
         return FAILED, f"{len(result.skipped)} file(s) of its own example unusable: {where}: {why}"
     counts = {k: len(v) for k, v in result.splits.items()}
     return OK, f"{len(samples)} images of {len(result.classes)} classes, split {counts}"
+
+
+def _check_detection_listing(spec: DatasetSpec, listing, path: str) -> tuple[str, str]:
+    """A detection format's example: a :class:`DetectionListing` whose every image exists and
+    whose boxes all pass the host's checks (none clipped or left out), with boxes to train on."""
+    from transferstudio.core.data.detection_scan import scan_detection
+    from transferstudio.core.settings.experiment import DataSettings
+
+    if not isinstance(listing, DetectionListing):
+        return FAILED, (
+            f"list_samples returned {type(listing).__name__}, not DetectionListing (the "
+            "format declares task 'detection')"
+        )
+    samples = [s for split in listing.splits.values() for s in split]
+    missing = [s.path for s in samples if not Path(s.path).is_file()]
+    if missing:
+        return FAILED, f"{len(missing)} listed file(s) do not exist, e.g. {missing[0]}"
+    result = scan_detection(spec, DataSettings(path=path, source=spec.name), Path(path), 1)
+    for title, entries in (("unusable", result.skipped), ("box problem(s)", result.problems)):
+        if entries:
+            where, why = entries[0]
+            return FAILED, f"{len(entries)} {title} in its own example: {where}: {why}"
+    boxes = sum(len(s.boxes) for split in result.splits.values() for s in split)
+    counts = {k: len(v) for k, v in result.splits.items()}
+    return OK, (
+        f"{len(samples)} images, {boxes} boxes of {len(result.classes)} classes, split {counts}"
+    )

@@ -134,10 +134,12 @@ def make_loader(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     sampler=None,
+    collate_fn=None,
 ):
     """A DataLoader. Workers are re-created every epoch (not persistent) so that their random
     streams derive from the epoch's generator and a resumed run augments exactly as before.
-    ``sampler`` (e.g. a DistributedSampler) replaces ``shuffle``."""
+    ``sampler`` (e.g. a DistributedSampler) replaces ``shuffle``; ``collate_fn`` replaces
+    stacking (detection batches are lists)."""
     from torch.utils.data import DataLoader
 
     return DataLoader(
@@ -150,4 +152,5 @@ def make_loader(
         generator=generator,
         drop_last=drop_last,
         persistent_workers=False,
+        collate_fn=collate_fn,
     )

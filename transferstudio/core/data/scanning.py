@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transferstudio.api import DataError, DatasetSpec, ExperimentError, Sample
+from transferstudio.api import (
+    TASK_CLASSIFICATION,
+    DataError,
+    DatasetSpec,
+    ExperimentError,
+    Sample,
+)
 from transferstudio.core.data.images import check_image
 from transferstudio.core.files.safe_text import display_path, is_utf8_text
 
@@ -64,12 +70,7 @@ class ScanResult:
         digest = hashlib.sha256()
         for split in sorted(self.splits):
             for sample in self.splits[split]:
-                try:
-                    st = os.stat(sample.path)
-                    stamp = f"{st.st_size}:{st.st_mtime_ns}"
-                except OSError:
-                    stamp = "missing"
-                line = f"{split}|{sample.path}|{sample.label}|{stamp}\n"
+                line = f"{split}|{sample.path}|{sample.label}|{file_stamp(sample.path)}\n"
                 # surrogateescape: the bytes of a file name that is not UTF-8, as on disk.
                 digest.update(line.encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
@@ -105,14 +106,28 @@ class ScanResult:
         return "\n".join(lines)
 
 
+def file_stamp(path: str) -> str:
+    """``size:mtime_ns`` of a file (``missing`` when it is gone): what data fingerprints use."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def choose_source(
-    sources: dict[str, DatasetSpec], settings: DataSettings, path: Path
+    sources: dict[str, DatasetSpec],
+    settings: DataSettings,
+    path: Path,
+    task: str = TASK_CLASSIFICATION,
 ) -> DatasetSpec:
-    """The data-source plugin named in the settings, or the first that recognises the path."""
+    """The data-source plugin named in the settings, or the first that recognises the path;
+    only the sources of ``task`` (``DatasetSpec.task``) take part."""
+    sources = {n: spec for n, spec in sources.items() if spec.task == task}
     if settings.source != "auto":
         if settings.source not in sources:
             raise ExperimentError(
-                f"no data source {settings.source!r}; available: "
+                f"no {task} data source {settings.source!r}; available: "
                 f"{', '.join(sorted(sources))}, auto",
                 "data.source",
             )
@@ -124,10 +139,17 @@ def choose_source(
         except Exception:  # noqa: BLE001,S112 - a faulty detector must not hide the others
             continue
     raise ExperimentError(
-        f"no data source recognises {path}; give an image folder or a .csv "
-        "file, or set data.source",
+        f"no data source recognises {path}; {_WHAT_TO_GIVE.get(task, 'see data.source')}, "
+        "or set data.source",
         "data.path",
     )
+
+
+_WHAT_TO_GIVE = {
+    TASK_CLASSIFICATION: "give an image folder or a .csv file",
+    "detection": "give a Pascal VOC folder (XML per image), a COCO instances .json file or a "
+    "YOLO folder or data.yaml",
+}
 
 
 def scan(

@@ -3,7 +3,6 @@ then verifying the written file against the module on a sample batch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +11,9 @@ from torch import nn
 
 from transferstudio.api import ExporterSpec, TransferStudioError
 from transferstudio.core.files.atomic import atomic_path
+from transferstudio.core.inference.export_result import ExportResult, check_export_target
 
 DEFAULT_TOLERANCE = 1e-4
-
-
-@dataclass
-class ExportResult:
-    """Where the file went and how closely it reproduces the module."""
-
-    path: Path
-    format: str
-    max_abs_diff: float | None
-    val_images: int = 0
-    """Validation images the reloaded file was checked on (0: not checked, see ``note``)."""
-    val_top1_agreement: float | None = None
-    """Fraction of those images whose top-1 class is the same from the file as from the model."""
-    note: str = ""
 
 
 def sample_input(model: nn.Module, module_path: str, batch: torch.Tensor) -> torch.Tensor:
@@ -182,15 +168,14 @@ def export_run(
     )
 
     target = Path(target)
-    if target.exists() and not force:
-        raise TransferStudioError(f"{target} already exists; pass --force to replace it")
-    if fmt not in host.exporters:
-        raise TransferStudioError(
-            f"no exporter named {fmt!r}; available: {', '.join(sorted(host.exporters))}"
-        )
+    check_export_target(target, force, fmt, host)
     folder = run_folder(ref, workspace)
     ck = load_best_checkpoint(folder)
     record = ck.record
+    if record.detector_recipe:  # a detection run: its detector is checked box by box
+        from transferstudio.core.inference.detection_export import export_detection_run
+
+        return export_detection_run(ref, fmt, target, host, workspace, module_path, force)
     few_shot = predicts_from_support(ck.meta, host)
     if few_shot:  # its predictor (encoder, meta-initialisation) as the method builds it
         method = rebuild_method(ck.meta, host, ck.weights, f"run {folder}")

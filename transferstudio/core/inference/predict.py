@@ -11,7 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transferstudio.api import Preprocessing, TransferStudioError
+from transferstudio.api import (
+    TASK_CLASSIFICATION,
+    TASK_DETECTION,
+    Preprocessing,
+    TransferStudioError,
+)
 from transferstudio.core.data.images import ImageProblem, image_files, load_rgb
 from transferstudio.core.data.loaders import build_transform
 
@@ -26,6 +31,8 @@ class Predictor:
     source: str
     support_skipped: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reason)`` of support-folder files that were not used (few-shot models)."""
+    task: str = TASK_CLASSIFICATION
+    """``detection``: ``model`` is a detector (``core.inference.detection_predict``)."""
 
 
 @dataclass
@@ -57,6 +64,7 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
     from transferstudio.core.models.support_set import predicts_from_support
     from transferstudio.core.runs.finished import (
         classifier_from_checkpoint,
+        detector_from_checkpoint,
         load_best_checkpoint,
         run_folder,
     )
@@ -70,6 +78,10 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
             return _support_predictor(bundle_meta(manifest), host, prefixed, str(ref), support)
         _refuse_support(support, str(ref))
         bundle = bundle_from(manifest, weights, host, Path(ref))
+        if manifest.get("detector_recipe"):
+            return Predictor(
+                bundle.model, bundle.class_names, bundle.preprocessing, str(ref), [], TASK_DETECTION
+            )
         if not bundle.class_names:
             raise TransferStudioError(
                 f"{ref} holds a feature extractor ({bundle.manifest.get('module')!r}), not a "
@@ -81,6 +93,10 @@ def open_predictor(ref: str, host, workspace: Path, support: str | Path | None =
     if predicts_from_support(ck.meta, host):
         return _support_predictor(ck.meta, host, ck.weights, f"run {folder}", support)
     _refuse_support(support, f"run {folder}")
+    if ck.record.detector_recipe:
+        model = detector_from_checkpoint(ck, host, f"run {folder}")
+        pre = Preprocessing.from_dict(ck.record.preprocessing)
+        return Predictor(model, list(ck.record.class_names), pre, str(folder), [], TASK_DETECTION)
     model = classifier_from_checkpoint(ck, host, f"run {folder}")
     pre = Preprocessing.from_dict(ck.record.preprocessing)
     return Predictor(model, list(ck.record.class_names), pre, str(folder))

@@ -74,6 +74,8 @@ def bundle_manifest(
         "module": module_path,
         "backbone": meta.get("backbone"),
         "head_recipe": meta.get("head_recipe") if whole and not support_set else None,
+        # A detector's architecture (its score threshold among it): bundle_from rebuilds it.
+        "detector_recipe": meta.get("detector_recipe") if whole else None,
         "class_names": meta.get("class_names", []) if whole and not support_set else [],
         "predictor_module": meta.get("predictor_module") if whole else None,
         "support_set": support_set,
@@ -112,8 +114,10 @@ def bundle_from(
             "learns no fixed classes: predict with it from a support folder "
             "(transferstudio predict --support FOLDER)"
         )
-    if recipe:
-        model: nn.Module = classifier_from_recipe(spec, recipe, weights, str(path))
+    if manifest.get("detector_recipe"):
+        model: nn.Module = _detector_from(manifest, spec, weights, path)
+    elif recipe:
+        model = classifier_from_recipe(spec, recipe, weights, str(path))
         _check_class_count(manifest, recipe, path)  # after the recipe's own checks
     elif module.endswith("backbone"):
         model = build_backbone(spec, None)
@@ -135,6 +139,39 @@ def bundle_from(
         Preprocessing.from_dict(pre) if pre else spec.preprocessing,
         manifest,
     )
+
+
+def _detector_from(manifest: dict[str, Any], spec, weights, path: Path) -> nn.Module:
+    """A detector bundle's detector, rebuilt from its ``detector_recipe``, with its class names
+    (one per object class of the recipe)."""
+    from transferstudio.core.models.detector import DetectorRecipe, detector_from_recipe
+
+    advice = "export the model again"
+    raw = manifest["detector_recipe"]
+    try:
+        recipe = DetectorRecipe.from_dict(raw if isinstance(raw, dict) else {})
+        # Sizes are read before any weight is: a crafted manifest must not make the detector
+        # allocate without bound (the ranges are those the detect method accepts).
+        fits = (
+            1 <= recipe.pyramid_levels <= 5
+            and 16 <= recipe.fpn_channels <= 512
+            and all(64 <= s <= 2048 for s in recipe.min_size)
+            and 64 <= recipe.max_size <= 4096
+            and 1 <= recipe.detections_per_image <= 1000
+        )
+    except (TypeError, ValueError):
+        fits = False
+    if not isinstance(raw, dict) or not fits:
+        raise WeightsError(f"{path}: manifest key 'detector_recipe' is not valid; {advice}")
+    names = list(manifest.get("class_names") or [])
+    if len(names) != recipe.num_classes:
+        raise WeightsError(
+            f"{path}: manifest key 'class_names' lists {len(names)} names, but its detector "
+            f"recipe has {recipe.num_classes} classes; {advice}"
+        )
+    model = detector_from_recipe(spec, raw, weights, str(path))
+    model.class_names = names
+    return model
 
 
 def bundle_backbone(manifest: dict[str, Any], host, path: Path):

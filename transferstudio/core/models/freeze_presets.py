@@ -8,7 +8,7 @@ stages sit one level down, a ViT's blocks two).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from transferstudio.core.models.layer_tree import LayerNode
@@ -20,6 +20,8 @@ PRESETS = ("all", "head", "last")
 """``all``: nothing frozen; ``head``: the whole backbone frozen; ``last``: the backbone frozen
 except its last N blocks."""
 BACKBONE = "backbone"
+DETECTOR_BACKBONE = "backbone.body"
+"""Where a detector's backbone network sits (torchvision's layout)."""
 
 
 def backbone_blocks(backbone: LayerNode | None) -> list[LayerNode]:
@@ -34,19 +36,37 @@ def backbone_blocks(backbone: LayerNode | None) -> list[LayerNode]:
 
 
 def preset_frozen(
-    kind: str, param_names: Iterable[str], root: LayerNode, last_blocks: int = 1
+    kind: str,
+    param_names: Iterable[str],
+    root: LayerNode,
+    last_blocks: int = 1,
+    stages: Sequence[str] = (),
 ) -> set[str]:
     """The parameter names the preset ``kind`` (one of :data:`PRESETS`) freezes in the model
-    whose module tree is ``root``; ``last_blocks`` is N of "Unfreeze last N"."""
+    whose module tree is ``root``; ``last_blocks`` is N of "Unfreeze last N".
+
+    In a detector the backbone is ``backbone.body`` (its pyramid and heads always train:
+    "Head only" means "heads only"), and with the backbone plugin's ``stages`` "Unfreeze last
+    N" trains the last N stages, as torchvision's ``trainable_backbone_layers``."""
     names = list(param_names)
-    in_backbone = [n for n in names if n.startswith(BACKBONE + ".")]
+    backbone = DETECTOR_BACKBONE if root.find(DETECTOR_BACKBONE) is not None else BACKBONE
+    in_backbone = [n for n in names if n.startswith(backbone + ".")]
     if kind == "all":
         return set()
     if kind == "head":
         return set(in_backbone)
     if kind != "last":
         raise ValueError(f"unknown freeze preset {kind!r}; expected one of {', '.join(PRESETS)}")
-    blocks = backbone_blocks(root.find(BACKBONE))
+    if backbone == DETECTOR_BACKBONE and stages:
+        if last_blocks >= len(stages):
+            return set()
+        if last_blocks <= 0:
+            return set(in_backbone)
+        # Everything registered up to and including the last stage that stays frozen.
+        prefix = f"{DETECTOR_BACKBONE}.{stages[-last_blocks - 1]}."
+        last = max((i for i, n in enumerate(in_backbone) if n.startswith(prefix)), default=-1)
+        return set(in_backbone[: last + 1])
+    blocks = backbone_blocks(root.find(backbone))
     keep = {b.path for b in blocks[-last_blocks:]} if last_blocks > 0 else set()
     return {n for n in in_backbone if not any(n.startswith(k + ".") for k in keep)}
 

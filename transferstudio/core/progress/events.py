@@ -20,6 +20,8 @@ class RunStarted:
     classes: list[str]
     counts: dict[str, dict[str, int]]
     skipped: int
+    counted: str = "images"
+    """What ``counts`` counts per class: ``images``, or ``boxes`` for a detection run."""
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class CheckpointRecord:
     support_set: bool | None = None  # None: not recorded (v1 files); ask the method
     predictor_module: str | None = None  # the module that predicts, when the method has one
     head_recipe: dict[str, Any] | None = None  # how that module's head is built
+    detector_recipe: dict[str, Any] | None = None  # how that module is built, for a detector
     history: list[dict[str, Any]] | None = None
     best_val_report: dict[str, Any] | None = None
     generation: int = 0
@@ -82,7 +83,12 @@ class CheckpointRecord:
             value = getattr(self, f.name)
             if f.name == "schema_version" or (f.name in _STORE_FIELDS and not value):
                 continue
-            if value is None and f.name in ("support_set", "predictor_module", "head_recipe"):
+            if value is None and f.name in (
+                "support_set",
+                "predictor_module",
+                "head_recipe",
+                "detector_recipe",
+            ):
                 continue
             if f.name in ("history", "best_val_report") and self.history is None:
                 continue

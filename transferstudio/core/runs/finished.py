@@ -92,6 +92,23 @@ def classifier_from_checkpoint(ck: Checkpoint, host, source: str) -> torch.nn.Mo
     return model.eval().requires_grad_(False)
 
 
+def detector_from_checkpoint(ck: Checkpoint, host, source: str) -> torch.nn.Module:
+    """A detection run's detector (eval mode, frozen) with its class names, rebuilt from the
+    recipe the engine stores in its checkpoints (``detector_recipe``)."""
+    from transferstudio.core.models.detector import detector_from_recipe
+
+    record = ck.record
+    if not record.detector_recipe or not record.predictor_module:
+        raise WeightsError(f"{source} (method {record.method!r}) holds no detector")
+    prefix = record.predictor_module + "."
+    state = {k[len(prefix) :]: v for k, v in ck.weights.items() if k.startswith(prefix)}
+    model = detector_from_recipe(
+        host.backbone(record.backbone), record.detector_recipe, state, source
+    )
+    model.class_names = list(record.class_names)  # type: ignore[assignment]
+    return model
+
+
 def load_run_predictor(ref: str | Path, host, workspace: str | Path) -> torch.nn.Module:
     """The classifier of :func:`load_run_classifier` alone (teachers, ``ctx.load_run_model``)."""
     return load_run_classifier(ref, host, workspace)[0]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transferstudio.api import ExperimentError
+from transferstudio.api import TASK_CLASSIFICATION, TASK_DETECTION, TASKS, ExperimentError
 from transferstudio.core.files.atomic import write_text_atomic
 from transferstudio.core.files.safe_text import is_utf8_text, printable
 from transferstudio.core.settings import params as P
@@ -79,6 +79,8 @@ class Experiment:
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
     base_dir: str = "."  # folder relative data/weights paths are resolved against
+    task: str = TASK_CLASSIFICATION
+    """What the experiment learns (``TASKS``): its method and data format serve this task."""
 
     def resolve(self, path: str) -> Path:
         """A path from the file, resolved against the experiment file's folder."""
@@ -103,6 +105,8 @@ class Experiment:
     def to_dict(self) -> dict[str, Any]:
         """The experiment as the mapping written to TOML (without the base folder)."""
         out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "name": self.name}
+        if self.task != TASK_CLASSIFICATION:  # classification files stay as they always were
+            out["task"] = self.task
         for section in SECTIONS:
             out[section] = P.to_dict(getattr(self, section))
         out["method"] = {"name": self.method, "params": P.to_dict(self.method_params)}
@@ -151,7 +155,7 @@ def from_mapping(
     :class:`ExperimentError` for an unknown method).
     """
     raw = migrate(dict(raw), source)
-    allowed = {"schema_version", "name", "method", *SECTIONS}
+    allowed = {"schema_version", "name", "task", "method", *SECTIONS}
     for key in raw:
         if key not in allowed:
             # A blank key ("" = 1 is valid TOML) would vanish from "key: message".
@@ -164,6 +168,11 @@ def from_mapping(
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not name.strip():
         raise ExperimentError("must be a non-empty string", "name")
+    task = raw.get("task", TASK_CLASSIFICATION)
+    if task not in TASKS:
+        raise ExperimentError(
+            f"must be one of {', '.join(TASKS)}, got {P.shown(task)} in {source}", "task"
+        )
     sections = {}
     for section, cls in SECTIONS.items():
         value = raw.get(section, {})
@@ -199,6 +208,7 @@ def from_mapping(
         method=method["name"],
         method_params=method_params,
         base_dir=str(base_dir),
+        task=task,
         **sections,
     )
 
@@ -354,8 +364,11 @@ def new_experiment(
     backbone: str | None = None,
     name: str | None = None,
     weights: str = "none",
+    task: str = TASK_CLASSIFICATION,
 ) -> Experiment:
     """An experiment with every default, for ``transferstudio init`` and the GUI's File > New.
+    A detection experiment trains as torchvision's detection references (SGD, 4 images a batch)
+    and picks its best checkpoint by validation mAP@0.5.
 
     ``weights`` is the model.weights setting; callers pass what
     :func:`transferstudio.core.models.weights.default_weights` finds for the backbone (its pretrained
@@ -365,4 +378,11 @@ def new_experiment(
     if backbone:
         exp.model.backbone = backbone
     exp.model.weights = weights
+    exp.task = task
+    if task == TASK_DETECTION:
+        # torchvision's detection recipe scaled to 4 images a batch (SGD, lr 0.02 per 16
+        # images, a warm-up); detectors fit a few images a batch on CPUs and small GPUs.
+        exp.data.batch_size = 4
+        exp.train.optimizer, exp.train.lr, exp.train.warmup_epochs = "sgd", 0.01, 1.0
+        exp.train.early_stopping_metric = "map50"
     return exp

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from transferstudio.api import ExperimentError
+from transferstudio.api import TASK_CLASSIFICATION, ExperimentError
 from transferstudio.core.settings import params as P
 from transferstudio.core.settings.sections import SECTIONS
 
@@ -32,6 +32,12 @@ def render_toml(
         f"schema_version = {SCHEMA_VERSION}\n",
         f"name = {P.toml_value(name)}\n",
     ]
+    task = data.get("task", TASK_CLASSIFICATION)
+    if task != TASK_CLASSIFICATION:  # classification files stay as they always were
+        parts.append(
+            ("# what the experiment learns: classification or detection\n" if comments else "")
+            + f"task = {P.toml_value(task)}\n"
+        )
     for section, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").strip()
         parts.append("\n# " + doc + "\n" if comments and doc else "\n")

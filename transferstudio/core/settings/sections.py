@@ -128,8 +128,18 @@ class TrainSettings:
     grad_clip: float = param(0.0, min=0.0, help="clip the gradient norm to this value; 0 disables")
     early_stopping_metric: str = param(
         "accuracy",
-        choices=["accuracy", "loss", "f1_macro", "f1_weighted", "precision_macro", "recall_macro"],
-        help="validation metric that picks the best checkpoint and drives early stopping",
+        choices=[
+            "accuracy",
+            "loss",
+            "f1_macro",
+            "f1_weighted",
+            "precision_macro",
+            "recall_macro",
+            "map50",
+            "map",
+        ],
+        help="validation metric that picks the best checkpoint and drives early stopping "
+        "(detection: map50 = mAP@0.5, map = mAP@[.5:.95])",
     )
     patience: int = param(
         0, min=0, help="stop after this many epochs without improvement; 0 disables"

@@ -3,7 +3,9 @@
 The baseline of a run is its own experiment with one thing taken away, with the same budget
 (epochs, data, splits, seed, augmentation, schedule):
 
-- by default the pretrained weights: ``model.weights = "none"`` (random initialisation);
+- by default the pretrained weights: ``model.weights = "none"`` (random initialisation); a
+  detector is then trained whole with BatchNorm training (torchvision's recipe without
+  pretrained weights);
 - for a method whose spec names a ``baseline`` method, the method: domain adaptation becomes
   source-only fine-tuning of the same pretrained backbone, distillation the student trained
   alone. Parameters both methods share (freeze plan, learning-rate multiplier, ...) are kept.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transferstudio.api import TransferStudioError
+from transferstudio.api import TASK_DETECTION, TransferStudioError
 from transferstudio.core.plugins.host import PluginHost
 from transferstudio.core.runs.workspace import RunStore, read_report
 from transferstudio.core.settings import params as P
@@ -63,6 +65,20 @@ def baseline_experiment(exp: Experiment, host: PluginHost) -> tuple[Experiment, 
                 elif isinstance(value, list):
                     params[key] = ["none" if v else v for v in value]
         what = "random initialisation"
+        tree = spec.layer_tree
+        if exp.task == TASK_DETECTION and tree is not None:
+            # A detector from random initialisation trains whole, with BatchNorm learning its
+            # statistics, as torchvision trains one without pretrained weights: frozen random
+            # stages, or BatchNorm fixed at a folded file's identity statistics, would give a
+            # baseline that cannot learn, not the same detector without the transfer.
+            for key, cleared in (
+                (tree.freeze, []),
+                (tree.freeze_up_to, ""),
+                (tree.bn_mode, "train"),
+            ):
+                if key and key in params:
+                    params[key] = cleared
+            what = "random initialisation (whole detector trained, BatchNorm training)"
     raw["name"] = f"{exp.name}-baseline"
     return from_mapping(raw, host.method_params, exp.base_dir, "baseline"), what
 

@@ -19,6 +19,7 @@ from transferstudio.core.models.build import (
     build_trained_classifier,
     make_head,
 )
+from transferstudio.core.models.detector import DetectorRecipe, build_detector
 from transferstudio.core.runs.finished import load_run_predictor
 from transferstudio.core.runs.weight_sources import resolve_weights
 from transferstudio.core.training.seeding import epoch_seed
@@ -58,6 +59,8 @@ class EngineContext:
         self.backbone_name = session.exp.model.backbone
         self.preprocessing = data.preprocessing
         self.train = read_only(session.exp.train)
+        self.detector_recipes: dict[int, DetectorRecipe] = {}
+        """The recipe of each detector ``build_detector`` built, by ``id`` of the module."""
 
     def build_classifier(self) -> torch.nn.Module:
         s = self._session
@@ -65,6 +68,14 @@ class EngineContext:
             s.backbone_spec, s.data.weights_file, self.num_classes, dropout=s.exp.model.head_dropout
         )
         return model.to(self.device)
+
+    def build_detector(self, architecture: str = "faster_rcnn", **options: Any) -> torch.nn.Module:
+        s = self._session
+        recipe = detector_recipe(s, architecture, options)
+        detector = build_detector(s.backbone_spec, s.data.weights_file, recipe).to(self.device)
+        # Checkpoints record how to rebuild it, so that predict and export need no method.
+        self.detector_recipes[id(detector)] = recipe
+        return detector
 
     def make_head(
         self, in_features: int, hidden: int = 0, dropout: float | None = None
@@ -145,6 +156,30 @@ class EngineContext:
 
     def log(self, message: str) -> None:
         self._session.log(message)
+
+
+def detector_recipe(
+    session: TrainingSession, architecture: str, options: dict[str, Any]
+) -> DetectorRecipe:
+    """The :class:`DetectorRecipe` a method's ``build_detector`` call asks for; an unknown
+    option is a :class:`TypeError` naming it (a typo must not fall back to a default)."""
+    known = set(DetectorRecipe.__dataclass_fields__) - {"backbone", "num_classes", "architecture"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"build_detector() got unknown option(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}"
+        )
+    options = dict(options)
+    if "min_size" in options:
+        size = options["min_size"]
+        options["min_size"] = tuple(size) if isinstance(size, list | tuple) else (int(size),)
+    return DetectorRecipe(
+        backbone=session.backbone_spec.name,
+        num_classes=len(session.scan.classes),
+        architecture=architecture,
+        **options,
+    )
 
 
 class StopChecked:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from transferstudio.api import ROLE_LABELED, TransferMethod
+from transferstudio.api import ROLE_LABELED, TASK_DETECTION, TransferMethod
 from transferstudio.core.data import loaders as D
 from transferstudio.core.training.metrics import ClassificationReport, MetricAccumulator
 from transferstudio.core.training.session import TrainingSession
@@ -47,6 +47,8 @@ class Evaluator:
             custom = s.method.evaluate(s.ctx, split)
         if custom is not None:
             return ClassificationReport({k: float(v) for k, v in custom.items()}, [], [])
+        if s.exp.task == TASK_DETECTION:
+            return self._evaluate_detection(split)
         if shared and shares_evaluation(s.method):
             return self._evaluate_shared(split)
         acc = MetricAccumulator(len(s.scan.classes), s.scan.classes)
@@ -56,6 +58,27 @@ class Evaluator:
                 s.check_stop()
                 predictions.append(_score(*self._validation_outputs(batch), acc))
         return self._report(split, acc, predictions)
+
+    def _evaluate_detection(self, split: str) -> Any:
+        """mAP and the rest of the COCO evaluation of ``split``: the method's validation step
+        returns ``(detections, targets)`` per batch, in dataset order. Every process evaluates
+        the whole split (detection batches are lists, not shared out)."""
+        from transferstudio.core.training.detection_metrics import DetectionMetrics
+
+        s = self.session
+        metrics = DetectionMetrics(s.scan.classes)
+        with torch.no_grad():
+            for batch in s.method.eval_batches(s.ctx, split):
+                s.check_stop()
+                detections, targets = self._validation_outputs(batch)
+                metrics.update(detections, targets)
+        report = metrics.report()
+        samples = s.scan.splits[split]
+        for image in report.worst_images:
+            # Row i is sample i (evaluation batches come in dataset order).
+            if 0 <= image["index"] < len(samples):
+                image["path"] = samples[image["index"]].path
+        return report
 
     def _validation_outputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.session

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferstudio.api import StepOutput, TransferStudioError
+from transferstudio.api import TASK_DETECTION, StepOutput, TransferStudioError
 from transferstudio.core.models.build import describe_head
 from transferstudio.core.models.bundle import backbone_plugin
 from transferstudio.core.progress import events as E
@@ -161,6 +161,7 @@ class TrainingRun:
                 s.scan.classes,
                 s.scan.counts(),
                 len(s.scan.skipped),
+                "boxes" if exp.task == TASK_DETECTION else "images",
             )
         )
 
@@ -194,9 +195,10 @@ class TrainingRun:
         val_metrics = val_report.metrics
         val_metrics.update({f"diag_{k}": float(v) for k, v in diagnostics.items()})
         metric = self.metric_used  # the configured one, or what a resumed run had switched to
-        if metric not in val_metrics and "loss" in val_metrics:
-            self.log.write(f"val {metric} is not measured by {exp.method}; using val loss")
-            metric = self.metric_used = "loss"
+        fallback = next((m for m in ("loss", "map50") if m in val_metrics), None)
+        if metric not in val_metrics and fallback:
+            self.log.write(f"val {metric} is not measured by {exp.method}; using val {fallback}")
+            metric = self.metric_used = fallback
         value = val_metrics.get(metric)
         improved = value is not None and (
             self.best is None
@@ -230,7 +232,7 @@ class TrainingRun:
             + " ".join(
                 f"{k} {v:.4f}"
                 for k, v in val_metrics.items()
-                if k in ("loss", "accuracy", "f1_macro")
+                if k in ("loss", "accuracy", "f1_macro", "map50", "map")
             )
             + (" (best)" if improved else ""),
             quiet=True,
@@ -256,6 +258,7 @@ class TrainingRun:
         correct, counted = 0, 0
         total_steps = exp.train.epochs * self.steps_per_epoch
         loss_sum, n_seen = 0.0, 0
+        log_sums: dict[str, float] = {}  # the method's logged terms, weighted like the loss
         batches = s.method.train_batches(s.ctx, epoch)
         n_batches = len(batches) if hasattr(batches, "__len__") else self.steps_per_epoch
         lr = s.optimizer.param_groups[0]["lr"]
@@ -272,6 +275,8 @@ class TrainingRun:
             n = out.targets.numel() if out.targets is not None else 1
             loss_sum += loss_value * n
             n_seen += n
+            for key, value in out.logs.items():
+                log_sums[key] = log_sums.get(key, 0.0) + float(value) * n
             correct, counted = _count_correct(out, correct, counted)
             self.state.emit(E.BatchEnded(epoch, i, n_batches, loss_value, lr, n, dict(out.logs)))
             if (
@@ -280,11 +285,16 @@ class TrainingRun:
                 and self.state.wants_layer_stats
             ):
                 self.state.emit(E.LayerStats(epoch, i, self.stats_reference.measure()))
+        keys = sorted(log_sums)
         if s.dist.enabled:  # every process saw its share of the epoch
-            loss_sum, n_seen, correct, counted = s.dist.all_reduce_sum(
-                [loss_sum, n_seen, correct, counted]
+            loss_sum, n_seen, correct, counted, *logged = s.dist.all_reduce_sum(
+                [loss_sum, n_seen, correct, counted, *(log_sums[k] for k in keys)]
             )
+            log_sums = dict(zip(keys, logged, strict=True))
         metrics = {"loss": loss_sum / max(n_seen, 1), "lr": lr}
+        # Epoch means of the terms a method logs (loss components of a detector, say): the
+        # curves and metrics.csv show them beside the loss.
+        metrics.update({k: log_sums[k] / max(n_seen, 1) for k in keys if k not in metrics})
         if counted:
             metrics["accuracy"] = correct / counted
         return metrics
@@ -295,6 +305,7 @@ class TrainingRun:
         """The record of the checkpoint of ``epoch`` (without history: see ``_save_epoch``)."""
         s, exp = self.session, self.exp
         predictor_module, head_recipe = self._predictor_recipe()
+        detector = s.ctx.detector_recipes.get(id(s.method.predictor()))
         return CheckpointRecord(
             run_id=self.files.run_id,
             epoch=epoch,
@@ -315,6 +326,7 @@ class TrainingRun:
             support_set=s.method_spec.support_set,
             predictor_module=predictor_module,
             head_recipe=head_recipe,
+            detector_recipe=detector.to_dict() if detector else None,
         )
 
     def _predictor_recipe(self) -> tuple[str | None, dict[str, Any] | None]:

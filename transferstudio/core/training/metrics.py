@@ -119,6 +119,8 @@ class MetricAccumulator:
 
 def format_report(report: ClassificationReport, title: str) -> str:
     """A plain-text table of a report, for the console and the run log."""
+    if "map50" in report.metrics:  # a detection report (core.training.detection_metrics)
+        return format_detection(report.metrics, report.per_class, title)
     m = report.metrics
     width = max([len(r["class"]) for r in report.per_class] + [12])
     lines = [title]
@@ -134,4 +136,17 @@ def format_report(report: ClassificationReport, title: str) -> str:
             f"  {row['class']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}"
             f"  {row['f1']:6.4f}  {row['support']:7d}"
         )
+    return "\n".join(lines)
+
+
+def format_detection(metrics: dict[str, float], per_class: list[dict[str, Any]], title: str) -> str:
+    """A plain-text table of a detection report: mAP figures, then AP and recall per class."""
+    keys = ("map50", "map", "map75", "mar100")
+    lines = [title, "  " + "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)]
+    width = max([len(r["class"]) for r in per_class] + [12])
+    lines.append(f"  {'class':<{width}}     AP50  AP50:95   recall  boxes")
+    for row in per_class:
+        cells = [row.get(k) for k in ("ap50", "ap", "recall")]
+        shown = "  ".join(f"{v:7.4f}" if v is not None else "      -" for v in cells)
+        lines.append(f"  {row['class']:<{width}}  {shown}  {row.get('boxes', 0):5d}")
     return "\n".join(lines)

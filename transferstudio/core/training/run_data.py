@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from transferstudio.api import (
+    ROLE_DETECTION,
     ROLE_EPISODES,
     ROLE_KEYS,
     ROLE_LABELED,
@@ -30,6 +31,12 @@ from transferstudio.api import (
     Sample,
 )
 from transferstudio.core.data import loaders as D
+from transferstudio.core.data.detection_loader import (
+    DetectionDataset,
+    collate_detection,
+    detection_transform,
+)
+from transferstudio.core.data.detection_scan import choose_detection_source, scan_detection
 from transferstudio.core.data.roles import (
     MultiLabelDataset,
     UnlabeledDataset,
@@ -56,6 +63,7 @@ ROLE_STREAMS = {
     ROLE_EPISODES: 3,
     ROLE_MULTILABEL: 4,
     ROLE_UNLABELED: 5,
+    ROLE_DETECTION: 6,
 }
 
 
@@ -100,7 +108,10 @@ class RunData:
             require_path(getattr(exp.data, key.split(".")[1]), key, role, exp.method)
         tasks: dict[str, list[str]] = {}
         multilabels: dict[str, tuple[str, ...]] = {}
-        if primary_role == ROLE_UNLABELED:
+        if primary_role == ROLE_DETECTION:
+            source = choose_detection_source(host.datasets, exp.data, data_path)
+            scan = scan_detection(source, exp.data, data_path)
+        elif primary_role == ROLE_UNLABELED:
             scan = scan_unlabeled(data_path, exp.data)
         elif primary_role == ROLE_MULTILABEL:
             scan, tasks, multilabels = scan_multilabel(data_path, exp.data)
@@ -127,6 +138,12 @@ class RunData:
             role_samples[ROLE_LABELED_TARGET] = scan_labeled_target(
                 source, target_path, scan.classes
             )
+        # Detectors resize and normalise images themselves: their loaders only augment.
+        transforms = (
+            (lambda _pre, augment: detection_transform(augment))
+            if primary_role == ROLE_DETECTION
+            else D.build_transform
+        )
         weights_file = resolve_weights(backbone_spec, exp.model.weights, exp.base_dir)
         pre = backbone_spec.preprocessing
         preprocessing = pre.resized_for(exp.data.image_size) if exp.data.image_size else pre
@@ -138,8 +155,8 @@ class RunData:
             weights_digest=file_digest(weights_file) if weights_file else None,
             preprocessing=preprocessing,
             workers=D.default_workers(exp.data.num_workers),
-            train_transform=D.build_transform(preprocessing, exp.augment),
-            eval_transform=D.build_transform(preprocessing, None),
+            train_transform=transforms(preprocessing, exp.augment),
+            eval_transform=transforms(preprocessing, None),
             feature_cache=FeatureCache(cache_folder),
             tasks=tasks,
             multilabels=multilabels,
@@ -155,6 +172,8 @@ class RunData:
         return data
 
     def _dataset(self, samples: list[Sample], transform: Any) -> Any:
+        if self.primary_role == ROLE_DETECTION:
+            return DetectionDataset(samples, self.scan.classes, transform)
         if self.primary_role == ROLE_MULTILABEL:
             return MultiLabelDataset(samples, self.multilabels, self.tasks, transform)
         if self.primary_role == ROLE_UNLABELED:
@@ -223,6 +242,7 @@ class RunData:
             generator=generator,
             drop_last=train and unlabeled and len(dataset) > batch_size,
             sampler=sampler,
+            collate_fn=collate_detection if isinstance(dataset, DetectionDataset) else None,
         )
 
     def cached_features(

@@ -117,6 +117,13 @@ class TrainingSession:
         self.amp_dtype = choose_precision(self.device, exp.train.precision)
         self.method_spec = self.host.method(exp.method)
         self.backbone_spec = self.host.backbone(exp.model.backbone)
+        if self.method_spec.task != exp.task:
+            raise ExperimentError(
+                f"method {exp.method!r} is for {self.method_spec.task}, but this experiment's "
+                f"task is {exp.task}; choose a {exp.task} method (transferstudio methods) or "
+                "set task",
+                "method.name",
+            )
         self.dist = Distributed.from_env()
         if self.dist.enabled:
             self.join_processes()

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from transferstudio.api import TASK_CLASSIFICATION, TASK_DETECTION
 from transferstudio.core.settings import experiment as X
 from transferstudio.gui.settings_form import SettingsForm
 from transferstudio.gui.widgets import fill_thumbnails, load_thumbnails, named, thumbnail_list
@@ -52,6 +53,7 @@ class DataPanel(QWidget):
         self.data_error = ""
         """Why the scanned data cannot be used (one class, unreadable CSV); Start waits."""
         self.scanning = False
+        self.task = TASK_CLASSIFICATION
         self._scan_generation = 0
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
@@ -60,7 +62,7 @@ class DataPanel(QWidget):
         self.path.editingFinished.connect(self._on_path_edited)
         browse = named(QPushButton("Folder..."), "data.browse_folder")
         browse.clicked.connect(self._browse_folder)
-        browse_csv = named(QPushButton("CSV..."), "data.browse_csv")
+        self.browse_file = browse_csv = named(QPushButton("CSV..."), "data.browse_csv")
         browse_csv.clicked.connect(self._browse_csv)
         row.addWidget(self.path)
         row.addWidget(browse)
@@ -86,6 +88,21 @@ class DataPanel(QWidget):
         layout.addWidget(self.augment_form)
 
     # ------------------------------------------------------------------ the experiment
+
+    def set_task(self, task: str) -> None:
+        """Read the data as ``task``'s formats do (the caller rescans): for detection a Pascal
+        VOC folder, a COCO .json or a YOLO folder or data.yaml."""
+        self.task = task
+        detection = task == TASK_DETECTION
+        self.browse_file.setText("File..." if detection else "CSV...")
+        self.browse_file.setToolTip(
+            "a COCO instances .json or a YOLO data.yaml" if detection else "a path,label CSV file"
+        )
+        self.path.setPlaceholderText(
+            "Pascal VOC or YOLO folder, COCO .json or YOLO data.yaml (or drop one here)"
+            if detection
+            else "image folder or CSV file (or drop one here)"
+        )
 
     def show_experiment(self, exp: X.Experiment) -> None:
         """Show ``exp``'s data and augmentation settings (no scan: see :meth:`scan`)."""
@@ -136,7 +153,17 @@ class DataPanel(QWidget):
             self.set_path(path)
 
     def _browse_csv(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "CSV file", str(self.base_dir), "CSV (*.csv)")
+        if self.task == TASK_DETECTION:
+            path, _ = QFileDialog.getOpenFileName(
+                self,
+                "Detection data file",
+                str(self.base_dir),
+                "COCO JSON or YOLO data.yaml (*.json *.yaml *.yml)",
+            )
+        else:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "CSV file", str(self.base_dir), "CSV (*.csv)"
+            )
         if path:
             self.set_path(path)
 
@@ -163,7 +190,18 @@ class DataPanel(QWidget):
         self.changed.emit()
         host = self.host
 
+        task = self.task
+
         def scan():
+            if task == TASK_DETECTION:
+                from transferstudio.core.data.detection_scan import (
+                    choose_detection_source,
+                    scan_detection,
+                )
+
+                return scan_detection(
+                    choose_detection_source(host.datasets, settings, path), settings, path
+                )
             spec = D.choose_source(host.datasets, settings, path)
             return D.scan(spec, settings, path)
 
@@ -179,6 +217,9 @@ class DataPanel(QWidget):
             return  # an earlier folder's scan, finished after the user chose another
         self.scanning = False
         self.scan_result = result
+        if getattr(result, "task", TASK_CLASSIFICATION) == TASK_DETECTION:
+            self._show_detection_scan(result, generation)
+            return
         counts = result.counts()
         splits = list(counts)
         self.counts_tree.setColumnCount(1 + len(splits))
@@ -214,6 +255,67 @@ class DataPanel(QWidget):
         run_in_background(
             lambda: load_thumbnails(items),
             lambda images: self._show_thumbnails(images, generation),
+            lambda message, details: self._scan_errored(message, details, generation),
+            self,
+        )
+
+    def _show_detection_scan(self, result, generation: int) -> None:
+        """Images / boxes per class and split, negatives, box sizes, then every skipped file
+        and box problem (named with its file), and thumbnails with their boxes drawn."""
+        from transferstudio.core.data.box_drawing import DrawnBox, class_colour
+
+        counts, images = result.counts(), result.image_counts()
+        splits = list(counts)
+        self.counts_tree.setColumnCount(1 + len(splits))
+        self.counts_tree.setHeaderLabels(["class (images / boxes)", *splits])
+        for name in result.classes:
+            cells = [f"{images[s][name]} / {counts[s][name]}" for s in splits]
+            QTreeWidgetItem(self.counts_tree, [name, *cells])
+        QTreeWidgetItem(
+            self.counts_tree,
+            ["no boxes (negatives)", *[str(images[s]["(no boxes)"]) for s in splits]],
+        )
+        sizes = result.size_counts()
+        size_item = QTreeWidgetItem(
+            self.counts_tree, ["box sizes: " + ", ".join(f"{k} {v}" for k, v in sizes.items())]
+        )
+        size_item.setFirstColumnSpanned(True)
+        size_item.setToolTip(0, "COCO size classes: small < 32x32 px, medium < 96x96, large")
+        for title, entries in (
+            (f"skipped files ({len(result.skipped)})", result.skipped),
+            (f"box problems ({len(result.problems)}, {result.clipped} clipped)", result.problems),
+        ):
+            if not entries:
+                continue
+            parent = QTreeWidgetItem(self.counts_tree, [title])
+            parent.setFirstColumnSpanned(True)
+            for path, reason in entries:
+                item = QTreeWidgetItem(parent, [f"{Path(path).name}: {reason}"])
+                item.setFirstColumnSpanned(True)
+                item.setToolTip(0, f"{path}\n{reason}")
+        for column in range(self.counts_tree.columnCount()):
+            self.counts_tree.resizeColumnToContents(column)
+        total = sum(len(v) for v in result.splits.values())
+        n_boxes = sum(sum(c.values()) for c in counts.values())
+        self.scan_label.setText(
+            f"{len(result.classes)} classes, {total} images, {n_boxes} boxes"
+            + (f", {len(result.skipped)} skipped" if result.skipped else "")
+            + (f", {len(result.problems)} box problems" if result.problems else "")
+        )
+        self.scanned.emit(result)
+        index = {c: i for i, c in enumerate(result.classes)}
+        items, boxes = [], {}
+        for sample in result.splits.get("train", [])[: THUMBNAILS_PER_CLASS * 3]:
+            labels = sorted({b.label for b in sample.boxes})
+            items.append((", ".join(labels) or "no boxes", sample.path))
+            boxes[sample.path] = [
+                DrawnBox(b.xmin, b.ymin, b.xmax, b.ymax, "", class_colour(index[b.label]))
+                for b in sample.boxes
+            ]
+        self.changed.emit()
+        run_in_background(
+            lambda: load_thumbnails(items, boxes),
+            lambda loaded: self._show_thumbnails(loaded, generation),
             lambda message, details: self._scan_errored(message, details, generation),
             self,
         )

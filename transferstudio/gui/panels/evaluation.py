@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyqtgraph as pg
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDoubleSpinBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -24,6 +26,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from transferstudio.core.data.box_drawing import (
+    FALSE_POSITIVE,
+    MISSED,
+    TRUE_BOX,
+    DrawnBox,
+    class_colour,
+)
 from transferstudio.core.files.safe_text import printable
 from transferstudio.core.runs.report_file import read_report_file
 from transferstudio.gui.panels.confusion_matrix import ConfusionMatrixView, FittingScroll
@@ -84,6 +93,7 @@ class EvaluationPanel(QWidget):
         change (running -> completed elsewhere) is read again (see :meth:`follow_runs`)."""
         self.run_status = ""
         self._gallery_generation = 0
+        self._gallery_boxes: dict[str, list] = {}  # detection: boxes drawn on each thumbnail
         if load_gallery:
             self.gallery_requested.connect(self._load_gallery)
         layout = QVBoxLayout(self)
@@ -94,10 +104,24 @@ class EvaluationPanel(QWidget):
         self.split_box = named(QComboBox(), "evaluation.split", "split shown")
         self.split_box.currentIndexChanged.connect(self._show_split)
         top.addWidget(self.split_box)
+        # Detection reports: the score from which a detection counts, for the gallery.
+        self.threshold = named(QDoubleSpinBox(), "evaluation.score_threshold", "score threshold")
+        self.threshold.setRange(0.05, 0.95)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.threshold.setPrefix("score >= ")
+        self.threshold.setToolTip(
+            "Detections scoring below this are not counted in the gallery: green boxes were "
+            "found, red ones missed, orange detections match no object"
+        )
+        self.threshold.valueChanged.connect(self._show_split)
+        top.addWidget(self.threshold)
 
         self.matrix = named(ConfusionMatrixView(), "evaluation.confusion", "confusion matrix")
         self.matrix_scroll = named(FittingScroll(self.matrix), "evaluation.confusion_scroll")
         self.matrix_scroll.setMinimumSize(260, 120)
+        self.pr_plot = named(_pr_plot(), "evaluation.pr_curves", "precision-recall curves")
+        self.pr_plot.setMinimumSize(260, 120)
         self.class_table = named(QTableWidget(0, 5), "evaluation.per_class", "per-class metrics")
         self.class_table.setHorizontalHeaderLabels(
             ["class", "precision", "recall", "F1", "support"]
@@ -144,10 +168,12 @@ class EvaluationPanel(QWidget):
         right_layout.addWidget(details, 1)
         self.split = named(QSplitter(Qt.Orientation.Horizontal), "evaluation.split_view")
         self.split.addWidget(self.matrix_scroll)
+        self.split.addWidget(self.pr_plot)  # in the matrix's place for detection reports
         self.split.addWidget(right)
         self.split.setStretchFactor(0, 3)
-        self.split.setStretchFactor(1, 7)
-        self.split.setSizes([300, 700])  # proportions until the panel has its real width
+        self.split.setStretchFactor(1, 3)
+        self.split.setStretchFactor(2, 7)
+        self.split.setSizes([300, 300, 700])  # proportions until the panel has its real width
         layout.addWidget(self.split, 1)
         self.clear()
 
@@ -165,6 +191,8 @@ class EvaluationPanel(QWidget):
         self.class_table.setRowCount(0)
         self.gallery.clear()
         self.gallery_label.setText("misclassified images")
+        self.pr_plot.clear()
+        self._set_detection(False)
 
     def show_message(self, message: str) -> None:
         """A problem with the report (missing, corrupt), in place of the evaluation."""
@@ -199,8 +227,15 @@ class EvaluationPanel(QWidget):
         """The class names on the matrix's axes (what a reader sees, for tests and tools)."""
         return list(self.matrix.names)
 
+    def is_detection(self) -> bool:
+        """Whether the report on show is a detection run's (mAP, not a confusion matrix)."""
+        section = (self.report or {}).get(self.current_split()) or {}
+        return "pr_curves" in section
+
     def gallery_items(self) -> list[tuple[str, str]]:
         """``(caption, path)`` of the mistakes the gallery shows, most confident first."""
+        if self.is_detection():
+            return [(caption, path) for caption, path, _ in self._detection_gallery()]
         report = self.report or {}
         mistakes = (report.get(self.current_split()) or {}).get("misclassified") or []
         if not mistakes and self.current_split() == "test":
@@ -261,16 +296,30 @@ class EvaluationPanel(QWidget):
             if generation == self._gallery_generation:  # not an earlier run's thumbnails
                 self.show_gallery(images)
 
-        run_in_background(lambda: load_thumbnails(items), show, self._gallery_failed, self)
+        boxes = dict(self._gallery_boxes)
+        run_in_background(lambda: load_thumbnails(items, boxes), show, self._gallery_failed, self)
 
     def _gallery_failed(self, message: str, details: str) -> None:
         self.gallery_label.setText(f"cannot show the misclassified images: {message}")
+
+    def _set_detection(self, detection: bool) -> None:
+        self.matrix_scroll.setVisible(not detection)
+        self.pr_plot.setVisible(detection)
+        self.threshold.setVisible(detection)
 
     def _show_split(self) -> None:
         if self.report is None:
             return
         split = self.current_split()
         section = self.report[split]
+        self._set_detection("pr_curves" in section)
+        if "pr_curves" in section:
+            self._show_detection(split, section)
+            return
+        self._gallery_boxes = {}
+        self.class_table.setHorizontalHeaderLabels(
+            ["class", "precision", "recall", "F1", "support"]
+        )
         rows = section["per_class"]
         names = [str(row.get("class", i)) for i, row in enumerate(rows)]
         confusion = section.get("confusion") or []
@@ -289,25 +338,7 @@ class EvaluationPanel(QWidget):
         self.title.setText(
             f"{self.run_label}: {_SPLIT_NAMES[split].lower()}, {total} images{figure}"
         )
-        self.class_table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            values = [
-                printable(str(row.get("class", r))),
-                _number(row.get("precision")),
-                _number(row.get("recall")),
-                _number(row.get("f1")),
-                str(row.get("support", "")),
-            ]
-            for c, value in enumerate(values):
-                item = QTableWidgetItem(value)
-                if c:
-                    item.setTextAlignment(
-                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
-                    )
-                else:
-                    item.setToolTip(value)
-                self.class_table.setItem(r, c, item)
-        self.class_table.resizeRowsToContents()
+        self._fill_table(rows, ("precision", "recall", "f1"), "support")
         # Wide enough for the names and the figures: the splitter otherwise squeezed the
         # stretching class column down to "..." at 1366 px.
         table = self.class_table
@@ -327,6 +358,91 @@ class EvaluationPanel(QWidget):
         self.gallery.clear()
         self.gallery_requested.emit(items)
 
+    def _show_detection(self, split: str, section: dict[str, Any]) -> None:
+        """A detection report: PR curve per class, AP / recall per class, the worst images."""
+        rows = section.get("per_class") or []
+        names = [str(row.get("class", i)) for i, row in enumerate(rows)]
+        metrics = section.get("metrics") or {}
+        figures = ", ".join(
+            f"{label} {metrics[key]:.4f}"
+            for key, label in (("map50", "mAP@0.5"), ("map", "mAP@[.5:.95]"))
+            if isinstance(metrics.get(key), int | float)
+        )
+        images = int(metrics.get("images", 0))
+        self.title.setText(
+            f"{self.run_label}: {_SPLIT_NAMES[split].lower()}, {images} images, {figures}"
+        )
+        self.pr_plot.clear()
+        self.pr_plot.addLegend(offset=(-5, 5))
+        for i, name in enumerate(names):
+            curve = (section.get("pr_curves") or {}).get(name)
+            if curve:
+                ap = rows[i].get("ap50")
+                label = f"{name} (AP50 {ap:.2f})" if isinstance(ap, int | float) else name
+                self.pr_plot.plot(
+                    curve["recall"],
+                    curve["precision"],
+                    pen=pg.mkPen(class_colour(i), width=2),
+                    name=printable(label),
+                )
+        self.class_table.setHorizontalHeaderLabels(["class", "AP50", "AP50:95", "recall", "boxes"])
+        self._fill_table(rows, ("ap50", "ap", "recall"), "boxes")
+        gallery = self._detection_gallery()
+        self._gallery_boxes = {path: boxes for _, path, boxes in gallery}
+        self.gallery_label.setText(
+            f"worst {split} images at score >= {self.threshold.value():.2f}: green found, red "
+            f"missed, orange false positives ({len(gallery)} shown)"
+            if gallery
+            else "no missed objects or false positives to show"
+        )
+        self.gallery.clear()
+        self.gallery_requested.emit([(caption, path) for caption, path, _ in gallery])
+
+    def _fill_table(self, rows: list[dict], figures: tuple[str, ...], count: str) -> None:
+        """One row per class: its name, three ``figures`` and a ``count`` (right-aligned)."""
+        self.class_table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            values = [
+                printable(str(row.get("class", r))),
+                *(_number(row.get(key)) for key in figures),
+                str(row.get(count, "")),
+            ]
+            for c, value in enumerate(values):
+                item = QTableWidgetItem(value)
+                if c:
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                else:
+                    item.setToolTip(value)
+                self.class_table.setItem(r, c, item)
+        self.class_table.resizeRowsToContents()
+
+    def _detection_gallery(self) -> list[tuple[str, str, list]]:
+        """``(caption, path, boxes)`` of the worst images, matched at the threshold shown."""
+        from transferstudio.core.training.detection_metrics import errors_at
+
+        section = (self.report or {}).get(self.current_split()) or {}
+        out = []
+        for image in (section.get("worst_images") or [])[:GALLERY_SIZE]:
+            if not isinstance(image, dict) or "path" not in image:
+                continue
+            row = errors_at(image, self.threshold.value()) if "detections" in image else image
+            if not row.get("errors"):
+                continue
+            boxes = [
+                DrawnBox(*b[:4], "", colour)
+                for key, colour in (
+                    ("true", TRUE_BOX),
+                    ("missed", MISSED),
+                    ("false_positives", FALSE_POSITIVE),
+                )
+                for b in row.get(key, [])
+            ]
+            caption = f"{len(row['missed'])} missed, {len(row['false_positives'])} false +"
+            out.append((caption, str(image["path"]), boxes))
+        return out
+
     def show_gallery(self, images) -> None:
         """Thumbnails loaded off the GUI thread: ``[(caption, path, QImage), ...]``."""
         from transferstudio.gui.widgets import fill_thumbnails
@@ -338,6 +454,18 @@ class EvaluationPanel(QWidget):
 
 
 _SPLIT_NAMES = {"test": "Test split", "val": "Validation split"}
+
+
+def _pr_plot():
+    """An empty precision-recall plot (recall across, precision up, both 0..1)."""
+    plot = pg.PlotWidget(title="precision-recall at IoU 0.5")
+    plot.setBackground("w")
+    plot.setLabel("bottom", "recall")
+    plot.setLabel("left", "precision")
+    plot.setXRange(0, 1, padding=0.02)
+    plot.setYRange(0, 1.02, padding=0.02)
+    plot.setMouseEnabled(x=False, y=False)
+    return plot
 
 
 def _number(value: Any) -> str:

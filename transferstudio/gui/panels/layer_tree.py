@@ -65,6 +65,10 @@ class LayerTreePanel(QWidget):
         self.run_meta: dict | None = None  # checkpoint metadata of the run whose weights it holds
         self.built_for: tuple | None = None  # the key of the tree on show
         self.builds = 0  # models being built in the background
+        self.stages: tuple[str, ...] = ()  # the backbone's feature-map stages (detectors)
+        self.run_folder: Path | None = None  # the finished run whose weights the tree holds
+        self.export_host = None
+        """Set by the window: the plugin host a detection run's export rebuilds it with."""
         self.freeze_columns = True  # the method declares the tree (API 1.5): checks, presets
         self.wanted_key: Callable[[], tuple] | None = None
         """Set by the window: ``() -> key`` of the model it shows now (a build for an older
@@ -77,11 +81,11 @@ class LayerTreePanel(QWidget):
         presets.setContentsMargins(0, 0, 0, 0)
         train_all = named(QPushButton("Train all"), "tree.train_all")
         train_all.clicked.connect(lambda: self.apply_preset("all"))
-        head_only = named(QPushButton("Head only"), "tree.head_only")
+        self.head_only = head_only = named(QPushButton("Head only"), "tree.head_only")
         head_only.clicked.connect(lambda: self.apply_preset("head"))
         self.last_blocks = named(QSpinBox(), "tree.last_blocks", "blocks to unfreeze")
         self.last_blocks.setRange(1, 50)
-        last = named(QPushButton("Unfreeze last N"), "tree.unfreeze_last")
+        self.unfreeze_last = last = named(QPushButton("Unfreeze last N"), "tree.unfreeze_last")
         last.clicked.connect(lambda: self.apply_preset("last"))
         # Two rows: in one, the buttons were wider than the dock at 1366 px and were cut off.
         presets.addWidget(train_all, 0, 0)
@@ -129,9 +133,14 @@ class LayerTreePanel(QWidget):
         return self.tree_model is not None and self.built_for == key
 
     def rebuild(self, key: tuple, backbone_spec, crop: int) -> None:
-        """Build the classifier ``key = (backbone, classes, head dropout)`` and its tree off the
-        GUI thread; :attr:`wanted_key` decides, when it ends, whether it is still wanted."""
+        """Build the model ``key = (backbone, classes, head dropout, detector)`` and its tree
+        off the GUI thread; :attr:`wanted_key` decides, when it ends, whether it is still
+        wanted. ``detector`` (detection experiments) is the detector's recipe options as
+        ``(name, value)`` pairs; ``None`` builds a classifier."""
         self.summary.setText(f"building {key[0]} ...")
+
+        detector = dict(key[3]) if len(key) > 3 and key[3] is not None else None
+        self.stages = tuple(backbone_spec.stages)
 
         def build():
             import torch
@@ -139,7 +148,13 @@ class LayerTreePanel(QWidget):
             from transferstudio.core.models.build import build_classifier
             from transferstudio.core.models.layer_tree import build_tree
 
-            model = build_classifier(backbone_spec, None, key[1], dropout=key[2])
+            if detector is not None:  # a detection experiment: the whole detector
+                from transferstudio.core.models.detector import DetectorRecipe, build_detector
+
+                recipe = DetectorRecipe(backbone_spec.name, key[1], **detector)
+                model = build_detector(backbone_spec, None, recipe).eval()
+            else:
+                model = build_classifier(backbone_spec, None, key[1], dropout=key[2])
             tree = build_tree(model, torch.zeros(1, 3, crop, crop))
             return key, model, tree
 
@@ -157,8 +172,14 @@ class LayerTreePanel(QWidget):
         if self.wanted_key is not None and key != self.wanted_key():
             return  # the user picked something else meanwhile
         self.torch_model = model
+        # A detector's presets: its heads (pyramid, RPN, box head) always train, and "last N"
+        # counts the backbone's stages, as torchvision's trainable_backbone_layers does.
+        detector = len(key) > 3 and key[3] is not None
+        self.head_only.setText("Heads only" if detector else "Head only")
+        self.unfreeze_last.setText("Unfreeze last N stages" if detector else "Unfreeze last N")
         self.weights_source = INITIAL_WEIGHTS
         self.run_meta = None
+        self.run_folder = None
         sizes = {n: p.numel() for n, p in model.named_parameters()}
         self.tree_model = QtLayerTreeModel(tree, sizes, set(), self)
         self.tree_model.freeze_changed.connect(self._on_edited)
@@ -216,7 +237,11 @@ class LayerTreePanel(QWidget):
         from transferstudio.core.models.freeze_presets import preset_frozen
 
         frozen = preset_frozen(
-            kind, self.tree_model.param_sizes, self.tree_model.root, self.last_blocks.value()
+            kind,
+            self.tree_model.param_sizes,
+            self.tree_model.root,
+            self.last_blocks.value(),
+            self.stages,
         )
         self.tree_model.set_frozen(frozen)
 
@@ -275,6 +300,20 @@ class LayerTreePanel(QWidget):
             return
         self.weights_source = f"run {run_id} (best checkpoint)"
         self.run_meta = store.meta("best")
+        self.run_folder = Path(folder)
+
+    def _export_detection_run(self, module_path: str, fmt: str, target: Path) -> None:
+        from transferstudio.core.inference.detection_export import export_detection_run
+
+        folder, host = self.run_folder, self.export_host
+        run_in_background(
+            lambda: export_detection_run(
+                folder, fmt, target, host, folder.parent.parent, module_path, force=True
+            ),
+            self.exported.emit,
+            self.export_errored.emit,
+            self,
+        )
 
     def _tree_menu(self, position) -> None:
         index = self.view.indexAt(position)
@@ -296,6 +335,18 @@ class LayerTreePanel(QWidget):
         ``exported`` or ``export_errored``."""
         from transferstudio.core.inference.export import export_submodule
 
+        if self.run_meta is not None and self.run_meta.get("detector_recipe"):
+            # A detection run's detector: exported from its run and checked box by box on
+            # its validation images (core.inference.detection_export).
+            self._export_detection_run(module_path, fmt, target)
+            return
+        if hasattr(self.torch_model, "roi_heads"):
+            self.export_errored.emit(
+                "a detector is exported once trained: finish a run (its best weights then "
+                "show here), and every box of the file is checked on its validation images",
+                "",
+            )
+            return
         spec, model, run_meta = self.exporters[fmt], self.torch_model, self.run_meta
         metadata = {
             "module": module_path or "(whole model)",

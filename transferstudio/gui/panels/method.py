@@ -10,9 +10,13 @@ from typing import Any
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
 
+from transferstudio.api import TASK_CLASSIFICATION, TASK_DETECTION, TASKS
 from transferstudio.core.settings import experiment as X
 from transferstudio.gui.settings_form import SettingsForm
 from transferstudio.gui.widgets import named
+
+DEFAULT_METHODS = {TASK_CLASSIFICATION: "fine-tune", TASK_DETECTION: "detect"}
+"""The method a task starts with when the user picks it."""
 
 
 class MethodPanel(QWidget):
@@ -25,6 +29,7 @@ class MethodPanel(QWidget):
     :meth:`set_plan_patterns` read and write only those."""
 
     method_changed = Signal()
+    task_changed = Signal()
     params_changed = Signal()
     changed = Signal()
     form_rebuilt = Signal(object)  # the MethodSpec
@@ -35,12 +40,18 @@ class MethodPanel(QWidget):
         self.plan_check: Callable[[Any], None] | None = None
         """Set by the window: checks a method's settings against the model in the tree."""
         self.method_layout = QVBoxLayout(self)
+        # The task first: it decides which methods (and data formats) apply.
+        self.task_combo = named(QComboBox(), "task", "task")
+        for task in TASKS:
+            self.task_combo.addItem(task.capitalize(), task)
+        self.task_combo.setToolTip(
+            "What the experiment learns: one class per image (classification) or boxes around "
+            "objects (detection)"
+        )
+        self.task_combo.currentIndexChanged.connect(self._on_task_picked)
+        self.method_layout.addWidget(self.task_combo)
         self.method_combo = named(QComboBox(), "method.name", "method")
-        for spec in host.methods.values():
-            self.method_combo.addItem(spec.name, spec.name)
-            self.method_combo.setItemData(
-                self.method_combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole
-            )
+        self._fill_methods(TASK_CLASSIFICATION)
         self.method_combo.currentIndexChanged.connect(self._on_method_picked)
         self.method_layout.addWidget(self.method_combo)
         self.method_form: SettingsForm | None = None
@@ -56,10 +67,42 @@ class MethodPanel(QWidget):
 
     # ------------------------------------------------------------------ the experiment
 
+    def _fill_methods(self, task: str) -> None:
+        """The method list: the methods of ``task`` (``MethodSpec.task``, API 1.6)."""
+        self.method_combo.clear()
+        for spec in self.host.methods.values():
+            if spec.task != task:
+                continue
+            self.method_combo.addItem(spec.name, spec.name)
+            self.method_combo.setItemData(
+                self.method_combo.count() - 1, spec.description, Qt.ItemDataRole.ToolTipRole
+            )
+
+    def task(self) -> str:
+        """The experiment's task as shown."""
+        return self.task_combo.currentData() or TASK_CLASSIFICATION
+
+    def _on_task_picked(self) -> None:
+        if self._showing:
+            return
+        self._showing = True
+        try:
+            self._fill_methods(self.task())
+            preferred = DEFAULT_METHODS.get(self.task(), "")
+            self.method_combo.setCurrentIndex(max(self.method_combo.findData(preferred), 0))
+        finally:
+            self._showing = False
+        if self.method_combo.count():
+            self.rebuild_form()
+        self.task_changed.emit()
+        self.method_changed.emit()
+
     def show_experiment(self, exp: X.Experiment) -> None:
         self._showing = True
         try:
             self.train_form.set_values(dataclasses.asdict(exp.train))
+            self.task_combo.setCurrentIndex(max(self.task_combo.findData(exp.task), 0))
+            self._fill_methods(exp.task)
             self.method_combo.setCurrentIndex(max(self.method_combo.findData(exp.method), 0))
         finally:
             self._showing = False

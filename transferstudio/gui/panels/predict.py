@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSize, Signal
 from PySide6.QtWidgets import (
+    QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -21,10 +22,31 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from transferstudio.api import TASK_DETECTION
 from transferstudio.gui.widgets import fill_thumbnails, load_thumbnails, named, thumbnail_list
 from transferstudio.gui.worker import run_in_background
 
 RESULT_ICON_PX = 64
+SCORE_FLOOR = 0.05
+"""Detections kept from a prediction: the threshold control chooses among them."""
+
+
+def box_thumbnails(report, class_names: list[str], threshold: float) -> list:
+    """Thumbnails of a detector's images with their boxes at ``threshold`` drawn, captioned
+    with the boxes found (off the GUI thread)."""
+    from transferstudio.core.data.box_drawing import labelled_boxes
+
+    captions, boxes = [], {}
+    for image in report.images:
+        found = image.above(threshold)
+        lines = [f"{d.label} {d.score:.2f}" for d in found[:4]]
+        if len(found) > 4:
+            lines.append(f"... {len(found) - 4} more")
+        captions.append(("\n".join(lines) or "no boxes", image.path))
+        boxes[image.path] = labelled_boxes(
+            [(d.label, d.xmin, d.ymin, d.xmax, d.ymax) for d in found], class_names
+        )
+    return load_thumbnails(captions, boxes)
 
 
 class PredictPanel(QWidget):
@@ -43,6 +65,8 @@ class PredictPanel(QWidget):
         self.model_ref: str | None = None
         self.support: str | None = None
         self.last_report = None
+        self.class_names: list[str] | None = None  # the last model's, when it was a detector
+        self._redraw_generation = 0
         self.setAcceptDrops(True)
         layout = QVBoxLayout(self)
         self.model_label = named(
@@ -60,7 +84,15 @@ class PredictPanel(QWidget):
         self.top_k.setRange(1, 10)
         self.top_k.setValue(3)
         self.top_k.setPrefix("top ")
-        for widget in (self.bundle_button, self.images_button, self.folder_button, self.top_k):
+        self.score = named(QDoubleSpinBox(), "predict.score_threshold", "score threshold")
+        self.score.setRange(0.05, 0.95)
+        self.score.setSingleStep(0.05)
+        self.score.setValue(0.5)
+        self.score.setPrefix("score >= ")
+        self.score.setToolTip("detectors: the boxes scoring at least this are drawn and listed")
+        self.score.valueChanged.connect(self._redraw_boxes)
+        widgets = (self.bundle_button, self.images_button, self.folder_button, self.top_k)
+        for widget in (*widgets, self.score):
             row.addWidget(widget)
         layout.addLayout(row)
         support_row = QHBoxLayout()
@@ -160,11 +192,21 @@ class PredictPanel(QWidget):
         host, workspace = self.host, self.workspace
         self.status.setText(f"predicting {len(inputs)} item(s) ...")
 
+        threshold = self.score.value()
+
         def work():
             from transferstudio.core.inference.predict import gather_images, open_predictor, predict
 
             predictor = open_predictor(ref, host, workspace, support=support)
             paths, skipped = gather_images(inputs)
+            if predictor.task == TASK_DETECTION:
+                from transferstudio.core.inference.detection_predict import detect
+
+                # Every box from the floor up: the threshold then redraws without the model.
+                found = detect(predictor.model, predictor.class_names, paths, SCORE_FLOOR)
+                found.skipped[:0] = skipped
+                names = predictor.class_names
+                return found, box_thumbnails(found, names, threshold), names
             report = predict(predictor, paths, top_k)
             report.skipped[:0] = skipped + [
                 (path, f"support file: {why}") for path, why in predictor.support_skipped
@@ -176,14 +218,38 @@ class PredictPanel(QWidget):
                 )
                 for item in report.predictions
             ]
-            return report, load_thumbnails(captions)
+            return report, load_thumbnails(captions), None
 
         run_in_background(work, self._show, self._errored, self)
 
+    def _redraw_boxes(self) -> None:
+        """The last detector's boxes again, at the score threshold now chosen."""
+        report, names = self.last_report, self.class_names
+        if names is None or report is None:
+            return
+        threshold = self.score.value()
+        self._redraw_generation += 1
+        generation = self._redraw_generation
+
+        def show(thumbnails) -> None:
+            if generation == self._redraw_generation:
+                fill_thumbnails(self.results, thumbnails)
+
+        run_in_background(
+            lambda: box_thumbnails(report, names, threshold), show, self._errored, self
+        )
+
     def _show(self, outcome) -> None:
-        report, thumbnails = outcome
+        report, thumbnails, self.class_names = outcome
         self.last_report = report
         fill_thumbnails(self.results, thumbnails)
+        if self.class_names is not None:  # a detector
+            text = f"{len(report.images)} image(s) searched for {', '.join(self.class_names)}"
+            if report.skipped:
+                text += f", {len(report.skipped)} skipped"
+            self.status.setText(text)
+            self.finished.emit(report)
+            return
         text = f"{len(report.predictions)} image(s) classified"
         if report.skipped:
             reasons = "; ".join(f"{Path(p).name}: {why}" for p, why in report.skipped[:5])

@@ -33,7 +33,7 @@ CURVE_REFRESH_MS = 1000
 costs the GUI thread about 6 ms of Python (it holds the GIL the training thread needs), and on
 a 2-core machine every wake-up of the GUI thread stalls one of torch's two threads (issue 18's
 measurement, docs/benchmarks.md 3e)."""
-EPOCH_CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
+EPOCH_CURVES = ("train_loss", "val_loss", "train_acc", "val_acc", "val_map50", "val_map")
 PROCESSES_TIP = (
     "More than 1 runs the experiment under torchrun with DistributedDataParallel: one process "
     "per GPU (NCCL), or CPU processes (Gloo). The batch size stays the global batch and must be "
@@ -130,9 +130,11 @@ class TrainingPanel(QWidget):
         """A resumed run's curves start with the epochs it had already done (``metrics`` as
         ``RunStore.epoch_metrics`` gives them)."""
         for split, prefix in (("train", "train"), ("val", "val")):
-            for name, key in (("loss", "loss"), ("accuracy", "acc")):
+            for name, key in (("loss", "loss"), ("accuracy", "acc"), ("map50", "map50")):
                 for epoch, value in metrics.get(split, {}).get(name, []):
                     self.curves.append(f"{prefix}_{key}", epoch + 1, value)
+        for epoch, value in metrics.get("val", {}).get("map", []):
+            self.curves.append("val_map", epoch + 1, value)
         self.schedule_redraw(*EPOCH_CURVES)
 
     def on_run_started(self, event: E.RunStarted) -> None:
@@ -181,6 +183,10 @@ class TrainingPanel(QWidget):
         self.curves.append("val_loss", x, ev.val.get("loss", float("nan")))
         self.curves.append("train_acc", x, ev.train.get("accuracy", float("nan")))
         self.curves.append("val_acc", x, ev.val.get("accuracy", float("nan")))
+        if "map50" in ev.val:  # a detector: mean average precision in place of accuracy
+            self.curves.append("val_map50", x, ev.val["map50"])
+            self.curves.append("val_map", x, ev.val.get("map", float("nan")))
+            self.curves.plots["accuracy"].setTitle("mAP (validation)")
         for key, value in ev.val.items():
             if key.startswith("diag_"):
                 self.curves.append_diagnostic(f"val {key[len('diag_') :]}", x, value)

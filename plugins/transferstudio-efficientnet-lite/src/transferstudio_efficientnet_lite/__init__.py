@@ -17,7 +17,7 @@ from __future__ import annotations
 from transferstudio.api import BackboneSpec, Preprocessing, hookimpl
 
 __version__ = "0.1.0"
-TRANSFERSTUDIO_API_VERSION = "1.2"
+TRANSFERSTUDIO_API_VERSION = "1.6"
 
 LITE0_FEATURES = 1280
 TF_STYLE = Preprocessing(
@@ -55,5 +55,7 @@ def transferstudio_backbones():
             "published), mobile-friendly; ImageNet weights shipped with the plugin",
             approx_params=4_652_008,
             packaged_weights=lite0_weights_file,
+            # The last block at strides 4, 8, 16 and 32: what a detector's pyramid takes.
+            stages=("_blocks.2", "_blocks.4", "_blocks.10", "_blocks.15"),
         )
     ]
