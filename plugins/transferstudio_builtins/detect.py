@@ -76,8 +76,10 @@ class DetectParams(FineTuneParams):
 
     def detector_options(self) -> dict:
         """What ``ctx.build_detector`` takes."""
+        # torchvision picks a size at random in training and evaluates at the last one: the
+        # configured size goes last, so that evaluation and prediction run at min_size.
         sizes = (
-            tuple(round(self.min_size * f) for f in (0.8, 0.9, 1.0, 1.1, 1.2))
+            tuple(round(self.min_size * f) for f in (0.8, 0.9, 1.1, 1.2, 1.0))
             if self.scale_jitter
             else (self.min_size,)
         )

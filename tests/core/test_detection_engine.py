@@ -73,7 +73,10 @@ def test_a_detection_run_reports_map_and_each_loss_term(shapes, tmp_path):
     header = (result.folder / "metrics.csv").read_text().splitlines()[0]
     for term in LOSSES:
         assert f"train_{term}" in header
+    batches = [e for e in state.events if isinstance(e, E.BatchEnded)]
+    assert batches[0].images == 4  # a detection batch counts its images (the ETA's images/s)
     epochs = [e for e in state.events if isinstance(e, E.EpochEnded)]
+
     assert len(epochs) == 2 and all(set(LOSSES) <= set(e.train) for e in epochs)
     splits = json.loads((result.folder / "splits.json").read_text())
     assert splits["task"] == "detection"

@@ -272,7 +272,7 @@ class TrainingRun:
                     "stopped and the last good checkpoint is kept. Try a lower learning rate "
                     "(train.lr), gradient clipping (train.grad_clip) or fp32 precision"
                 )
-            n = out.targets.numel() if out.targets is not None else 1
+            n = out.targets.numel() if out.targets is not None else _images_in(batch)
             loss_sum += loss_value * n
             n_seen += n
             for key, value in out.logs.items():
@@ -461,6 +461,14 @@ class TrainingRun:
         self.log.close()
         self.session.close(together=not self.failed)
         self.files.close()  # the run's lock: released only once nothing more is written
+
+
+def _images_in(batch: Any) -> int:
+    """The images of a batch whose step reports no targets: a detection batch is a list of
+    images and a list of targets (1 when the batch has another shape)."""
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], list | tuple):
+        return max(len(batch[0]), 1)
+    return 1
 
 
 def _count_correct(out: StepOutput, correct: int, counted: int) -> tuple[int, int]:
