@@ -115,3 +115,32 @@ def test_unknown_detector_options_are_named():
     assert DetectorRecipe.from_dict(recipe.to_dict()) == recipe
     with pytest.raises(TypeError, match="min_szie"):
         detector_recipe(session, "faster_rcnn", {"min_szie": 100})
+
+
+def test_detectors_built_on_several_threads_at_once_all_build():
+    """torch.fx patches Module.__call__ process-wide while it traces; EfficientNet-Lite0 (its
+    blocks share one activation module) failed 3 builds in 4 when traced on threads at once,
+    as the window's tree and a run do."""
+    import threading
+
+    from transferstudio.core.models.detector import stage_body
+    from transferstudio.core.plugins.host import load_plugins
+
+    host = load_plugins()
+    if "efficientnet_lite0" not in host.backbones:
+        pytest.skip("the EfficientNet-Lite plugin is not installed (python3 tasks.py installs it)")
+    spec = host.backbone("efficientnet_lite0")
+    errors: list[str] = []
+
+    def build() -> None:
+        try:
+            stage_body(spec, None, 3)
+        except ExperimentError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

@@ -10,6 +10,7 @@ The images' normalisation is the backbone's own preprocessing (its mean and std)
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -70,6 +71,9 @@ class PyramidBackbone(nn.Module):
         return self.fpn(self.body(x))
 
 
+_TRACING = threading.Lock()
+"""Held while torch.fx traces a backbone (see :func:`stage_body`)."""
+
 DEFAULT_TRAINABLE_STAGES = 3
 """Backbone stages a new detection experiment trains (torchvision's ``trainable_backbone_layers``
 default for pretrained backbones): the earlier ones, and the stem, stay frozen."""
@@ -105,7 +109,11 @@ def stage_body(spec: BackboneSpec, weights_file: Path | None, levels: int) -> nn
     network = build_backbone(spec, weights_file)
     stages = spec.stages[-levels:]
     try:
-        with warnings.catch_warnings():
+        # torch.fx patches torch.nn.Module.__call__ for the whole process while it traces: two
+        # traces at once (the window builds its layer tree on a worker thread while a run
+        # builds its detector on another) break each other ("module is not installed as a
+        # submodule"). One trace at a time.
+        with _TRACING, warnings.catch_warnings():
             # torchvision notes that eval-mode graphs may have fewer nodes than training ones;
             # the stages are modules, present in both, so the note is noise to a user.
             warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train")
