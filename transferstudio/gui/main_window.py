@@ -466,7 +466,12 @@ class MainWindow(FilesMixin, TreeMixin, RunMixin, QMainWindow):
         self.act_resume.setEnabled(not running and self.runs.selected_resumable())
         if not running:
             self.act_pause.setChecked(False)
-        for widget in (self.data_path, self.backbone_combo, self.method_combo):
+        for widget in (
+            self.data_path,
+            self.backbone_combo,
+            self.method_combo,
+            self.method_panel.task_combo,
+        ):
             widget.setEnabled(not running)
         method = self.method_panel.spec()
         distributed = method is not None and method.distributed

@@ -31,7 +31,10 @@ class TreeMixin:
         form = self.method_panel.method_form
         if not self._syncing and self.tree_model is not None and form.validate():
             if self._detector_options() is not None:
-                self._rebuild_tree()  # the detector's shape may have changed (pyramid levels)
+                # The detector's shape may have changed (pyramid levels). Not during a run:
+                # building one traces with torch.fx, which breaks modules running elsewhere.
+                if not self.controller.running:
+                    self._rebuild_tree()
             else:
                 self._apply_plan_to_tree()
         self.model_panel.set_bn_mode(self.method_panel.bn_mode())

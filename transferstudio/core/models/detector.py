@@ -71,8 +71,11 @@ class PyramidBackbone(nn.Module):
         return self.fpn(self.body(x))
 
 
-_TRACING = threading.Lock()
-"""Held while torch.fx traces a backbone (see :func:`stage_body`)."""
+TRACING = threading.RLock()
+"""Held while torch.fx traces a backbone (see :func:`stage_body`). While a trace runs, fx has
+``torch.nn.Module.__call__`` patched for the whole process, so a module run on another thread
+fails ("module is not installed as a submodule"): code that runs a detector while other threads
+may build one (the window's layer tree) holds it around both."""
 
 DEFAULT_TRAINABLE_STAGES = 3
 """Backbone stages a new detection experiment trains (torchvision's ``trainable_backbone_layers``
@@ -113,7 +116,7 @@ def stage_body(spec: BackboneSpec, weights_file: Path | None, levels: int) -> nn
         # traces at once (the window builds its layer tree on a worker thread while a run
         # builds its detector on another) break each other ("module is not installed as a
         # submodule"). One trace at a time.
-        with _TRACING, warnings.catch_warnings():
+        with TRACING, warnings.catch_warnings():
             # torchvision notes that eval-mode graphs may have fewer nodes than training ones;
             # the stages are modules, present in both, so the note is noise to a user.
             warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train")

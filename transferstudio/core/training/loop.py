@@ -228,7 +228,10 @@ class TrainingRun:
         )
         self.log.write(
             f"epoch {epoch + 1}/{exp.train.epochs}: train loss "
-            f"{train_metrics['loss']:.4f} acc {train_metrics.get('accuracy', 0):.4f}; val "
+            f"{train_metrics['loss']:.4f}"
+            # Accuracy only where the method reports classes (not a detector's boxes).
+            + (f" acc {train_metrics['accuracy']:.4f}" if "accuracy" in train_metrics else "")
+            + "; val "
             + " ".join(
                 f"{k} {v:.4f}"
                 for k, v in val_metrics.items()

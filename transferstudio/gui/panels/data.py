@@ -305,7 +305,7 @@ class DataPanel(QWidget):
         self.scanned.emit(result)
         index = {c: i for i, c in enumerate(result.classes)}
         items, boxes = [], {}
-        for sample in result.splits.get("train", [])[: THUMBNAILS_PER_CLASS * 3]:
+        for sample in _thumbnail_samples(result.splits.get("train", []), result.classes):
             labels = sorted({b.label for b in sample.boxes})
             items.append((", ".join(labels) or "no boxes", sample.path))
             boxes[sample.path] = [
@@ -331,3 +331,15 @@ class DataPanel(QWidget):
         self.data_error = message
         self.scan_label.setText(f"cannot use this data: {message}")
         self.scan_failed.emit(message)
+
+
+def _thumbnail_samples(samples, classes, per_class: int = THUMBNAILS_PER_CLASS) -> list:
+    """A few detection images to show: up to ``per_class`` holding each class (images with
+    several objects first), then one negative, so the thumbnails show boxes of every class."""
+    chosen: list = []
+    for name in classes:
+        holding = [s for s in samples if s not in chosen and any(b.label == name for b in s.boxes)]
+        holding.sort(key=lambda s: -len(s.boxes))
+        chosen += holding[:per_class]
+    chosen += [s for s in samples if not s.boxes][:1]
+    return chosen

@@ -137,7 +137,10 @@ class MethodPanel(QWidget):
         if params is not None and isinstance(params, spec.params):
             self.method_form.set_values(dataclasses.asdict(params))
         self.method_form.changed.connect(self.params_changed)
-        self.method_layout.insertWidget(1, self.method_form)
+        # Below the task and method lists.
+        self.method_layout.insertWidget(
+            self.method_layout.indexOf(self.method_combo) + 1, self.method_form
+        )
         self.form_rebuilt.emit(spec)
 
     def _check_plan(self, params: Any) -> None:
