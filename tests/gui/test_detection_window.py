@@ -137,3 +137,21 @@ def test_a_finished_detection_run_exports_from_the_tree_checked_box_by_box(
     outcome = exported.args[0]
     assert outcome.boxes_compared and outcome.min_iou >= 0.99
     assert (tmp_path / "detector.pt").is_file()
+
+
+def test_the_accuracy_plot_becomes_an_map_plot_for_a_detection_run_and_back(qtbot):
+    from transferstudio.gui.plots import TrainingCurves
+
+    curves = TrainingCurves()
+    qtbot.addWidget(curves)
+
+    def legend() -> list[str]:
+        return [label.text for _, label in curves.plots["accuracy"].getPlotItem().legend.items]
+
+    assert legend() == ["train", "val"]  # a classification run's plot has no mAP entries
+    curves.show_map(True)
+    assert legend() == ["val mAP@0.5", "val mAP@[.5:.95]"]
+    assert curves.plots["accuracy"].getPlotItem().titleLabel.text == "mAP (validation)"
+    curves.clear()
+    assert legend() == ["train", "val"]
+    assert curves.plots["accuracy"].getPlotItem().titleLabel.text == "accuracy"

@@ -91,6 +91,29 @@ class TrainingCurves(QWidget):
         layout.addWidget(self.plots["loss"], 0, 0)
         layout.addWidget(self.plots["accuracy"], 0, 1)
         self._place_lower_row()
+        self.show_map(False)  # mAP entries join the legend when a detection run reports them
+
+    MAP_KEYS = ("val_map50", "val_map")
+    ACCURACY_KEYS = ("train_acc", "val_acc")
+
+    def show_map(self, detection: bool) -> None:
+        """The accuracy plot as a detection run's mAP plot (title and legend), or back."""
+        plot = self.plots["accuracy"]
+        plot.setTitle("mAP (validation)" if detection else "accuracy")
+        legend = plot.getPlotItem().legend
+        if legend is None:
+            return
+        shown, hidden = (
+            (self.MAP_KEYS, self.ACCURACY_KEYS)
+            if detection
+            else (self.ACCURACY_KEYS, self.MAP_KEYS)
+        )
+        names = {key: label for entries in self.SERIES.values() for label, key, _ in entries}
+        for key in hidden:
+            legend.removeItem(self.curves[key])
+        for key in shown:
+            if not any(sample.item is self.curves[key] for sample, _ in legend.items):
+                legend.addItem(self.curves[key], names[key])
 
     def _place_lower_row(self) -> None:
         """Learning rate across the lower row, or beside the diagnostics once there are some."""
@@ -164,7 +187,7 @@ class TrainingCurves(QWidget):
             self.curves[key].setData([], [])
         for plot in self.plots.values():
             plot.enableAutoRange(x=True)
-        self.plots["accuracy"].setTitle("accuracy")  # a detection run had made it "mAP"
+        self.show_map(False)  # a detection run had made it an mAP plot
         # Diagnostics belong to one run's method: drop their series and the plot.
         for key in self.diagnostic_keys():
             del self.series[key], self.curves[key]

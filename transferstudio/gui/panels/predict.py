@@ -7,6 +7,7 @@ Reading the model, decoding and predicting run on the thread pool; the panel onl
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Signal
@@ -43,9 +44,14 @@ def box_thumbnails(report, class_names: list[str], threshold: float) -> list:
         if len(found) > 4:
             lines.append(f"... {len(found) - 4} more")
         captions.append(("\n".join(lines) or "no boxes", image.path))
-        boxes[image.path] = labelled_boxes(
-            [(d.label, d.xmin, d.ymin, d.xmax, d.ymax) for d in found], class_names
-        )
+        # No captions on the box: at thumbnail size they hide the object; the text beside
+        # the thumbnail lists them.
+        boxes[image.path] = [
+            dataclasses.replace(box, caption="")
+            for box in labelled_boxes(
+                [(d.label, d.xmin, d.ymin, d.xmax, d.ymax) for d in found], class_names
+            )
+        ]
     return load_thumbnails(captions, boxes)
 
 

@@ -186,7 +186,7 @@ class TrainingPanel(QWidget):
         if "map50" in ev.val:  # a detector: mean average precision in place of accuracy
             self.curves.append("val_map50", x, ev.val["map50"])
             self.curves.append("val_map", x, ev.val.get("map", float("nan")))
-            self.curves.plots["accuracy"].setTitle("mAP (validation)")
+            self.curves.show_map(True)
         for key, value in ev.val.items():
             if key.startswith("diag_"):
                 self.curves.append_diagnostic(f"val {key[len('diag_') :]}", x, value)
@@ -243,7 +243,8 @@ def epoch_line(ev: E.EpochEnded) -> str:
     """The window log's line for an ended epoch: its figures at a glance."""
 
     def figures(split: dict[str, float]) -> str:
-        shown = [f"{k} {split[k]:.4f}" for k in ("loss", "accuracy") if k in split]
+        keys = ("loss", "accuracy", "map50", "map")  # detectors report mAP, not accuracy
+        shown = [f"{k} {split[k]:.4f}" for k in keys if k in split]
         return ", ".join(shown) or "-"
 
     best = " (best so far)" if ev.improved else ""
