@@ -125,6 +125,10 @@ def test_a_finished_detection_run_exports_from_the_tree_checked_box_by_box(
     result = run_experiment(exp, load_plugins(autoload=False), PlainState(), tmp_path / "ws")
     assert result.status == "completed", result.message
     win = open_window(detection_experiment(shapes))
+    win.refresh_runs()
+    win.runs_table.selectRow(0)  # the run's curve in Runs: validation mAP, not accuracy
+    assert win.runs.overlay_plot.getPlotItem().titleLabel.text == "val mAP@0.5 of selected runs"
+    assert len(win.runs.overlay_plot.getPlotItem().listDataItems()) == 1
     tree = win.layer_tree
     errors = []
     tree.export_errored.connect(lambda message, details: errors.append(message))

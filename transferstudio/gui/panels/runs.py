@@ -132,9 +132,14 @@ class RunsPanel(QWidget):
 
         self.overlay_plot.clear()
         store = RunStore(self.workspace)
+        metrics = set()
         for k, run_id in enumerate(self.selected_ids()):
-            points = store.epoch_metrics(run_id).get("val", {}).get("accuracy", [])
+            val = store.epoch_metrics(run_id).get("val", {})
+            # A detection run has no accuracy: its curve is validation mAP@0.5.
+            metric = "accuracy" if "accuracy" in val or "map50" not in val else "map50"
+            points = val.get(metric, [])
             if points:
+                metrics.add("mAP@0.5" if metric == "map50" else metric)
                 xs, ys = zip(*points, strict=True)
                 self.overlay_plot.plot(
                     [x + 1 for x in xs],
@@ -146,6 +151,8 @@ class RunsPanel(QWidget):
                     symbolSize=6,
                     symbolBrush=pg.intColor(k),
                 )
+        shown = " / ".join(sorted(metrics)) or "accuracy"
+        self.overlay_plot.setTitle(f"val {shown} of selected runs")
 
     def _menu(self, position) -> None:
         menu = QMenu(self)
