@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from _common import SHARED_DATA, OtherLoad, describe_machine, machine, missing_shared_data
 
+from transferstudio.api import TransferStudioError
 from transferstudio.core.plugins.host import load_plugins
 from transferstudio.core.progress import events as E
 from transferstudio.core.settings.experiment import from_mapping
@@ -231,15 +232,19 @@ def export_agreement(folder: str, workspace: Path) -> list[dict]:
     for fmt in ("torchscript", "onnx"):
         target = workspace / f"raccoon.{fmt}"
         started = time.monotonic()
-        result, check = export_detector(
-            host.exporters[fmt],
-            detector,
-            target,
-            {},
-            images,
-            recipe["score_threshold"],
-            recipe["detections_per_image"],
-        )
+        try:
+            result, check = export_detector(
+                host.exporters[fmt],
+                detector,
+                target,
+                {},
+                images,
+                recipe["score_threshold"],
+                recipe["detections_per_image"],
+            )
+        except TransferStudioError as exc:  # the check refused the file: a finding to report
+            rows.append({"format": fmt, "refused": str(exc)})
+            continue
         rows.append(
             {
                 "format": fmt,
@@ -316,6 +321,9 @@ def print_tables(out: dict) -> None:
         print("\n| format | test images | detections matched | min IoU | max score diff |")
         print("|---|---|---|---|---|")
         for r in out["exports"]:
+            if "refused" in r:
+                print(f"| {r['format']} | refused: {r['refused']} | | | |")
+                continue
             print(
                 f"| {r['format']} | {r['test_images']} | {r['detections_matched']} | "
                 f"{r['min_iou']:.6f} | {r['max_score_diff']:.2g} |"
