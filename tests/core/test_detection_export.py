@@ -15,6 +15,7 @@ import torch
 from tests.core.test_detection_engine import detection_experiment
 from transferstudio.api import ExporterSpec, TransferStudioError
 from transferstudio.core.data.detection_demo import generate_detection_data
+from transferstudio.core.inference import detection_check as DC
 from transferstudio.core.inference import detection_export as DX
 from transferstudio.core.inference.export import export_run
 from transferstudio.core.plugins.host import load_plugins, plugin_from_namespace
@@ -77,8 +78,8 @@ def test_a_detector_export_is_verified_box_by_box(written, fmt):
     assert path.is_file() and result.path == path and result.format == fmt
     assert result.val_images == 4  # the run's whole validation split
     assert result.boxes_compared > 0
-    assert result.min_iou >= DX.MIN_IOU
-    assert result.max_score_diff <= DX.SCORE_TOLERANCE
+    assert result.min_iou >= DC.MIN_IOU
+    assert result.max_score_diff <= DC.SCORE_TOLERANCE
     assert "crop of the first image" in result.note
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
@@ -120,11 +121,11 @@ def test_the_onnx_file_takes_an_image_of_another_size(written, detector, new_ima
     found = DX.load_onnx(written["onnx"][1])([image])[0]
     with torch.no_grad():
         expected = detector([image])[0]
-        with DX._all_candidates(detector):
+        with DC._all_candidates(detector):
             candidates = detector([image])[0]
-    check = DX.BoxCheck()
-    assert DX.compare_image(expected, found, 0.05, 100, check, candidates) == ""
-    assert check.boxes_compared > 0 and check.min_iou >= DX.MIN_IOU
+    check = DC.BoxCheck()
+    assert DC.compare_image(expected, found, 0.05, 100, check, candidates) == ""
+    assert check.boxes_compared > 0 and check.min_iou >= DC.MIN_IOU
 
 
 def test_a_bundle_reopens_as_the_same_detector(
@@ -253,44 +254,44 @@ C = [100.0, 100.0, 140.0, 150.0]
 
 
 def test_identical_detections_match_with_their_figures():
-    check = DX.BoxCheck()
+    check = DC.BoxCheck()
     ref = dets([A, C], [1, 2], [0.9, 0.6])
     out = dets([C, A], [2, 1], [0.6004, 0.9])
-    assert DX.compare_image(ref, out, 0.05, 100, check) == ""
+    assert DC.compare_image(ref, out, 0.05, 100, check) == ""
     assert check.boxes_compared == 2 and check.min_iou == 1.0
     assert check.max_score_diff == pytest.approx(4e-4, abs=1e-6)
 
 
 def test_another_label_or_a_moved_box_has_no_counterpart():
     ref = dets([A], [1], [0.9])
-    assert "no counterpart" in DX.compare_image(
-        ref, dets([A], [2], [0.9]), 0.05, 100, DX.BoxCheck()
+    assert "no counterpart" in DC.compare_image(
+        ref, dets([A], [2], [0.9]), 0.05, 100, DC.BoxCheck()
     )
-    moved = DX.compare_image(ref, dets([D], [1], [0.9]), 0.05, 100, DX.BoxCheck())
+    moved = DC.compare_image(ref, dets([D], [1], [0.9]), 0.05, 100, DC.BoxCheck())
     assert "no counterpart in the export (best IoU 0.33" in moved
 
 
 def test_a_detection_only_the_export_finds_is_refused_above_the_margin():
     ref = dets([A], [1], [0.9])
-    assert "finds 1 detection(s)" in DX.compare_image(
-        ref, dets([A, C], [1, 2], [0.9, 0.2]), 0.05, 100, DX.BoxCheck()
+    assert "finds 1 detection(s)" in DC.compare_image(
+        ref, dets([A, C], [1, 2], [0.9, 0.2]), 0.05, 100, DC.BoxCheck()
     )
     # At the threshold, rounding decides whether a detection is kept.
-    assert DX.compare_image(ref, dets([A, C], [1, 2], [0.9, 0.055]), 0.05, 100, DX.BoxCheck()) == ""
+    assert DC.compare_image(ref, dets([A, C], [1, 2], [0.9, 0.055]), 0.05, 100, DC.BoxCheck()) == ""
 
 
 def test_a_near_equal_swap_is_excused_only_for_a_box_the_detector_proposed():
     ref = dets([A], [1], [0.5])
     out = dets([B], [1], [0.5002])  # suppression kept B over A: the scores differ by rounding
     proposed = dets([A, B], [1, 1], [0.5, 0.5001])
-    check = DX.BoxCheck()
-    assert DX.compare_image(ref, out, 0.05, 100, check, proposed) == ""
+    check = DC.BoxCheck()
+    assert DC.compare_image(ref, out, 0.05, 100, check, proposed) == ""
     assert check.excused == 1 and check.unverified == []
-    unproposed = DX.BoxCheck()
-    assert DX.compare_image(ref, out, 0.05, 100, unproposed, dets([A], [1], [0.5])) == ""
+    unproposed = DC.BoxCheck()
+    assert DC.compare_image(ref, out, 0.05, 100, unproposed, dets([A], [1], [0.5])) == ""
     assert len(unproposed.unverified) == 1  # counted: check_detections allows a few only
     far_apart = dets([B], [1], [0.7])  # not near-equal: not rounding
-    assert "no counterpart" in DX.compare_image(ref, far_apart, 0.05, 100, DX.BoxCheck(), proposed)
+    assert "no counterpart" in DC.compare_image(ref, far_apart, 0.05, 100, DC.BoxCheck(), proposed)
 
 
 def test_check_detections_refuses_many_unproposed_swaps():
@@ -301,6 +302,6 @@ def test_check_detections_refuses_many_unproposed_swaps():
             return [ref for _ in images]
 
     images = [(f"image {i}", torch.zeros(3, 8, 8)) for i in range(3)]
-    check = DX.check_detections(Stub(), lambda images: [out for _ in images], images, 0.05, 100)
+    check = DC.check_detections(Stub(), lambda images: [out for _ in images], images, 0.05, 100)
     assert "3 detections are swapped for boxes the detector did not propose" in check.problem
     assert "image 0" in check.problem
