@@ -133,4 +133,5 @@ DETECT = MethodSpec(
     data_roles=(ROLE_DETECTION,),
     layer_tree=LayerTreeSpec(module="detector"),
     task=TASK_DETECTION,
+    distributed=True,
 )

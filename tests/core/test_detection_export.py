@@ -61,13 +61,15 @@ def written(detection_run, module_host, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def new_image(tmp_path_factory):
-    """An image of shapes the run never saw, at a size none of its images has (120 x 88)."""
+    """An image of shapes the run never saw, at a size none of its images has (121 x 88): one
+    whose resize torchvision computes as 128 x 93 in Python but 127 x 93 when scripted (see
+    ``detector_resize``), which moved every box of the TorchScript file."""
     from torchvision.transforms.v2 import functional as F
 
     from transferstudio.core.data.images import load_rgb
 
     folder = tmp_path_factory.mktemp("new-image")
-    generate_detection_data(folder, images=1, seed=7, width=120, height=88)
+    generate_detection_data(folder, images=1, seed=7, width=121, height=88)
     pixels = F.pil_to_tensor(load_rgb(folder / "images" / "0000.png"))
     return F.to_dtype(pixels, torch.float32, scale=True)
 

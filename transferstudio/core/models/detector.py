@@ -23,9 +23,9 @@ from transferstudio.api import BackboneSpec, ExperimentError
 from transferstudio.core.models.build import build_backbone
 
 ARCHITECTURES = ("faster_rcnn",)
+"""Detector architectures :func:`build_detector` builds."""
 BODY = "backbone.body"
 """Where the backbone network sits in a detector (torchvision's layout)."""
-"""Detector architectures :func:`build_detector` builds."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,8 @@ def build_detector(
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
+    from transferstudio.core.models.detector_resize import exact_resize
+
     if recipe.architecture not in ARCHITECTURES:
         raise ExperimentError(
             f"detector {recipe.architecture!r} is not one of {', '.join(ARCHITECTURES)}",
@@ -172,7 +174,7 @@ def build_detector(
         sampling_ratio=2,
     )
     pre = spec.preprocessing
-    return FasterRCNN(
+    detector = FasterRCNN(
         backbone,
         num_classes=recipe.num_classes + 1,  # torchvision counts the background as class 0
         min_size=recipe.min_size,
@@ -184,6 +186,8 @@ def build_detector(
         box_score_thresh=recipe.score_threshold,
         box_detections_per_img=recipe.detections_per_image,
     )
+    # The same image size in Python, TorchScript and ONNX (torchvision's differs by a pixel).
+    return exact_resize(detector)
 
 
 def detector_from_recipe(

@@ -18,12 +18,14 @@ MISTAKES_SHOWN = 60
 """How many of the most confident wrong predictions a report keeps for the window's gallery."""
 
 
-def shares_evaluation(method: TransferMethod) -> bool:
-    """Whether processes share an evaluation split out: only for a method that keeps the
-    default batches (``ctx.loader``) and has no evaluation of its own."""
+def shares_evaluation(method: TransferMethod, task: str) -> bool:
+    """Whether processes share an evaluation split out: only for a classification method that
+    keeps the default batches (``ctx.loader``) and has no evaluation of its own (detection
+    batches are lists of images, evaluated whole in every process)."""
     kind = type(method)
     return (
-        kind.eval_batches is TransferMethod.eval_batches
+        task != TASK_DETECTION
+        and kind.eval_batches is TransferMethod.eval_batches
         and kind.evaluate is TransferMethod.evaluate
     )
 
@@ -49,7 +51,7 @@ class Evaluator:
             return ClassificationReport({k: float(v) for k, v in custom.items()}, [], [])
         if s.exp.task == TASK_DETECTION:
             return self._evaluate_detection(split)
-        if shared and shares_evaluation(s.method):
+        if shared and shares_evaluation(s.method, s.exp.task):
             return self._evaluate_shared(split)
         acc = MetricAccumulator(len(s.scan.classes), s.scan.classes)
         predictions: list[torch.Tensor] = []

@@ -179,7 +179,7 @@ class TrainingRun:
         s.seed_epoch(epoch)
         trainable_changed = s.method.on_epoch_start(epoch, s.ctx)
         if s.dist.enabled:
-            s.replicate_once(trainable_changed, shares_evaluation(s.method))
+            s.replicate_once(trainable_changed, shares_evaluation(s.method, exp.task))
         if trainable_changed or s.optimizer is None:
             s.rebuild_optimizer()
         t0 = time.monotonic()
