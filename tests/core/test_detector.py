@@ -15,6 +15,7 @@ from transferstudio.core.models.detector import (
     build_detector,
     freeze_up_to_for,
 )
+from transferstudio.core.models.stage_outputs import Pruned
 from transferstudio.core.training.context import detector_recipe
 
 
@@ -50,7 +51,9 @@ def test_a_third_party_backbone_with_stages_carries_a_detector():
     detector = build_detector(TINY, None, recipe)
     names = {n for n, _ in detector.named_modules()}
     assert {"backbone.body.block1", "backbone.body.block2", "backbone.fpn", "rpn"} <= names
-    assert "backbone.body.fc" not in names  # cut at the last stage
+    # Cut at the last stage: the classifier and pooling stay as weightless stand-ins.
+    assert isinstance(detector.get_submodule("backbone.body.fc"), Pruned)
+    assert not [n for n, _ in detector.named_parameters() if n.startswith("backbone.body.fc")]
     images, targets = _images_and_targets()
     losses = detector.train()(images, targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
@@ -118,9 +121,8 @@ def test_unknown_detector_options_are_named():
 
 
 def test_detectors_built_on_several_threads_at_once_all_build():
-    """torch.fx patches Module.__call__ process-wide while it traces; EfficientNet-Lite0 (its
-    blocks share one activation module) failed 3 builds in 4 when traced on threads at once,
-    as the window's tree and a run do."""
+    """Builds on several threads at once, as the window's tree and a run do. With the torch.fx
+    cut, EfficientNet-Lite0 (its blocks share one activation module) failed 3 builds in 4."""
     import threading
 
     from transferstudio.core.models.detector import stage_body
@@ -144,3 +146,57 @@ def test_detectors_built_on_several_threads_at_once_all_build():
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_a_model_runs_on_one_thread_while_detectors_are_built_on_another():
+    """The stage cut uses forward hooks, not a torch.fx trace, which patched
+    Module.__call__ for the whole process while it traced: a run training on its thread failed
+    when the window built a detector for its layer tree at that moment."""
+    import threading
+
+    from transferstudio.core.models.detector import stage_body
+    from transferstudio.core.plugins.host import load_plugins
+
+    spec = load_plugins(autoload=False).backbone("mobilenet_v3_small")
+    running = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+    errors: list[str] = []
+    building = threading.Event()
+
+    def build() -> None:
+        try:
+            for _ in range(3):
+                stage_body(spec, None, 3)
+        finally:
+            building.set()
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    forwards = 0
+    while not building.is_set():
+        try:
+            running(torch.rand(2, 3, 16, 16))
+            forwards += 1
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(f"{type(exc).__name__}: {exc}")
+    builder.join()
+    assert errors == [] and forwards > 0
+
+
+def test_a_copied_body_returns_its_own_stage_outputs():
+    """The hooks of a deep copy (the export's copy, a snapshot) record into the copy."""
+    import copy
+
+    from transferstudio.core.models.detector import stage_body
+    from transferstudio.core.plugins.host import load_plugins
+
+    body = stage_body(load_plugins(autoload=False).backbone("resnet18"), None, 2).eval()
+    clone = copy.deepcopy(body)
+    with torch.no_grad():
+        clone.layer4[1].conv2.weight.zero_()
+        clone.layer4[1].bn2.bias.fill_(1.0)
+        x = torch.rand(1, 3, 64, 64)
+        original, copied = body(x), clone(x)
+    assert list(copied) == ["0", "1"]
+    torch.testing.assert_close(copied["0"], original["0"])  # layer3: untouched
+    assert not torch.allclose(copied["1"], original["1"])  # layer4: the copy's weights
+    assert isinstance(body.fc, Pruned)  # called after the last stage

@@ -213,3 +213,24 @@ def test_a_metric_the_method_does_not_measure_stops_the_sweep_with_the_key(data,
         run_sweep(exp, host, tmp_path / "ws", "m", trials=2, space=space)
     assert "does not measure val f1_macro" in str(info.value)
     assert "train.early_stopping_metric" in str(info.value)
+
+
+def test_a_detection_sweep_maximises_validation_map(host, tmp_path):
+    """A sweep of a detection experiment: every trial is a detection run, scored by its
+    validation mAP@0.5 (the experiment's early-stopping metric), maximised."""
+    import json
+
+    from tests.core.test_detection_engine import detection_experiment
+    from transferstudio.core.data.detection_demo import generate_detection_data
+
+    data = generate_detection_data(tmp_path / "shapes", images=16, seed=1)
+    exp = detection_experiment(data, train__epochs=1)
+    space = [Dimension("train.lr", "choice", choices=(0.01, 0.02))]
+    summary = run_sweep(exp, host, tmp_path / "ws", "det", trials=2, space=space)
+    assert summary.metric == "map50" and summary.direction == "maximize"
+    assert [t.state for t in summary.trials] == ["COMPLETE", "COMPLETE"]
+    store = RunStore(tmp_path / "ws")
+    for trial in summary.trials:
+        report = Path(store.get(trial.run_id).folder, "report.json").read_text("utf-8")
+        assert trial.value == pytest.approx(json.loads(report)["val"]["metrics"]["map50"])
+    assert summary.best.value == max(t.value for t in summary.trials)

@@ -87,13 +87,17 @@ METADATA_ENTRY = "transferstudio.json"
 
 
 class ScriptableBackbone(nn.Module):
-    """The detector's pyramid backbone (same ``body`` and ``fpn`` modules, same weights) with a
-    forward TorchScript can compile: ``PyramidBackbone`` annotates its output as an
-    ``OrderedDict``, a type TorchScript does not know."""
+    """The detector's pyramid backbone (same ``fpn`` module and weights) with a forward
+    TorchScript can compile. ``PyramidBackbone`` annotates its output as an ``OrderedDict``, a
+    type TorchScript does not know, and its body stops the network with a forward hook's
+    exception, which TorchScript cannot compile: the body is traced (``torch.jit.trace``, which
+    records the operations the network runs and keeps the input size free for convolutional
+    networks; the export check then runs it on images of other sizes)."""
 
-    def __init__(self, pyramid: nn.Module) -> None:
+    def __init__(self, pyramid: nn.Module, example_size: int) -> None:
         super().__init__()
-        self.body = pyramid.body
+        example = torch.rand(1, 3, example_size, example_size)
+        self.body = torch.jit.trace(pyramid.body.eval(), example, strict=False)
         self.fpn = pyramid.fpn
         self.out_channels = pyramid.out_channels
 
@@ -141,13 +145,12 @@ def _quiet_exporters() -> Iterator[None]:
 
 def scriptable_copy(detector: nn.Module) -> nn.Module:
     """A copy of ``detector`` that :func:`torch.jit.script` compiles, in eval mode."""
-    clone = copy.deepcopy(detector)
-    clone.backbone = ScriptableBackbone(clone.backbone)
+    clone = copy.deepcopy(detector).eval()
+    clone.backbone = ScriptableBackbone(clone.backbone, int(clone.transform.min_size[-1]))
     # The scripted forward warns on every call that it returns (losses, detections) unless told
     # it already has; ScriptedDetector returns the detections alone.
     clone._has_warned = True
-    # The new wrapper starts in training mode, and the backbone's fx graph runs its training
-    # graph in that mode: eval() again, for every module.
+    # The new wrapper starts in training mode: eval() again, for every module.
     return clone.eval()
 
 

@@ -2,16 +2,15 @@
 stages a backbone plugin declares (``BackboneSpec.stages``) with that backbone's weights.
 
 The backbone network is built and loaded exactly as for classification (its classifier replaced,
-:func:`transferstudio.core.models.build.build_backbone`), then cut at its stages with
-``torch.fx`` (``create_feature_extractor``), so module paths stay those of the plugin's network
-(``backbone.body.layer3``) and the layer tree, freeze patterns and weight drift work unchanged.
+:func:`transferstudio.core.models.build.build_backbone`), then cut at its stages by forward
+hooks (:mod:`transferstudio.core.models.stage_outputs`, no ``torch.fx`` trace), so module paths
+stay those of the plugin's network (``backbone.body.layer3``) and the layer tree, freeze patterns
+and weight drift work unchanged.
 The images' normalisation is the backbone's own preprocessing (its mean and std).
 """
 
 from __future__ import annotations
 
-import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 
 from transferstudio.api import BackboneSpec, ExperimentError
 from transferstudio.core.models.build import build_backbone
+from transferstudio.core.models.stage_outputs import StageOutputs, prune_unused
 
 ARCHITECTURES = ("faster_rcnn",)
 """Detector architectures :func:`build_detector` builds."""
@@ -71,12 +71,6 @@ class PyramidBackbone(nn.Module):
         return self.fpn(self.body(x))
 
 
-TRACING = threading.RLock()
-"""Held while torch.fx traces a backbone (see :func:`stage_body`). While a trace runs, fx has
-``torch.nn.Module.__call__`` patched for the whole process, so a module run on another thread
-fails ("module is not installed as a submodule"): code that runs a detector while other threads
-may build one (the window's layer tree) holds it around both."""
-
 DEFAULT_TRAINABLE_STAGES = 3
 """Backbone stages a new detection experiment trains (torchvision's ``trainable_backbone_layers``
 default for pretrained backbones): the earlier ones, and the stem, stay frozen."""
@@ -95,8 +89,6 @@ def freeze_up_to_for(spec: BackboneSpec, trainable: int = DEFAULT_TRAINABLE_STAG
 def stage_body(spec: BackboneSpec, weights_file: Path | None, levels: int) -> nn.Module:
     """The backbone network returning its last ``levels`` stage outputs as ``{"0": ..., ...}``
     (shallow first)."""
-    from torchvision.models.feature_extraction import create_feature_extractor
-
     if not spec.stages:
         raise ExperimentError(
             f"backbone {spec.name!r} declares no feature-map stages (BackboneSpec.stages), so "
@@ -112,24 +104,17 @@ def stage_body(spec: BackboneSpec, weights_file: Path | None, levels: int) -> nn
     network = build_backbone(spec, weights_file)
     stages = spec.stages[-levels:]
     try:
-        # torch.fx patches torch.nn.Module.__call__ for the whole process while it traces: two
-        # traces at once (the window builds its layer tree on a worker thread while a run
-        # builds its detector on another) break each other ("module is not installed as a
-        # submodule"). One trace at a time.
-        with TRACING, warnings.catch_warnings():
-            # torchvision notes that eval-mode graphs may have fewer nodes than training ones;
-            # the stages are modules, present in both, so the note is noise to a user.
-            warnings.filterwarnings("ignore", message=".*subsequence of those obtained in train")
-            return create_feature_extractor(
-                network, return_nodes={stage: str(i) for i, stage in enumerate(stages)}
-            )
-    except Exception as exc:  # noqa: BLE001 - fx raises many types; the plugin must be named
+        prune_unused(network, stages[-1], torch.zeros(1, 3, 64, 64))
+        body = StageOutputs(network, stages)
+        stage_channels(body)  # the cut network still runs
+    except Exception as exc:  # noqa: BLE001 - a plugin's network can raise anything
         raise ExperimentError(
-            f"backbone {spec.name!r}: its stages {', '.join(stages)} cannot be cut out of its "
-            f"network with torch.fx ({type(exc).__name__}: {exc}); the plugin's "
-            "BackboneSpec.stages must name modules of build()'s network",
+            f"backbone {spec.name!r}: its network cannot be cut at its stages "
+            f"{', '.join(stages)} ({type(exc).__name__}: {exc}); the plugin's "
+            "BackboneSpec.stages must name modules that build()'s network calls in its forward",
             "model.backbone",
         ) from exc
+    return body
 
 
 def stage_channels(body: nn.Module, size: int = 64) -> list[int]:

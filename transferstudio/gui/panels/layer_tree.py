@@ -149,18 +149,10 @@ class LayerTreePanel(QWidget):
             from transferstudio.core.models.layer_tree import build_tree
 
             if detector is not None:  # a detection experiment: the whole detector
-                from transferstudio.core.models.detector import (
-                    TRACING,
-                    DetectorRecipe,
-                    build_detector,
-                )
+                from transferstudio.core.models.detector import DetectorRecipe, build_detector
 
-                # Another build's torch.fx trace would break this one's forward pass below.
-                with TRACING:
-                    recipe = DetectorRecipe(backbone_spec.name, key[1], **detector)
-                    model = build_detector(backbone_spec, None, recipe).eval()
-                    tree = build_tree(model, torch.zeros(1, 3, crop, crop))
-                return key, model, tree
+                recipe = DetectorRecipe(backbone_spec.name, key[1], **detector)
+                model = build_detector(backbone_spec, None, recipe).eval()
             else:
                 model = build_classifier(backbone_spec, None, key[1], dropout=key[2])
             tree = build_tree(model, torch.zeros(1, 3, crop, crop))
