@@ -1,5 +1,5 @@
-"""``detect``: object detection by transfer, a Faster R-CNN with a feature pyramid on the
-experiment's backbone (its pretrained weights transferred, new pyramid and heads), fine-tuned
+"""``detect``: object detection by transfer, a Faster R-CNN (or RetinaNet, or FCOS) with a
+feature pyramid on the experiment's backbone (its pretrained weights transferred, new pyramid and heads), fine-tuned
 under a freeze plan like ``fine-tune``'s: the layer tree, presets, discriminative learning rates
 and gradual unfreezing work on the whole detector."""
 
@@ -44,7 +44,11 @@ class DetectParams(FineTuneParams):
         help="backbone learning rate = train.lr times this (the pyramid and heads train at lr)",
     )
     architecture: str = param(
-        "faster_rcnn", choices=["faster_rcnn"], help="detector: Faster R-CNN with an FPN"
+        "faster_rcnn",
+        choices=["faster_rcnn", "retinanet", "fcos"],
+        help="detector on the feature pyramid: 'faster_rcnn' (two stages: proposals, then a box "
+        "head; the most accurate on small data), 'retinanet' (one stage, focal loss over "
+        "anchors) or 'fcos' (one stage, anchor-free; fpn_channels a multiple of 32)",
     )
     pyramid_levels: int = param(
         3, min=1, max=5, help="backbone stages feeding the feature pyramid, deepest first"
@@ -94,8 +98,9 @@ class DetectParams(FineTuneParams):
 
 class Detect(FineTune):
     """``fine-tune``'s freeze plan, epochs and gradual unfreezing on a detector (``self.model``):
-    its loss is the sum of torchvision's terms (RPN objectness and box regression, classifier
-    and box regression), each logged."""
+    its loss is the sum of torchvision's terms (Faster R-CNN: RPN objectness and box regression,
+    classifier and box regression; RetinaNet: classification and box regression; FCOS: those and
+    centerness), each logged."""
 
     def setup(self, ctx) -> None:
         self.model = ctx.build_detector(self.params.architecture, **self.params.detector_options())
@@ -126,7 +131,8 @@ class Detect(FineTune):
 
 DETECT = MethodSpec(
     name="detect",
-    description="object detection: Faster R-CNN with a feature pyramid on the backbone, its "
+    description="object detection: Faster R-CNN, RetinaNet or FCOS with a feature pyramid on "
+    "the backbone, its "
     "pretrained weights transferred; freeze plan, gradual unfreezing",
     params=DetectParams,
     factory=Detect,

@@ -159,3 +159,40 @@ def test_the_learning_rate_finder_runs_on_a_detector(shapes, tmp_path):
     result = find_lr(exp, load_plugins(autoload=False), tmp_path / "ws", 1e-5, 1.0, steps=6)
     assert len(result.lrs) == len(result.losses) >= 3
     assert all(loss == loss for loss in result.losses)  # finite, not NaN
+
+
+@pytest.mark.parametrize(
+    "architecture, terms, kind",
+    [
+        ("retinanet", ("classification", "bbox_regression"), "RetinaNet"),
+        ("fcos", ("classification", "bbox_regression", "bbox_ctrness"), "FCOS"),
+    ],
+)
+def test_one_stage_detectors_train_through_the_same_engine(
+    shapes, tmp_path, architecture, terms, kind
+):
+    """RetinaNet and FCOS on the same pyramid: their loss terms are logged, the run reports
+    mAP, and the checkpoint's recipe rebuilds the same architecture."""
+    from transferstudio.core.runs.finished import detector_from_checkpoint, load_best_checkpoint
+
+    host = load_plugins(autoload=False)
+    params = {"min_size": 96, "max_size": 128, "scale_jitter": False}
+    exp = detection_experiment(shapes, method__params={**params, "architecture": architecture})
+    result = run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert result.status == "completed", result.message
+    header = (result.folder / "metrics.csv").read_text().splitlines()[0]
+    assert all(f"train_{term}" in header for term in terms)
+    assert "train_loss_objectness" not in header
+    metrics = json.loads((result.folder / "report.json").read_text())["val"]["metrics"]
+    assert 0.0 <= metrics["map"] <= metrics["map50"] <= 1.0
+    detector = detector_from_checkpoint(load_best_checkpoint(result.folder), host, "run")
+    assert type(detector).__name__ == kind
+
+
+def test_fcos_needs_pyramid_channels_in_groups_of_32(shapes, tmp_path):
+    host = load_plugins(autoload=False)
+    params = {"min_size": 96, "max_size": 128, "architecture": "fcos", "fpn_channels": 48}
+    exp = detection_experiment(shapes, method__params=params)
+    with pytest.raises(ExperimentError, match="multiple of 32") as info:
+        run_experiment(exp, host, PlainState(), tmp_path / "ws")
+    assert info.value.key == "method.params.fpn_channels"

@@ -31,6 +31,11 @@ def module_host():
 
 
 @pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    return generate_detection_data(tmp_path_factory.mktemp("shapes"), images=16, seed=1)
+
+
+@pytest.fixture(scope="module")
 def detection_run(tmp_path_factory, module_host):
     """A one-epoch detection run on 16 generated images (4 of them validation images)."""
     root = tmp_path_factory.mktemp("detection-export")
@@ -307,3 +312,36 @@ def test_check_detections_refuses_many_unproposed_swaps():
     check = DC.check_detections(Stub(), lambda images: [out for _ in images], images, 0.05, 100)
     assert "3 detections are swapped for boxes the detector did not propose" in check.problem
     assert "image 0" in check.problem
+
+
+def test_empty_boxes_match_only_where_their_corners_agree():
+    """An untrained detector's empty boxes have no IoU (0 / 0); a NaN would pass every check."""
+    empty, other = [5.0, 5.0, 5.0, 5.0], [9.0, 9.0, 9.0, 9.0]
+    check = DC.BoxCheck()
+    assert (
+        DC.compare_image(dets([empty], [1], [0.5]), dets([empty], [1], [0.5]), 0.05, 100, check)
+        == ""
+    )
+    assert check.min_iou == 1.0
+    problem = DC.compare_image(
+        dets([empty], [1], [0.5]), dets([other], [1], [0.5]), 0.05, 100, DC.BoxCheck()
+    )
+    assert "no counterpart" in problem
+
+
+def test_a_graph_export_with_no_detection_to_compare_is_refused(shapes_data, module_host, tmp_path):
+    """A RetinaNet trained for one epoch finds nothing above the threshold yet (its classifier
+    starts at a 1 % prior): its TorchScript file would be verified on nothing, so it is not
+    written; its weights (checked exactly) still export."""
+    exp = detection_experiment(
+        shapes_data,
+        train__epochs=1,
+        method__params={"min_size": 96, "max_size": 128, "architecture": "retinanet"},
+    )
+    run = run_experiment(exp, module_host, PlainState(), tmp_path / "ws")
+    assert run.status == "completed", run.message
+    with pytest.raises(TransferStudioError, match="cannot be verified: the detector finds nothing"):
+        export_run(run.run_id, "torchscript", tmp_path / "r.pt", module_host, tmp_path / "ws")
+    assert not (tmp_path / "r.pt").exists()
+    export_run(run.run_id, "bundle", tmp_path / "r.tsmodel", module_host, tmp_path / "ws")
+    assert (tmp_path / "r.tsmodel").is_file()

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from transferstudio.core.models.detector import detection_heads
+
 Detections = list[dict[str, torch.Tensor]]
 """A detector's output: per image, ``boxes`` [N, 4], ``labels`` [N], ``scores`` [N]."""
 
@@ -27,6 +29,8 @@ that; a defect moves most boxes."""
 IOU_SLACK = 0.01
 """How far below the suppression IoU an overlap may be measured for a box suppressed in the
 export (its IoU there is computed from boxes that differ by rounding)."""
+BOX_TOLERANCE = 0.01
+"""Corners of two empty (zero-area) boxes within this many pixels count as the same box."""
 MIN_SCORE = 0.05
 """Detections scoring below this are not compared even if the recipe keeps them: their order
 among near-equal scores is decided by float rounding, which differs between runtimes."""
@@ -175,7 +179,14 @@ def _label_ious(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch
     """IoU of every box of ``a`` with every box of ``b``; -1 where the labels differ."""
     from torchvision.ops import box_iou
 
-    ious = box_iou(a["boxes"].float(), b["boxes"].float())
+    boxes_a, boxes_b = a["boxes"].float(), b["boxes"].float()
+    ious = box_iou(boxes_a, boxes_b)
+    # Two empty boxes (an untrained detector's) have no IoU (0 / 0): they overlap fully when
+    # their corners agree, else not at all. A NaN would pass every comparison.
+    undefined = ious.isnan()
+    if bool(undefined.any()):
+        corners = (boxes_a[:, None, :] - boxes_b[None, :, :]).abs().amax(dim=-1)
+        ious = torch.where(undefined, (corners <= BOX_TOLERANCE).float(), ious)
     same = a["labels"].view(-1, 1) == b["labels"].view(1, -1)
     return torch.where(same, ious, torch.full_like(ious, -1.0))
 
@@ -194,10 +205,10 @@ def _genuine(out: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor] |
 @contextlib.contextmanager
 def _all_candidates(detector: nn.Module) -> Iterator[bool]:
     """``detector`` returning every detection above its score threshold, before non-maximum
-    suppression and the per-image cut (torchvision's RoI heads); False, unchanged, for a
-    detector without them."""
-    heads = getattr(detector, "roi_heads", None)
-    if heads is None or not hasattr(heads, "nms_thresh"):
+    suppression and the per-image cut (Faster R-CNN's RoI heads, a one-stage detector's own
+    settings); False, unchanged, for a detector without them."""
+    heads = detection_heads(detector)
+    if heads is None:
         yield False
         return
     saved = heads.nms_thresh, heads.detections_per_img
@@ -219,7 +230,7 @@ def check_detections(
     """Run ``detector`` and ``reloaded`` on each named image and compare them box by box; stops
     at the first image that differs (its name and the reason in ``problem``)."""
     check = BoxCheck()
-    nms_iou = float(getattr(getattr(detector, "roi_heads", None), "nms_thresh", 0.5))
+    nms_iou = float(getattr(detection_heads(detector), "nms_thresh", 0.5))
     with torch.no_grad():
         for name, image in images:
             reference = detector([image])[0]

@@ -79,6 +79,8 @@ from transferstudio.core.inference.detection_check import (
 from transferstudio.core.inference.export_result import ExportResult, check_export_target
 
 DETECTOR_FORMATS = ("torchscript", "onnx", "safetensors", "state_dict", "bundle")
+GRAPH_FORMATS = ("torchscript", "onnx")
+"""Formats whose file re-implements the detector's computation (checked on its detections)."""
 """The built-in formats a detector can be exported to."""
 MAX_VAL_IMAGES = 32
 ONNX_OPSET = 17
@@ -283,6 +285,14 @@ def export_detector(
                 f"the {spec.format} export does not reproduce the detector {check.problem} "
                 f"({check.figures()}; IoU >= {MIN_IOU:g} and score difference <= "
                 f"{SCORE_TOLERANCE:g} required); {target} was not written"
+            )
+        if not check.boxes_compared and spec.format in GRAPH_FORMATS:
+            # A file that re-implements the detector's graph, verified on nothing.
+            raise TransferStudioError(
+                f"the {spec.format} export cannot be verified: the detector finds nothing "
+                f"scoring {threshold:g} or more on the {check.images} check images, so there "
+                f"is no box to compare; {target} was not written. Train the detector longer, "
+                "or export its weights (bundle, safetensors), which are checked exactly"
             )
     result = ExportResult(target, spec.format, check.max_box_diff)
     result.boxes_compared = check.boxes_compared

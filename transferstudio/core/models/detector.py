@@ -22,7 +22,7 @@ from transferstudio.api import BackboneSpec, ExperimentError
 from transferstudio.core.models.build import build_backbone
 from transferstudio.core.models.stage_outputs import StageOutputs, prune_unused
 
-ARCHITECTURES = ("faster_rcnn",)
+ARCHITECTURES = ("faster_rcnn", "retinanet", "fcos")
 """Detector architectures :func:`build_detector` builds."""
 BODY = "backbone.body"
 """Where the backbone network sits in a detector (torchvision's layout)."""
@@ -117,14 +117,19 @@ def stage_body(spec: BackboneSpec, weights_file: Path | None, levels: int) -> nn
     return body
 
 
-def stage_channels(body: nn.Module, size: int = 64) -> list[int]:
-    """The channel count of each stage output, from one small forward pass."""
+def stage_shapes(body: nn.Module, size: int = 64) -> list[tuple[int, int]]:
+    """``(channels, stride)`` of each stage output, from one small forward pass."""
     was_training = body.training
     body.eval()
     with torch.no_grad():
         outputs = body(torch.zeros(1, 3, size, size))
     body.train(was_training)
-    return [int(t.shape[1]) for t in outputs.values()]
+    return [(int(t.shape[1]), max(1, size // int(t.shape[-1]))) for t in outputs.values()]
+
+
+def stage_channels(body: nn.Module, size: int = 64) -> list[int]:
+    """The channel count of each stage output, from one small forward pass."""
+    return [channels for channels, _ in stage_shapes(body, size)]
 
 
 def build_detector(
@@ -134,11 +139,13 @@ def build_detector(
 ) -> nn.Module:
     """A torchvision detector for ``recipe.num_classes`` object classes on ``spec``'s
     backbone, its backbone weights read from ``weights_file`` (random initialisation when
-    ``None``); the heads are new."""
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.ops import MultiScaleRoIAlign
+    ``None``); the pyramid and heads are new.
 
+    ``recipe.architecture``: ``faster_rcnn`` (two stages: region proposals, then a box head on
+    pooled regions; torchvision's most accurate on small data), ``retinanet`` (one stage,
+    focal loss over anchors) or ``fcos`` (one stage, anchor-free: each pyramid cell predicts
+    the distances to the box around it). Labels are 1-based in all three: torchvision's class
+    0 is the background of Faster R-CNN and unused by the one-stage heads."""
     from transferstudio.core.models.detector_resize import exact_resize
 
     if recipe.architecture not in ARCHITECTURES:
@@ -146,10 +153,37 @@ def build_detector(
             f"detector {recipe.architecture!r} is not one of {', '.join(ARCHITECTURES)}",
             "method.params.architecture",
         )
+    if recipe.architecture == "fcos" and recipe.fpn_channels % 32:
+        raise ExperimentError(
+            f"fcos normalises its heads in 32 groups: fpn_channels ({recipe.fpn_channels}) "
+            "must be a multiple of 32",
+            "method.params.fpn_channels",
+        )
     body = stage_body(spec, weights_file, recipe.pyramid_levels)
-    backbone = PyramidBackbone(body, stage_channels(body), recipe.fpn_channels)
-    levels = recipe.pyramid_levels + 1  # the FPN's max-pooled level on top
-    # One anchor size per level, doubling with the stride (as torchvision's FPN detectors),
+    shapes = stage_shapes(body)
+    backbone = PyramidBackbone(body, [c for c, _ in shapes], recipe.fpn_channels)
+    strides = [s for _, s in shapes] + [shapes[-1][1] * 2]  # the FPN's max-pooled level on top
+    pre = spec.preprocessing
+    common = {
+        "num_classes": recipe.num_classes + 1,  # torchvision's label 0 is background
+        "min_size": recipe.min_size,
+        "max_size": recipe.max_size,
+        "image_mean": list(pre.mean),
+        "image_std": list(pre.std),
+    }
+    build = {"faster_rcnn": _faster_rcnn, "retinanet": _retinanet, "fcos": _fcos}
+    detector = build[recipe.architecture](backbone, recipe, strides, common)
+    # The same image size in Python, TorchScript and ONNX (torchvision's differs by a pixel).
+    return exact_resize(detector)
+
+
+def _faster_rcnn(backbone, recipe: DetectorRecipe, strides: list[int], common: dict) -> nn.Module:
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    levels = len(strides)
+    # One anchor size per level, doubling with the level (as torchvision's FPN detectors),
     # starting from 32 px: the smallest objects a stride-8 map still separates.
     sizes = tuple((32 * 2**i,) for i in range(levels))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * levels)
@@ -158,21 +192,65 @@ def build_detector(
         output_size=7,
         sampling_ratio=2,
     )
-    pre = spec.preprocessing
-    detector = FasterRCNN(
+    return FasterRCNN(
         backbone,
-        num_classes=recipe.num_classes + 1,  # torchvision counts the background as class 0
-        min_size=recipe.min_size,
-        max_size=recipe.max_size,
-        image_mean=list(pre.mean),
-        image_std=list(pre.std),
         rpn_anchor_generator=anchors,
         box_roi_pool=pooler,
         box_score_thresh=recipe.score_threshold,
         box_detections_per_img=recipe.detections_per_image,
+        **common,
     )
-    # The same image size in Python, TorchScript and ONNX (torchvision's differs by a pixel).
-    return exact_resize(detector)
+
+
+def _retinanet(backbone, recipe: DetectorRecipe, strides: list[int], common: dict) -> nn.Module:
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    # torchvision's RetinaNet anchors: three scales an octave apart at each level, three
+    # ratios; the base size doubles with the level from 32 px as for Faster R-CNN.
+    sizes = tuple(
+        tuple(round(32 * 2**i * 2 ** (k / 3)) for k in range(3)) for i in range(len(strides))
+    )
+    anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(strides))
+    return RetinaNet(
+        backbone,
+        anchor_generator=anchors,
+        score_thresh=recipe.score_threshold,
+        detections_per_img=recipe.detections_per_image,
+        **common,
+    )
+
+
+def _fcos(backbone, recipe: DetectorRecipe, strides: list[int], common: dict) -> nn.Module:
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    # FCOS places one point per cell: its "anchor" at each level is the level's stride, which
+    # its centre sampling and regression ranges are measured in.
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in strides), aspect_ratios=((1.0,),) * len(strides)
+    )
+    return FCOS(
+        backbone,
+        anchor_generator=anchors,
+        score_thresh=recipe.score_threshold,
+        detections_per_img=recipe.detections_per_image,
+        **common,
+    )
+
+
+def is_detector(model: nn.Module) -> bool:
+    """Whether ``model`` is one of the detectors :func:`build_detector` builds."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    return isinstance(getattr(model, "transform", None), GeneralizedRCNNTransform)
+
+
+def detection_heads(model: nn.Module) -> nn.Module | None:
+    """The module holding a detector's ``nms_thresh``, ``detections_per_img`` and score
+    threshold: Faster R-CNN's RoI heads, or the one-stage detector itself."""
+    heads = getattr(model, "roi_heads", model)
+    return heads if hasattr(heads, "nms_thresh") and hasattr(heads, "detections_per_img") else None
 
 
 def detector_from_recipe(

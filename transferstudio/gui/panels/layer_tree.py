@@ -340,7 +340,9 @@ class LayerTreePanel(QWidget):
             # its validation images (core.inference.detection_export).
             self._export_detection_run(module_path, fmt, target)
             return
-        if hasattr(self.torch_model, "roi_heads"):
+        from transferstudio.core.models.detector import is_detector
+
+        if is_detector(self.torch_model):
             self.export_errored.emit(
                 "a detector is exported once trained: finish a run (its best weights then "
                 "show here), and every box of the file is checked on its validation images",
