@@ -125,20 +125,40 @@ class ConsoleProgress:
                 last,
             )
         elif isinstance(event, E.EpochEnded):
-            val = event.val
-            self._print(
-                f"epoch {event.epoch + 1}/{event.epochs} ({event.seconds:.1f} s): train loss "
-                f"{event.train['loss']:.4f} acc {event.train.get('accuracy', float('nan')):.4f}"
-                f" | val loss {val.get('loss', float('nan')):.4f} acc "
-                f"{val.get('accuracy', float('nan')):.4f} f1 {val.get('f1_macro', float('nan')):.4f}"
-                + ("  *best*" if event.improved else "")
-            )
+            self._print(epoch_line(event))
         elif isinstance(event, E.LogMessage):
             self._print(event.text)
         elif isinstance(event, E.RunFinished) and event.status == "completed":
             self._print(final_table(event.report))
         elif isinstance(event, E.RunFailed):  # the engine writes this line to log.txt only
             self._print(f"run failed: {event.message}")
+
+
+EPOCH_FIGURES = (
+    ("loss", "loss"),
+    ("accuracy", "acc"),
+    ("f1_macro", "f1"),
+    ("map50", "mAP@0.5"),
+    ("map", "mAP"),
+)
+"""The figures an epoch line shows, where the run measures them (a detector has no accuracy, a
+classifier no mAP), with their short names."""
+
+
+def epoch_line(event: E.EpochEnded) -> str:
+    """An epoch's one-line summary: its time, then the training and validation figures the run
+    measures."""
+
+    def figures(values: dict[str, float]) -> str:
+        return " ".join(
+            f"{short} {values[key]:.4f}" for key, short in EPOCH_FIGURES if key in values
+        )
+
+    return (
+        f"epoch {event.epoch + 1}/{event.epochs} ({event.seconds:.1f} s): train "
+        f"{figures(event.train)} | val {figures(event.val)}"
+        + ("  *best*" if event.improved else "")
+    )
 
 
 def final_table(report: dict[str, Any]) -> str:

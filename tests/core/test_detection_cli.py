@@ -120,3 +120,14 @@ def test_the_detection_demo_experiment_loads(tmp_path):
     path.write_text(path.read_text().replace("epochs = 8", "epochs = 3"))
     assert prepare_detection_demo(tmp_path, host) == path  # the user's edit is kept
     assert "epochs = 3" in path.read_text()
+
+
+def test_the_console_shows_each_epochs_map_not_accuracy(tmp_path):
+    """A detector has no accuracy: the epoch line shows its mAP (it showed "acc nan")."""
+    data = generate_detection_data(tmp_path / "shapes", images=12, seed=2)
+    exp = tmp_path / "shapes.toml"
+    exp.write_text(detection_experiment(data, train__epochs=1).to_toml(), "utf-8")
+    out = run_cli(tmp_path / "ws", "run", str(exp)).stdout
+    (line,) = [row for row in out.splitlines() if row.startswith("epoch 1/1 (")]
+    assert "mAP@0.5" in line and "train loss" in line
+    assert "nan" not in line and " acc " not in line
